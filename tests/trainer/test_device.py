@@ -1,0 +1,57 @@
+"""The device/precision table, every branch, without the hardware."""
+
+import pytest
+import torch
+
+from kubetune.trainer.device import Hardware, choose
+
+AVX2 = frozenset({"avx", "avx2", "fma"})
+AMX = AVX2 | {"avx512f", "amx_bf16", "amx_tile"}
+AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
+
+
+def test_avx2_cpu_gets_fp32():
+    p = choose(Hardware(cpu_flags=AVX2, usable_cores=2))
+    assert (p.device, p.precision, p.dtype, p.threads) == ("cpu", "fp32", torch.float32, 2)
+    assert "170x" in p.reason
+
+
+@pytest.mark.parametrize("flags", [AMX, AVX512_BF16])
+def test_cpu_with_native_bf16_gets_bf16(flags):
+    assert choose(Hardware(cpu_flags=flags)).precision == "bf16"
+
+
+def test_cuda_ampere_bf16_turing_fp16():
+    assert choose(Hardware(cuda=True, cuda_capability=(8, 0))).precision == "bf16"
+    p = choose(Hardware(cuda=True, cuda_capability=(7, 5)))
+    assert (p.device, p.precision) == ("cuda", "fp16")
+
+
+def test_xpu_bf16_and_preferred_over_cpu():
+    p = choose(Hardware(xpu=True, cpu_flags=AVX2))
+    assert (p.device, p.precision) == ("xpu", "bf16")
+
+
+def test_explicit_bf16_on_avx2_cpu_is_allowed_but_warned():
+    p = choose(Hardware(cpu_flags=AVX2), precision="bf16")
+    assert p.precision == "bf16" and "WARNING" in p.reason
+
+
+def test_fp16_on_cpu_and_missing_devices_are_errors():
+    with pytest.raises(ValueError, match="fp16"):
+        choose(Hardware(), precision="fp16")
+    with pytest.raises(ValueError, match="cuda requested"):
+        choose(Hardware(), device="cuda")
+    with pytest.raises(ValueError, match="xpu requested"):
+        choose(Hardware(), device="xpu")
+
+
+def test_gradient_checkpointing_auto():
+    assert choose(Hardware()).gradient_checkpointing is False
+    assert choose(Hardware(), quantized=True).gradient_checkpointing is True
+    assert choose(Hardware(cuda=True, cuda_capability=(9, 0))).gradient_checkpointing is True
+    assert choose(Hardware(), gradient_checkpointing="on").gradient_checkpointing is True
+
+
+def test_threads_override():
+    assert choose(Hardware(usable_cores=16), threads=4).threads == 4

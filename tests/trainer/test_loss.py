@@ -1,0 +1,69 @@
+"""The selective loss equals the standard causal-LM loss; packed batches equal padded ones."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kubetune.trainer.data.collate import pack_rows, pad_rows
+from kubetune.trainer.data.render import IGNORE
+from kubetune.trainer.loss import selective_loss_sum, target_positions
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def rows():
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for length, prompt in [(12, 8), (7, 3), (15, 12)]:
+        ids = torch.randint(3, 97, (length,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE] * prompt + ids[prompt:]})
+    return out
+
+
+def test_target_positions_union_over_batch():
+    labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 7, IGNORE, IGNORE]])
+    assert target_positions(labels).tolist() == [0, 1, 2]
+    assert target_positions(torch.full((1, 3), IGNORE)).tolist() == [0]
+
+
+def test_matches_transformers_loss_on_padded_batch(model):
+    batch = pad_rows(rows(), pad_token_id=0)
+    with torch.no_grad():
+        reference = model(**batch).loss
+        total, count = selective_loss_sum(model, batch)
+    assert count.item() == sum(sum(1 for x in r["labels"][1:] if x != IGNORE) for r in rows())
+    torch.testing.assert_close(total / count, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_equals_padded(model):
+    with torch.no_grad():
+        padded_sum, padded_n = selective_loss_sum(model, pad_rows(rows(), 0))
+        packed_sum, packed_n = selective_loss_sum(model, pack_rows(rows()))
+    assert padded_n == packed_n
+    torch.testing.assert_close(packed_sum, padded_sum, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_match_full_loss(model):
+    batch = pad_rows(rows(), pad_token_id=0)
+    model.zero_grad()
+    model(**batch).loss.backward()
+    ref = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+    total, count = selective_loss_sum(model, batch)
+    (total / count).backward()
+    torch.testing.assert_close(model.model.layers[0].self_attn.q_proj.weight.grad, ref, rtol=1e-4, atol=1e-6)
+    model.zero_grad()

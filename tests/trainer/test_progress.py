@@ -1,0 +1,51 @@
+"""The progress event (DESIGN.md's contract) and the output mode choice."""
+
+import io
+import json
+
+from kubetune.trainer.progress import ProgressReporter, progress_mode, progress_record
+
+
+def test_record_fields_and_rates():
+    r = progress_record(
+        step=5,
+        total=20,
+        logs={"loss": 1.5, "epoch": 0.25, "learning_rate": 1e-4},
+        tokens=2500,
+        elapsed=10.0,
+        window_tokens=1000,
+        window_s=4.0,
+    )
+    assert r["event"] == "progress"
+    assert (r["step"], r["total_steps"], r["loss"], r["epoch"]) == (5, 20, 1.5, 0.25)
+    assert r["tokens_per_second"] == 250.0
+    assert r["eta_seconds"] == 30.0  # 15 steps left at 2 s/step
+    json.dumps(r)
+
+
+def test_non_finite_values_become_null():
+    r = progress_record(1, 2, {"loss": float("nan")}, 0, 1.0, 0, 0.0)
+    assert r["loss"] is None and r["tokens_per_second"] == 0.0
+
+
+def test_mode():
+    assert progress_mode("json") == "json" and progress_mode("bar") == "bar"
+    assert progress_mode("auto", io.StringIO()) == "json"  # not a terminal: pods, pipes, CI
+
+
+class State:
+    is_world_process_zero = True
+    global_step = 3
+    max_steps = 6
+    num_input_tokens_seen = 300
+
+
+def test_reporter_prints_and_appends(tmp_path):
+    out = io.StringIO()
+    rep = ProgressReporter(tmp_path / "m.jsonl", print_json=True, stream=out)
+    rep.on_train_begin(None, State(), None)
+    rep.on_log(None, State(), None, logs={"loss": 0.5, "epoch": 0.5})
+    rep.on_log(None, State(), None, logs={"eval_loss": 0.4, "epoch": 0.5})
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["progress", "eval"]
+    assert json.loads(out.getvalue().splitlines()[0])["loss"] == 0.5

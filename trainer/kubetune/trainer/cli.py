@@ -1,0 +1,235 @@
+"""The `kubetune` command. Thin: parse, build the config, call one function, map errors to exit codes.
+
+Bad input never ends in a traceback: KubetuneError and ConfigError print one
+line each (`error: file:line: what`) and exit with the documented code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kubetune.api.sources import ConfigError, load_config, to_yaml
+from kubetune.trainer.errors import EXIT_CONFIG, KubetuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA / QLoRA fine-tuning of causal LMs.")
+data_app = typer.Typer(no_args_is_help=True, help="Look at training data before training on it.")
+model_app = typer.Typer(no_args_is_help=True, help="Base model utilities.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+# Dedicated flags: (config path, flag name). Everything else goes through --set.
+FLAG_PATHS = {
+    "model": ("model", "path"),
+    "data": ("data", "path"),
+    "output_dir": ("output_dir",),
+    "max_steps": ("training", "max_steps"),
+    "epochs": ("training", "epochs"),
+    "lr": ("training", "lr"),
+    "batch_size": ("training", "batch_size"),
+    "quantization": ("model", "quantization"),
+    "precision": ("training", "precision"),
+    "device": ("training", "device"),
+    "skip_bad_records": ("data", "skip_bad_records"),
+}
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: $KUBETUNE_CONFIG).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override any key: --set training.lr=1e-4 (repeatable).")
+]
+
+
+def _fail(message: str, code: int) -> None:
+    for line in message.splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("KUBETUNE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library deprecation notices are for us, not for the person running a fine-tune.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    if not sys.stderr.isatty():
+        # Weight-loading progress bars are noise in pod logs and CI; keep them on a terminal.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str, Any]) -> Any:
+    """YAML (--config or $KUBETUNE_CONFIG) < env < --set < flags; exits 2 listing every problem."""
+    path = config or (Path(os.environ["KUBETUNE_CONFIG"]) if os.environ.get("KUBETUNE_CONFIG") else None)
+    text = None
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"{path}: cannot read config: {exc.strerror}", EXIT_CONFIG)
+    given = {FLAG_PATHS[k]: v for k, v in flags.items() if v is not None and v is not False}
+    names = {FLAG_PATHS[k]: "--" + k.replace("_", "-") for k in flags}
+    try:
+        return load_config(text, str(path) if path else "config", os.environ, sets or [], given, names)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except KubetuneError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Base model (model.path).")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Data file(s) (data.path).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Output directory (output_dir).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="training.max_steps")] = None,
+    epochs: Annotated[float | None, typer.Option(help="training.epochs")] = None,
+    lr: Annotated[float | None, typer.Option(help="training.lr")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
+    quantization: Annotated[str | None, typer.Option(help="model.quantization: none | 8bit | 4bit")] = None,
+    precision: Annotated[str | None, typer.Option(help="training.precision: auto | fp32 | bf16 | fp16")] = None,
+    device: Annotated[str | None, typer.Option(help="training.device: auto | cpu | cuda | xpu")] = None,
+    skip_bad_records: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
+    progress: Annotated[str, typer.Option(help="auto | json | bar ($KUBETUNE_PROGRESS)")] = "auto",
+) -> None:
+    """Fine-tune a LoRA adapter; writes OUTPUT_DIR/adapter, run.json, metrics.jsonl, loss.png."""
+    _setup_logging()
+    flags = dict(
+        model=model,
+        data=data,
+        output_dir=output_dir,
+        max_steps=max_steps,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        quantization=quantization,
+        precision=precision,
+        device=device,
+        skip_bad_records=skip_bad_records,
+    )
+    cfg = resolve_config(config, set_, flags)
+    from kubetune.trainer.progress import progress_mode
+    from kubetune.trainer.train import run
+
+    mode = progress_mode(os.environ.get("KUBETUNE_PROGRESS") or progress)
+    summary = _guard(run, cfg, mode)
+    if summary:
+        typer.echo(
+            f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
+            f"{summary['tokens_per_second']:.0f} tokens/s; adapter in {summary['adapter_path']}",
+            err=True,
+        )
+
+
+@app.command()
+def merge(
+    output_dir: Annotated[Path, typer.Option(help="The training output directory (holds adapter/).")] = Path("output"),
+    adapter: Annotated[Path | None, typer.Option(help="Adapter dir (default OUTPUT_DIR/adapter).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model (default: from run.json / the adapter).")] = None,
+    dest: Annotated[Path | None, typer.Option(help="Merged model dir (default OUTPUT_DIR/merged).")] = None,
+    dtype: Annotated[str, typer.Option(help="Saved dtype: auto (the base's) | fp32 | bf16 | fp16")] = "auto",
+) -> None:
+    """Merge the adapter into a full-precision base and verify the result."""
+    _setup_logging()
+    from kubetune.trainer.merge import merge as do_merge
+
+    result = _guard(do_merge, output_dir, adapter, base, dest, dtype)
+    typer.echo(
+        f"merged model in {result['merged_path']} (verified: max |Δlogits| "
+        f"{result['max_logit_diff']:.2e}, {result['changed_tensors']} weight tensors changed)",
+        err=True,
+    )
+
+
+@app.command()
+def generate(
+    output_dir: Annotated[Path, typer.Option(help="Training output dir (adapter/, run.json).")] = Path("output"),
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Records with references (same formats as training).")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="Adapter dir (default OUTPUT_DIR/adapter).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model (default: from run.json).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records of --data.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    show: Annotated[int, typer.Option(help="Rows of the comparison table to print.")] = 10,
+) -> None:
+    """Base vs fine-tuned side by side; with --data, exact-match for both. Writes OUTPUT_DIR/eval.json."""
+    _setup_logging()
+    from kubetune.trainer.generate import compare, print_report
+
+    if not prompt and data is None:
+        _fail("give --prompt TEXT (repeatable) or --data FILE", EXIT_CONFIG)
+    report = _guard(compare, output_dir, prompt or [], data, adapter, base, max_new_tokens, limit, batch_size)
+    print_report(report, show)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[list[str] | None, typer.Option(help="Data file(s) (data.path).")] = None,
+    model: Annotated[str | None, typer.Option(help="Tokenizer's model (model.path).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write the length histogram here.")] = None,
+    skip_bad_records: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
+) -> None:
+    """Record count, token lengths, truncation, and one example with the trained-on span marked."""
+    _setup_logging()
+    cfg = resolve_config(config, set_, dict(data=data, model=model, skip_bad_records=skip_bad_records))
+    from kubetune.trainer.inspect import inspect_data, print_inspection
+
+    report = _guard(inspect_data, cfg, png)
+    print_inspection(report)
+
+
+@model_app.command("export")
+def model_export(
+    source: Annotated[str, typer.Argument(help="builtin:smollm2-135m-instruct or a .gguf file")],
+    dest: Annotated[Path, typer.Argument(help="Directory to write (must not exist)")],
+) -> None:
+    """Write a model as a plain Hugging Face directory (to mount into containers)."""
+    _setup_logging()
+    from kubetune.trainer.models import builtin_gguf, export_gguf
+
+    if dest.exists() and any(dest.iterdir()):
+        _fail(f"{dest}: exists and is not empty; refusing to overwrite", EXIT_CONFIG)
+    if dest.exists():
+        dest.rmdir()
+    if source.startswith("builtin:"):
+        gguf = _guard(builtin_gguf, source.split(":", 1)[1])
+    elif source.endswith(".gguf") and Path(source).is_file():
+        gguf = Path(source)
+    else:
+        _fail(f"{source}: expected builtin:<name> or an existing .gguf file", EXIT_CONFIG)
+    export_gguf(gguf, dest)
+    typer.echo(f"exported {source} to {dest}")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (YAML < env < --set) as YAML."""
+    typer.echo(to_yaml(resolve_config(config, set_, {})), nl=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""From `data.*` config to tokenized train/eval rows, checked before any training.
+
+Bad records stop the run here, before the model is touched, with every
+problem listed as `file:line: what is wrong` (the first few, plus a count), or
+are skipped and counted with `skip_bad_records`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.api.config import DataSection
+from kubetune.trainer.data.formats import normalize_all
+from kubetune.trainer.data.loaders import BadRecord, read_records
+from kubetune.trainer.data.render import RenderStats, resolve_template, tokenize_examples
+from kubetune.trainer.errors import DataError
+
+SHOWN_BAD = 10
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    format: str
+    template: str
+    stats: RenderStats
+    eval_stats: RenderStats | None = None
+    skipped: list[BadRecord] = field(default_factory=list)
+
+
+def _raise_bad(bad: list[BadRecord]) -> None:
+    lines = [str(b) for b in bad[:SHOWN_BAD]]
+    more = f" (and {len(bad) - SHOWN_BAD} more)" if len(bad) > SHOWN_BAD else ""
+    hint = "; fix them or set data.skip_bad_records (--skip-bad-records) to skip and count them"
+    raise DataError("\n".join(lines) + f"\n{len(bad)} bad record(s){more}{hint}")
+
+
+def load_examples(paths: list[str], cfg: DataSection, bad: list[BadRecord]) -> tuple[str, list]:
+    records = read_records(paths, bad)
+    return normalize_all(records, cfg.format, cfg.text_field, bad)
+
+
+def prepare(cfg: DataSection, tokenizer: Any, seed: int) -> PreparedData:
+    """Read, validate, render and split the data."""
+    bad: list[BadRecord] = []
+    fmt, examples = load_examples(cfg.path, cfg, bad)
+    eval_examples: list = []
+    if cfg.eval_path:
+        _, eval_examples = load_examples(cfg.eval_path, cfg.model_copy(update={"format": fmt}), bad)
+    if bad and not cfg.skip_bad_records:
+        _raise_bad(bad)
+    if not examples:
+        raise DataError("no usable training records")
+    template = resolve_template(cfg.template, tokenizer)
+    if cfg.eval_split and not eval_examples:
+        shuffled = examples[:]
+        random.Random(seed).shuffle(shuffled)
+        n_eval = max(1, round(len(shuffled) * cfg.eval_split))
+        eval_examples, examples = shuffled[:n_eval], shuffled[n_eval:]
+    args = (tokenizer, template, cfg.system_prompt, cfg.train_on, cfg.max_length)
+    train_rows, stats = tokenize_examples(examples, *args)
+    eval_rows, eval_stats = tokenize_examples(eval_examples, *args) if eval_examples else ([], None)
+    if not train_rows:
+        raise DataError(
+            f"all {stats.records} training records were left without a target after truncation to "
+            f"data.max_length={cfg.max_length}"
+        )
+    return PreparedData(train_rows, eval_rows, fmt, template, stats, eval_stats, bad)

@@ -1,0 +1,28 @@
+"""Errors the CLI turns into one clear line and a documented exit code (no traceback)."""
+
+from __future__ import annotations
+
+# Exit codes, documented in README ("Exit codes"). Keep the table there in sync.
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
+EXIT_CONFIG = 2  # bad config, flag, env var or usage
+EXIT_DATA = 3  # bad data file or record
+EXIT_MODEL = 4  # model or adapter cannot be loaded, merged or verified
+
+
+class KubetuneError(Exception):
+    """An error with a message meant for the user and an exit code."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class DataError(KubetuneError):
+    exit_code = EXIT_DATA
+
+
+class ModelError(KubetuneError):
+    exit_code = EXIT_MODEL
+
+
+class UsageError(KubetuneError):
+    exit_code = EXIT_CONFIG

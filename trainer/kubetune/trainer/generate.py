@@ -1,0 +1,164 @@
+"""`kubetune generate`: the base and the fine-tuned model answer the same prompts.
+
+One model is loaded; the base's answers come from the same weights with the
+adapter switched off, so the comparison costs one load, not two. Prompts are
+rendered with the template the run trained with (recorded in run.json), so
+the fine-tuned model sees exactly the prompt shape it learned. With a data
+file that has references, both are scored by exact match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.api.config import DataSection
+from kubetune.trainer import device as devices
+from kubetune.trainer.data.formats import Example
+from kubetune.trainer.data.loaders import BadRecord
+from kubetune.trainer.data.pipeline import _raise_bad, load_examples
+from kubetune.trainer.data.render import encode_prompt, resolve_template
+from kubetune.trainer.errors import DataError, ModelError
+from kubetune.trainer.models import resolve_path
+from kubetune.trainer.report import write_json_atomic
+from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
+
+
+def split_reference(example: Example) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """Prompt turns and the reference answer (the last assistant turn)."""
+    msgs = example.messages
+    if msgs and msgs[-1][0] == "assistant":
+        return msgs[:-1], msgs[-1][1]
+    return msgs, None
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Equal after trimming surrounding whitespace: the strict metric the demo task is built for."""
+    return prediction.strip() == reference.strip()
+
+
+def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch: int) -> list[str]:
+    pad = tokenizer.pad_token_id
+    out: list[str] = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        width = max(map(len, chunk))
+        # Left padding: every prompt ends where generation starts.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        out += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in gen]
+    return out
+
+
+def compare(
+    output_dir: Path,
+    prompts: list[str],
+    data: Path | None,
+    adapter: Path | None = None,
+    base: str | None = None,
+    max_new_tokens: int = 64,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = load_run(output_dir)
+    adapter = adapter_dir(output_dir, adapter)
+    data_cfg = DataSection.model_validate({**run.get("config", {}).get("data", {}), "path": [], "eval_path": []})
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    template = run.get("resolved", {}).get("template") or resolve_template(data_cfg.template, tokenizer)
+
+    items: list[tuple[str, tuple[tuple[str, str], ...], str | None]] = [(p, (("user", p),), None) for p in prompts]
+    if data is not None:
+        bad: list[BadRecord] = []
+        fmt = data_cfg.format if data_cfg.format != "text" else "auto"
+        _, examples = load_examples([str(data)], data_cfg.model_copy(update={"format": fmt}), bad)
+        if bad:
+            _raise_bad(bad)
+        if any(ex.is_text for ex in examples):
+            raise DataError(f"{data}: plain-text records have no prompt/reference; use --prompt instead")
+        for ex in examples[:limit]:
+            turns, ref = split_reference(ex)
+            user = next((c for r, c in reversed(turns) if r == "user"), "")
+            items.append((user, turns, ref))
+    if not items:
+        raise DataError("nothing to generate: no prompts and no records")
+
+    place = devices.choose(devices.detect())
+    if place.device == "cpu":
+        torch.set_num_threads(place.threads)
+    base_path = resolve_path(base_model(run, adapter, base))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=place.dtype).to(place.device)
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{adapter}: cannot load with base {base_path}: {str(exc).splitlines()[0]}") from None
+
+    encoded = [encode_prompt(turns, template, tokenizer, data_cfg.system_prompt) for _, turns, _ in items]
+    refs = [ref for _, _, ref in items]
+    if all(r is not None for r in refs):
+        # Answers longer than the longest reference cannot be exact matches: stop early.
+        longest = max(len(tokenizer(r, add_special_tokens=False).input_ids) for r in refs if r is not None)
+        max_new_tokens = min(max_new_tokens, longest + 8)
+    tuned = _generate(model, tokenizer, encoded, max_new_tokens, batch_size)
+    with model.disable_adapter():
+        plain = _generate(model, tokenizer, encoded, max_new_tokens, batch_size)
+
+    rows = []
+    for (prompt, _, ref), b, f in zip(items, plain, tuned, strict=True):
+        row: dict[str, Any] = {"prompt": prompt, "base": b, "finetuned": f}
+        if ref is not None:
+            row.update(reference=ref, base_exact=exact_match(b, ref), finetuned_exact=exact_match(f, ref))
+        rows.append(row)
+    scored = [r for r in rows if "reference" in r]
+    report: dict[str, Any] = {"adapter": str(adapter), "base_model": base_path, "records": rows}
+    if scored:
+        report["exact_match"] = {
+            "n": len(scored),
+            "base": sum(r["base_exact"] for r in scored) / len(scored),
+            "finetuned": sum(r["finetuned_exact"] for r in scored) / len(scored),
+        }
+    write_json_atomic(output_dir / "eval.json", report)
+    return report
+
+
+def print_report(report: dict[str, Any], show: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, Console().width))
+    table = Table(title="base vs fine-tuned", show_lines=True)
+    has_ref = any("reference" in r for r in report["records"])
+    table.add_column("prompt", overflow="fold", ratio=3)
+    if has_ref:
+        table.add_column("reference", overflow="fold", ratio=1)
+    table.add_column("base", overflow="fold", ratio=3)
+    table.add_column("fine-tuned", overflow="fold", ratio=2)
+    for row in report["records"][:show]:
+
+        def mark(text: str, ok: bool | None) -> str:
+            return text if ok is None else f"{'✓' if ok else '✗'} {text}"
+
+        cells = [row["prompt"]]
+        if has_ref:
+            cells.append(row.get("reference", ""))
+        cells += [mark(row["base"], row.get("base_exact")), mark(row["finetuned"], row.get("finetuned_exact"))]
+        table.add_row(*cells)
+    console.print(table)
+    em = report.get("exact_match")
+    if em:
+        console.print(
+            f"held-out exact match on {em['n']} records: base {em['base']:.1%} -> fine-tuned {em['finetuned']:.1%}"
+        )

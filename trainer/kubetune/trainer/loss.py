@@ -1,0 +1,38 @@
+"""Causal-LM loss that projects only the positions that have a target.
+
+With completion-only training most positions are prompt: computing the output
+head (vocab × hidden, a fifth of a small model's FLOPs) and a softmax over the
+whole vocabulary for them is wasted work. The model's own forward is used with
+`logits_to_keep` set to the positions whose next token is a target (the union
+over the batch), so model-specific head logic (soft-capping, logit scales)
+still applies. Sums are divided by the token count of the whole accumulated
+batch, so gradient accumulation and several processes weight every token the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kubetune.trainer.data.render import IGNORE
+
+
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions t whose next token (t+1) is a target in at least one row."""
+    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+
+
+def selective_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of target tokens) for one micro-batch."""
+    labels = batch["labels"]
+    keep = target_positions(labels)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # [B, K, V]
+    targets = labels[:, 1:][:, keep]
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, (targets != IGNORE).sum()

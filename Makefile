@@ -12,12 +12,23 @@ export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast lint format bench clean
+.PHONY: help setup demo test test-fast lint format bench images images-dry-run clean
+
+# Trainer images: one per backend, built with docker or podman, whichever exists.
+BACKENDS := cpu cpu-ccl xpu cuda
+BACKEND ?= $(BACKENDS)
+VERSION ?= 0.1.0
+IMAGE_REPO ?= kubetune/trainer
+ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+# Proxies are passed as build args only when set here; they are never baked into an image.
+PROXY_ARGS := $(foreach v,HTTP_PROXY HTTPS_PROXY NO_PROXY,$(if $($(v)),--build-arg $(v)=$($(v))))
+build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) -t $(IMAGE_REPO):$(1)-$(VERSION) \
+	-t $(IMAGE_REPO):$(1) --build-arg VERSION=$(VERSION) $(PROXY_ARGS) .
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): api/pyproject.toml trainer/pyproject.toml $(CONSTRAINTS)
+$(STAMP): api/pyproject.toml trainer/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev]"
@@ -38,9 +49,10 @@ test: setup ## Run the whole test suite (unit + real training on the builtin mod
 test-fast: setup ## Run the tests that do not train the real model
 	$(PY) -m pytest -m "not slow"
 
-lint: setup ## ruff check + format check
+lint: setup ## ruff check + format check + import layering (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -48,6 +60,16 @@ format: setup ## Apply ruff fixes and formatting
 
 bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL (minutes)
 	$(PY) bench/bench_train.py
+
+images: ## Build the trainer images with docker or podman (BACKEND=cpu for one)
+	@test -n "$(ENGINE)" || { echo "error: neither docker nor podman is installed" >&2; exit 2; }
+	@for b in $(BACKEND); do \
+		case " $(BACKENDS) " in *" $$b "*) ;; *) echo "error: BACKEND=$$b is not one of $(BACKENDS)" >&2; exit 2;; esac; \
+	done
+	$(foreach b,$(BACKEND),$(call build_cmd,$(b)) &&) true
+
+images-dry-run: ## Print the image build commands without running them
+	@$(foreach b,$(BACKEND),echo '$(call build_cmd,$(b))';)
 
 clean: ## Remove build outputs, caches and runs (keeps .venv)
 	rm -rf runs output .pytest_cache .ruff_cache

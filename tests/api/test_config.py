@@ -114,3 +114,21 @@ def test_bounds_are_enforced():
 def test_to_yaml_round_trips():
     cfg = load_config(YAML, "c.yaml", sets=["data.path=a.jsonl"])
     assert load_config(to_yaml(cfg), "again.yaml") == cfg
+
+
+def test_container_mounts_are_the_lowest_priority_defaults():
+    from kubetune.api.sources import layer_from_mounts
+
+    present = {"/m/model/config.json", "/m/data", "/m/output"}
+    mounts = layer_from_mounts("/m/", present.__contains__)
+    cfg = load_config(None, mounts=mounts)
+    assert (cfg.model.path, cfg.data.path, cfg.output_dir) == ("/m/model", ["/m/data"], "/m/output")
+    # A mounted config naming files under /data wins over the bare mount; env wins over both.
+    cfg = load_config("data:\n  path: /m/data/train.jsonl\n", "c.yaml", {"OUTPUT_DIR": "/elsewhere"}, mounts=mounts)
+    assert (cfg.data.path, cfg.output_dir) == (["/m/data/train.jsonl"], "/elsewhere")
+
+
+def test_an_empty_model_mount_keeps_the_builtin_default():
+    from kubetune.api.sources import layer_from_mounts
+
+    assert load_config(None, mounts=layer_from_mounts("/", {"/model"}.__contains__)).model.path == BUILTIN_MODEL

@@ -23,6 +23,12 @@ def test_record_fields_and_rates():
     json.dumps(r)
 
 
+def test_eta_of_a_resumed_run_counts_this_sessions_steps_only():
+    # Resumed at step 8, now at step 10 after 4 s: 2 s/step, 10 steps left.
+    r = progress_record(10, 20, {"loss": 1.0}, 0, elapsed=4.0, window_tokens=0, window_s=1.0, steps_done=2)
+    assert r["eta_seconds"] == 20.0
+
+
 def test_non_finite_values_become_null():
     r = progress_record(1, 2, {"loss": float("nan")}, 0, 1.0, 0, 0.0)
     assert r["loss"] is None and r["tokens_per_second"] == 0.0
@@ -44,8 +50,21 @@ def test_reporter_prints_and_appends(tmp_path):
     out = io.StringIO()
     rep = ProgressReporter(tmp_path / "m.jsonl", print_json=True, stream=out)
     rep.on_train_begin(None, State(), None)
+    rep.on_step_begin(None, State(), None)
+    assert rep.start_tokens == 300  # the baseline is the (possibly restored) count at the first step
     rep.on_log(None, State(), None, logs={"loss": 0.5, "epoch": 0.5})
     rep.on_log(None, State(), None, logs={"eval_loss": 0.4, "epoch": 0.5})
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [x["event"] for x in lines] == ["progress", "eval"]
     assert json.loads(out.getvalue().splitlines()[0])["loss"] == 0.5
+
+
+def test_the_last_step_is_always_reported(tmp_path):
+    from transformers import TrainerControl
+
+    rep = ProgressReporter(tmp_path / "m.jsonl", print_json=False)
+    state = State()
+    control = rep.on_step_end(None, state, TrainerControl())
+    assert control.should_log is False  # step 3 of 6: left to logging_steps
+    state.global_step = 6
+    assert rep.on_step_end(None, state, TrainerControl()).should_log is True

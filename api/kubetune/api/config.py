@@ -112,7 +112,13 @@ class TrainingSection(Section):
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of steps spent warming up (the first warmup step runs at lr 0). LoRA starts from "
+        "a zero update, so it rarely needs warmup; 0.03 is common for high learning rates or long runs.",
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 disables it.")
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
@@ -133,6 +139,27 @@ class TrainingSection(Section):
     eval_steps: int | None = Field(None, ge=1, description="Eval every N steps; default: each epoch.")
     save_steps: int = Field(100, ge=1, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    resume: str = Field(
+        "auto",
+        description="auto: continue from the newest complete checkpoint in output_dir if there is one; "
+        "never: start over; or a checkpoint directory to continue from.",
+    )
+    force_resume: bool = Field(
+        False, description="Resume even if the model, LoRA shape or data changed since the checkpoint."
+    )
+
+
+class DistributedSection(Section):
+    """How processes talk; how many there are comes from KUBETUNE_NPROC_PER_NODE / KUBETUNE_NNODES."""
+
+    backend: Literal["auto", "gloo", "ccl", "nccl", "xccl"] = Field(
+        "auto",
+        description="Collective backend; auto: ccl on CPU when oneccl_bindings_for_pytorch imports, else gloo; "
+        "xccl on XPU; nccl on CUDA.",
+    )
+    timeout_seconds: int = Field(
+        1800, ge=5, description="How long to wait for all processes to join and for any collective."
+    )
 
 
 class TrainConfig(Section):
@@ -142,4 +169,5 @@ class TrainConfig(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     output_dir: str = Field("output", description="Where checkpoints, adapter, merged model and logs go.")

@@ -8,7 +8,7 @@ Everything here is pure: the caller passes the environment and file text in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ RESERVED_ENV = frozenset(
         "KUBETUNE_CACHE_DIR",
         "KUBETUNE_PROGRESS",
         "KUBETUNE_LOG_LEVEL",
+        # Container contract: set by the images (KUBETUNE_CONTAINER) or by tests standing in for mounts.
+        "KUBETUNE_CONTAINER",
+        "KUBETUNE_MOUNT_ROOT",
         # Launch layout (several processes / nodes), read by the launcher.
         "KUBETUNE_NPROC_PER_NODE",
         "KUBETUNE_NNODES",
@@ -125,6 +128,27 @@ def _scalar(text: str) -> Any:
         return yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+
+
+# The images' documented mount points and the config keys they default, checked in this order.
+MOUNTS: tuple[tuple[Path_, str, str], ...] = (
+    (("model", "path"), "model", "model/config.json"),  # only a real model dir replaces the builtin default
+    (("data", "path"), "data", "data"),
+    (("output_dir",), "output", "output"),
+)
+
+
+def layer_from_mounts(root: str, exists: Callable[[str], bool]) -> Layer:
+    """In a container, the mounts /model, /data, /output are defaults below everything else.
+
+    Lowest priority on purpose: a mounted YAML that names /data/train.jsonl must not be overridden by /data.
+    """
+    layer = Layer()
+    base = root.rstrip("/")
+    for path, mount, probe in MOUNTS:
+        if exists(f"{base}/{probe}"):
+            layer.put(path, f"{base}/{mount}", f"mount {base}/{mount}")
+    return layer
 
 
 def layer_from_env(environ: Mapping[str, str]) -> Layer:
@@ -226,9 +250,10 @@ def load_config(
     sets: list[str] | None = None,
     flags: Mapping[Path_, Any] | None = None,
     flag_names: Mapping[Path_, str] | None = None,
+    mounts: Layer | None = None,
 ) -> TrainConfig:
-    """The one entry point: YAML < env < --set < flags."""
-    layers = []
+    """The one entry point: (container mounts <) YAML < env < --set < flags."""
+    layers = [mounts] if mounts is not None else []
     problems: list[str] = []
     for make in (
         lambda: layer_from_yaml(yaml_text, yaml_name) if yaml_text is not None else Layer(),

@@ -82,3 +82,15 @@ def test_missing_unsupported_and_empty_paths(tmp_path):
         read_records([str(tmp_path / "x.txt")], [])
     with pytest.raises(DataError, match="no training data"):
         read_records([], [])
+
+
+def test_plain_directory_reads_every_supported_file_in_name_order(tmp_path):
+    (tmp_path / "b.jsonl").write_text('{"text": "second"}\n')
+    (tmp_path / "a.csv").write_text("text\nfirst\n")
+    (tmp_path / "notes.md").write_text("ignored")
+    records = read_records([str(tmp_path)], [])
+    assert [r.values["text"] for r in records] == ["first", "second"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="directory has no"):
+        read_records([str(empty)], [])

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from kubetune.api.sources import ConfigError, load_config, to_yaml
-from kubetune.trainer.errors import EXIT_CONFIG, KubetuneError
+from kubetune.trainer.errors import EXIT_CONFIG, EXIT_PREEMPTED, KubetuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA / QLoRA fine-tuning of causal LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before training on it.")
@@ -42,6 +42,9 @@ FLAG_PATHS = {
 }
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: $KUBETUNE_CONFIG).")]
+OutputDirOpt = Annotated[Path, typer.Option(help="The training output directory (adapter/, run.json).")]
+AdapterOpt = Annotated[Path | None, typer.Option(help="Adapter dir (default OUTPUT_DIR/adapter).")]
+BaseOpt = Annotated[str | None, typer.Option(help="Base model (default: the one run.json records).")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override any key: --set training.lr=1e-4 (repeatable).")
 ]
@@ -70,6 +73,16 @@ def _setup_logging() -> None:
 
 def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str, Any]) -> Any:
     """YAML (--config or $KUBETUNE_CONFIG) < env < --set < flags; exits 2 listing every problem."""
+    from kubetune.api.sources import layer_from_mounts
+
+    mounts = None
+    if os.environ.get("KUBETUNE_CONTAINER") == "1":
+        # The images' contract (README "Container contract"): mounts are the lowest-priority defaults.
+        root = os.environ.get("KUBETUNE_MOUNT_ROOT") or "/"
+        mounts = layer_from_mounts(root, os.path.exists)
+        mounted_config = Path(root) / "config" / "config.yaml"
+        if config is None and not os.environ.get("KUBETUNE_CONFIG") and mounted_config.is_file():
+            config = mounted_config
     path = config or (Path(os.environ["KUBETUNE_CONFIG"]) if os.environ.get("KUBETUNE_CONFIG") else None)
     text = None
     if path is not None:
@@ -80,16 +93,27 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
     given = {FLAG_PATHS[k]: v for k, v in flags.items() if v is not None and v is not False}
     names = {FLAG_PATHS[k]: "--" + k.replace("_", "-") for k in flags}
     try:
-        return load_config(text, str(path) if path else "config", os.environ, sets or [], given, names)
+        return load_config(text, str(path) if path else "config", os.environ, sets or [], given, names, mounts)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from kubetune.trainer.errors import Preempted
+    from kubetune.trainer.launch import LAUNCHED_ENV
+
     try:
         return fn(*args, **kwargs)
-    except KubetuneError as exc:
+    except Preempted as exc:
+        if os.environ.get(LAUNCHED_ENV):
+            # A torchrun worker: stop cleanly; the launcher turns the marker into the retry exit code.
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(f"preempted: {exc}", err=True)
+            raise typer.Exit(0) from None
         _fail(str(exc), exc.exit_code)
+    except KubetuneError as exc:
+        prefix = f"[rank {os.environ['RANK']}] " if os.environ.get(LAUNCHED_ENV) and "RANK" in os.environ else ""
+        _fail(prefix + str(exc), exc.exit_code)
 
 
 @app.command()
@@ -108,6 +132,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="training.device: auto | cpu | cuda | xpu")] = None,
     skip_bad_records: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
     progress: Annotated[str, typer.Option(help="auto | json | bar ($KUBETUNE_PROGRESS)")] = "auto",
+    nproc_per_node: Annotated[
+        int | None, typer.Option(help="Processes on this node ($KUBETUNE_NPROC_PER_NODE); >1 starts torchrun.")
+    ] = None,
+    nnodes: Annotated[int | None, typer.Option(help="Nodes in the job ($KUBETUNE_NNODES).")] = None,
 ) -> None:
     """Fine-tune a LoRA adapter; writes OUTPUT_DIR/adapter, run.json, metrics.jsonl, loss.png."""
     _setup_logging()
@@ -125,8 +153,28 @@ def train(
         skip_bad_records=skip_bad_records,
     )
     cfg = resolve_config(config, set_, flags)
+    from kubetune.trainer import launch
     from kubetune.trainer.progress import progress_mode
     from kubetune.trainer.train import run
+
+    layout = _guard(launch.layout_from_env, os.environ, nproc_per_node, nnodes)
+    if layout.distributed and not os.environ.get(launch.LAUNCHED_ENV):
+        from kubetune.trainer.device import usable_cores
+
+        logging.getLogger("kubetune.launch").info(
+            "launching %d process(es) on node %d of %d (world size %d) via %s:%d",
+            layout.nproc_per_node,
+            layout.node_rank,
+            layout.nnodes,
+            layout.world_size,
+            layout.master_addr,
+            layout.master_port,
+        )
+        timeout = cfg.distributed.timeout_seconds
+        code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
+        if code == EXIT_PREEMPTED:
+            typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
+        raise typer.Exit(code)
 
     mode = progress_mode(os.environ.get("KUBETUNE_PROGRESS") or progress)
     summary = _guard(run, cfg, mode)
@@ -140,9 +188,9 @@ def train(
 
 @app.command()
 def merge(
-    output_dir: Annotated[Path, typer.Option(help="The training output directory (holds adapter/).")] = Path("output"),
-    adapter: Annotated[Path | None, typer.Option(help="Adapter dir (default OUTPUT_DIR/adapter).")] = None,
-    base: Annotated[str | None, typer.Option(help="Base model (default: from run.json / the adapter).")] = None,
+    output_dir: OutputDirOpt = Path("output"),
+    adapter: AdapterOpt = None,
+    base: BaseOpt = None,
     dest: Annotated[Path | None, typer.Option(help="Merged model dir (default OUTPUT_DIR/merged).")] = None,
     dtype: Annotated[str, typer.Option(help="Saved dtype: auto (the base's) | fp32 | bf16 | fp16")] = "auto",
 ) -> None:
@@ -160,11 +208,11 @@ def merge(
 
 @app.command()
 def generate(
-    output_dir: Annotated[Path, typer.Option(help="Training output dir (adapter/, run.json).")] = Path("output"),
+    output_dir: OutputDirOpt = Path("output"),
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
     data: Annotated[Path | None, typer.Option(help="Records with references (same formats as training).")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="Adapter dir (default OUTPUT_DIR/adapter).")] = None,
-    base: Annotated[str | None, typer.Option(help="Base model (default: from run.json).")] = None,
+    adapter: AdapterOpt = None,
+    base: BaseOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records of --data.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,

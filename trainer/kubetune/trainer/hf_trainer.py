@@ -1,24 +1,38 @@
-"""transformers' Trainer with kubetune's loss: only positions with a target are projected.
+"""transformers' Trainer with kubetune's loss, atomic checkpoints and a graceful SIGTERM.
 
-Everything else (optimizer, schedule, accumulation, checkpoints, DDP) is the
-Trainer's own. See loss.py for why the loss is computed this way.
+Everything else (optimizer, schedule, accumulation, DDP, what a checkpoint
+holds, resuming the data position) is the Trainer's own. See loss.py for the
+loss and checkpoints.py for the on-disk protocol.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
 
+from kubetune.trainer import checkpoints
 from kubetune.trainer.loss import selective_loss_sum
 
 
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class CompletionTrainer(Trainer):
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, identity: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # Our loss is already divided by the whole accumulated batch's token count.
         self.loss_is_scaled_for_ga = True
+        self.identity = identity or {}
+        self._staging = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_sum, count = selective_loss_sum(model, inputs)
@@ -36,3 +50,62 @@ class CompletionTrainer(Trainer):
         with torch.no_grad():
             loss_sum, count = selective_loss_sum(model, inputs)
         return (loss_sum / count.clamp(min=1)).detach(), None, None
+
+    # --- atomic checkpoints -------------------------------------------------------------------
+
+    def _get_output_dir(self, trial):
+        base = super()._get_output_dir(trial)
+        return os.path.join(base, checkpoints.STAGING) if self._staging else base
+
+    def _save_checkpoint(self, model, trial):
+        root = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)  # every rank writes its part (RNG state) into staging
+        finally:
+            self._staging = False
+        _barrier()
+        if self.is_world_process_zero():
+            staged, final = root / checkpoints.STAGING / name, root / name
+            marker = {"step": self.state.global_step, "identity": self.identity}
+            with (staged / checkpoints.MARKER).open("w") as fh:
+                json.dump(marker, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if final.exists():  # a re-save of the same step (e.g. at the end of a resumed run)
+                os.replace(final, root / checkpoints.STAGING / f"{name}.old")
+            os.replace(staged, final)  # the atomic step: the checkpoint appears complete or not at all
+            checkpoints.clean_incomplete(root)
+            checkpoints.rotate(root, self.args.save_total_limit or 1_000_000)
+        _barrier()
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM: finish the current step, save a checkpoint, stop. All ranks agree on when."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _agreed(self, args: Any) -> bool:
+        flag = self.requested
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([1 if flag else 0], device=args.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._agreed(args) and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control

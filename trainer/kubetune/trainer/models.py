@@ -83,7 +83,13 @@ def export_gguf(gguf: Path, dest: Path) -> Path:
         if tokenizer.chat_template:
             # Keep the template in tokenizer_config too, for tools that look only there.
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
-        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            # Another process (a second worker) finished the same export first: use theirs.
+            if not (dest / "config.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

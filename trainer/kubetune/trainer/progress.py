@@ -25,11 +25,22 @@ def progress_mode(requested: str | None, stream: TextIO = sys.stdout) -> str:
 
 
 def progress_record(
-    step: int, total: int, logs: dict[str, float], tokens: int, elapsed: float, window_tokens: int, window_s: float
+    step: int,
+    total: int,
+    logs: dict[str, float],
+    tokens: int,
+    elapsed: float,
+    window_tokens: int,
+    window_s: float,
+    steps_done: int | None = None,
 ) -> dict[str, Any]:
-    """The progress event: pure, so its fields are tested without training."""
+    """The progress event: pure, so its fields are tested without training.
+
+    `elapsed` and `steps_done` cover this session only, so a resumed run's ETA is not skewed by earlier steps.
+    """
+    done = step if steps_done is None else steps_done
     rate = window_tokens / window_s if window_s > 0 else 0.0
-    eta = (total - step) * (elapsed / step) if step > 0 else None
+    eta = (total - step) * (elapsed / done) if done > 0 else None
     record: dict[str, Any] = {
         "event": "progress",
         "step": step,
@@ -52,12 +63,27 @@ class ProgressReporter(TrainerCallback):
         self.stream = stream
         self.start = self.last_time = time.perf_counter()
         self.last_tokens = 0
-        self.first_step_tokens = 0
+        self.start_tokens = 0
+        self.start_step = 0
         self.last_record: dict[str, Any] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = self.last_time = time.perf_counter()
-        self.last_tokens = state.num_input_tokens_seen
+        self._baseline_pending = True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The baseline is taken at the first step, not at train begin: the Trainer restores a resumed run's
+        # state (and its token count) after on_train_begin, and setup time is not training time.
+        if getattr(self, "_baseline_pending", True):
+            self._baseline_pending = False
+            self.start = self.last_time = time.perf_counter()
+            self.last_tokens = self.start_tokens = state.num_input_tokens_seen
+            self.start_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Always report the last step, whatever logging_steps is: watchers see step == total_steps.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
 
     def on_evaluate(self, args, state, control, **kwargs):
         # Evaluation time is not training time: restart the throughput window after it.
@@ -85,6 +111,7 @@ class ProgressReporter(TrainerCallback):
                 now - self.start,
                 tokens - self.last_tokens,
                 now - self.last_time,
+                steps_done=state.global_step - self.start_step,
             )
             self.last_time, self.last_tokens = now, tokens
             self.last_record = record

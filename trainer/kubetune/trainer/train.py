@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from kubetune.api.config import TrainConfig
+from kubetune.trainer import checkpoints, launch
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import prepare
-from kubetune.trainer.errors import UsageError
+from kubetune.trainer.errors import Preempted, UsageError
 from kubetune.trainer.models import load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
 from kubetune.trainer.report import (
@@ -53,7 +54,9 @@ def lora_config(cfg: TrainConfig) -> Any:
     )
 
 
-def training_arguments(cfg: TrainConfig, place: devices.Placement, has_eval: bool, no_bar: bool) -> Any:
+def training_arguments(
+    cfg: TrainConfig, place: devices.Placement, has_eval: bool, no_bar: bool, backend: str | None = None
+) -> Any:
     """Map our config onto transformers' TrainingArguments (pure apart from the class)."""
     from transformers import TrainingArguments
 
@@ -89,6 +92,9 @@ def training_arguments(cfg: TrainConfig, place: devices.Placement, has_eval: boo
         label_names=["labels"],
         include_num_input_tokens_seen="all" if cfg.data.packing else "non_padding",
         dataloader_num_workers=0,
+        ddp_backend=backend,
+        ddp_timeout=cfg.distributed.timeout_seconds,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient; skip DDP's graph walk
     )
 
 
@@ -111,8 +117,51 @@ def _atomic_dir(dest: Path, write: Any) -> None:
         raise
 
 
+def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
+    """In a torchrun worker: check the world size, pin this process to its cores, pick the backend."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    layout = launch.layout_from_env(os.environ)
+    if world != layout.world_size:
+        raise UsageError(
+            f"world size mismatch: this node expects KUBETUNE_NNODES x KUBETUNE_NPROC_PER_NODE = "
+            f"{layout.nnodes} x {layout.nproc_per_node} = {layout.world_size} processes, but the job has {world}; "
+            "every node must be started with the same values"
+        )
+    backend = launch.choose_backend(place.device, launch.ccl_importable(), cfg.distributed.backend)
+    if backend == "ccl":
+        import oneccl_bindings_for_pytorch  # noqa: F401  (registers the ccl backend)
+
+        os.environ.setdefault("CCL_LOCAL_RANK", str(local_rank))
+        os.environ.setdefault("CCL_LOCAL_SIZE", str(local_world))
+    if place.device == "cpu":
+        try:
+            cores = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
+            os.sched_setaffinity(0, cores)
+        except (AttributeError, OSError):  # not Linux, or pinning not allowed: threads only
+            cores = list(range(max(1, place.threads // local_world)))
+        torch.set_num_threads(len(cores))
+        log.info("rank %s/%d: backend=%s cores=%s", os.environ.get("RANK"), world, backend, cores)
+    return backend
+
+
 def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
     """Train a LoRA adapter; returns the summary also written to run.json."""
+    from kubetune.trainer.hf_trainer import GracefulStop
+
+    stopper = GracefulStop()  # from the start: a SIGTERM while loading is a clean, retryable exit too
+    try:
+        return _run(cfg, progress, stopper)
+    finally:
+        stopper.restore()
+
+
+def _stop_if_requested(stopper: Any, phase: str) -> None:
+    if stopper.requested:
+        raise Preempted(f"stopped by SIGTERM {phase}; nothing to save yet; run the same command again")
+
+
+def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     started = time.time()
     out = Path(cfg.output_dir)
     if not cfg.data.path:
@@ -130,7 +179,8 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if place.device == "cpu":
+    backend = worker_setup(cfg, place) if os.environ.get(launch.LAUNCHED_ENV) else None
+    if place.device == "cpu" and backend is None:
         torch.set_num_threads(place.threads)
     log.info(
         "device=%s precision=%s (%s) threads=%d gradient_checkpointing=%s",
@@ -158,6 +208,17 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
         sum(len(r["input_ids"]) for r in data.train),
     )
 
+    # What a checkpoint must agree with to be resumed, and the checkpoint to resume from.
+    data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
+    fingerprint = model_fingerprint(resolve_path(cfg.model.path))
+    identity = checkpoints.identity(cfg, data_hashes, fingerprint)
+    ckpt_root = out / "checkpoints"
+    resume_from = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+
+    _stop_if_requested(stopper, "while preparing data")
+
     # 3. Model: quantized base if asked, LoRA on top.
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -182,11 +243,18 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
 
     from kubetune.trainer.hf_trainer import CompletionTrainer
 
+    _stop_if_requested(stopper, "while loading the model")
+
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        checkpoints.clean_incomplete(ckpt_root)
+        (ckpt_root / launch.PREEMPTED_MARKER).unlink(missing_ok=True)
+        if resume_from is None:
+            metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one appends
     # progress: json (lines on stdout), bar (tqdm), none (metrics.jsonl only; for embedding and benchmarks)
-    args = training_arguments(cfg, place, bool(data.eval), progress != "bar")
+    args = training_arguments(cfg, place, bool(data.eval), progress != "bar", backend)
     reporter = ProgressReporter(metrics_path, print_json=progress == "json")
     strip = [{k: v for k, v in row.items() if k != "where"} for row in data.train]
     strip_eval = [{k: v for k, v in row.items() if k != "where"} for row in data.eval]
@@ -200,11 +268,20 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
             data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
             processing_class=tokenizer,
             callbacks=[reporter],
+            identity=identity,
         )
         trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
+        trainer.add_callback(stopper)
         train_started = time.time()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_seconds = time.time() - train_started
+        if stopper.stopped_at is not None:
+            if trainer.is_world_process_zero():
+                (ckpt_root / launch.PREEMPTED_MARKER).write_text(str(stopper.stopped_at))
+            raise Preempted(
+                f"stopped by SIGTERM after step {stopper.stopped_at}; checkpoint written to "
+                f"{ckpt_root / f'checkpoint-{stopper.stopped_at}'}; run the same command again to resume"
+            )
         eval_loss = None
         if data.eval:
             # Reuse the eval at the final step if the schedule already ran one there.
@@ -236,7 +313,8 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
             "final_loss": losses[-1] if losses else None,
             "eval_loss": eval_loss,
             "tokens": tokens,
-            "tokens_per_second": tokens / train_seconds if train_seconds else None,
+            # This session's tokens over this session's time (a resumed run restores the earlier count).
+            "tokens_per_second": (tokens - reporter.start_tokens) / train_seconds if train_seconds else None,
             "train_seconds": round(train_seconds, 2),
             "load_seconds": round(load_seconds, 2),
             "total_seconds": round(time.time() - started, 2),
@@ -263,9 +341,10 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
                 "dropped_no_target": data.stats.dropped_no_target,
                 "skipped_bad_records": [str(b) for b in data.skipped[:100]],
                 "skipped_bad_count": len(data.skipped),
-                "hashes": hash_paths(cfg.data.path + cfg.data.eval_path),
+                "hashes": data_hashes,
             },
-            "model": {"path": cfg.model.path, "fingerprint": model_fingerprint(resolve_path(cfg.model.path))},
+            "resumed_from": str(resume_from) if resume_from else None,
+            "model": {"path": cfg.model.path, "fingerprint": fingerprint},
             "versions": versions(),
             "metrics": summary,
         }

@@ -109,6 +109,10 @@ def _hf_dir(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
         yield Record(dict(row), f"{path}:record {index + 1}")
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
 READERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
 
 
@@ -121,6 +125,15 @@ def read_records(paths: list[str], bad: list[BadRecord]) -> list[Record]:
         path = Path(raw)
         if not path.exists():
             raise DataError(f"{path}: no such file or directory (data.path)")
+        if path.is_dir() and not _is_saved_dataset(path):
+            # A plain directory (e.g. the /data mount): every supported file in it, in name order.
+            files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in READERS)
+            if not files:
+                raise DataError(
+                    f"{path}: directory has no {', '.join(sorted(READERS))} files and is not a saved dataset"
+                )
+            records.extend(read_records([str(f) for f in files], bad))
+            continue
         if path.is_dir():
             reader = _hf_dir
         else:

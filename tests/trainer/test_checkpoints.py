@@ -1,0 +1,71 @@
+"""Complete-or-absent checkpoints and the rules for resuming from them."""
+
+import json
+
+import pytest
+
+from kubetune.trainer.checkpoints import (
+    MARKER,
+    STAGING,
+    clean_incomplete,
+    complete_checkpoints,
+    mismatches,
+    rotate,
+    select_resume,
+)
+from kubetune.trainer.errors import UsageError
+
+ID = {"model": "m", "model_fingerprint": "f", "quantization": "none", "lora": {"r": 8}, "data": {"d": "h"}}
+
+
+def make(root, step, complete=True, identity=ID):
+    d = root / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / "adapter_model.safetensors").write_bytes(b"x")
+    if complete:
+        (d / MARKER).write_text(json.dumps({"step": step, "identity": identity}))
+    return d
+
+
+def test_only_marked_checkpoints_count_in_step_order(tmp_path):
+    make(tmp_path, 10)
+    make(tmp_path, 2)
+    make(tmp_path, 30, complete=False)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
+
+
+def test_clean_removes_staging_and_unmarked(tmp_path):
+    make(tmp_path, 1)
+    make(tmp_path, 2, complete=False)
+    (tmp_path / STAGING / "checkpoint-3").mkdir(parents=True)
+    removed = {p.name for p in clean_incomplete(tmp_path)}
+    assert removed == {"checkpoint-2", STAGING}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1"]
+
+
+def test_rotate_keeps_newest(tmp_path):
+    for s in (1, 2, 3):
+        make(tmp_path, s)
+    rotate(tmp_path, keep=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_select_resume_auto_never_and_path(tmp_path):
+    assert select_resume(tmp_path, "auto", ID, force=False) is None
+    make(tmp_path, 4)
+    newest = make(tmp_path, 8)
+    make(tmp_path, 12, complete=False)
+    assert select_resume(tmp_path, "auto", ID, force=False) == newest
+    assert select_resume(tmp_path, "never", ID, force=False) is None
+    assert select_resume(tmp_path, str(tmp_path / "checkpoint-4"), ID, force=False).name == "checkpoint-4"
+    with pytest.raises(UsageError, match="not a complete kubetune checkpoint"):
+        select_resume(tmp_path, str(tmp_path / "checkpoint-12"), ID, force=False)
+
+
+def test_changed_run_is_refused_unless_forced(tmp_path):
+    make(tmp_path, 5)
+    changed = {**ID, "lora": {"r": 16}, "data": {"d": "other"}}
+    assert mismatches(ID, changed) == ["lora", "data"]
+    with pytest.raises(UsageError, match=r"different run \(lora, data changed\)"):
+        select_resume(tmp_path, "auto", changed, force=False)
+    assert select_resume(tmp_path, "auto", changed, force=True).name == "checkpoint-5"

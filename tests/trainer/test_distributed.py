@@ -1,0 +1,177 @@
+"""Real processes, no mocks of torch.distributed: 2-process gloo, SIGTERM, SIGKILL mid-save, a missing rank.
+
+Each test runs `kubetune train` as a subprocess on the embedded model for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kubetune.trainer.errors import EXIT_PREEMPTED
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+DATES = ROOT / "examples" / "data" / "dates" / "train.jsonl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_for(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") or k == "KUBETUNE_CACHE_DIR"}
+    env.update({"MASTER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1", "KUBETUNE_LOG_LEVEL": "WARNING", **extra})
+    return env
+
+
+def args(data: Path, out: Path, *more: str) -> list[str]:
+    # Dropout off: the comparisons below need the same randomness whatever the process count.
+    return ["train", "--data", str(data), "--output-dir", str(out), "--set", "lora.dropout=0",
+            "--set", "training.logging_steps=1", "--set", "training.lr=5e-4", "--set", "training.warmup_ratio=0",
+            "--set", "lora.r=8", "--progress", "json", *more]  # fmt: skip
+
+
+def kubetune(argv: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def losses(out: Path) -> dict[int, float]:
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e["event"] == "progress"}
+
+
+def adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(DATES.read_text().splitlines(keepends=True)[:48]))
+    return path
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    one = kubetune(args(data, tmp_path / "one", "--max-steps", "4", "--batch-size", "4"), env_for())
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = kubetune(args(data, tmp_path / "two", "--max-steps", "4", "--batch-size", "2", "--nproc-per-node", "2"),
+                   env_for())  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert list(a) == list(b) == [1, 2, 3, 4]
+    for step in a:  # same examples per step, split across ranks: only float summation order differs
+        assert b[step] == pytest.approx(a[step], rel=2e-3), (step, a, b)
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["resolved"]["world_size"] == 2 and run["resolved"]["global_batch"] == 4
+    # Only rank 0 writes outputs: one adapter, one run.json, progress lines from one process.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        ["adapter", "checkpoints", "loss.png", "metrics.jsonl", "run.json"]
+    )
+    assert [json.loads(x)["step"] for x in two.stdout.splitlines()] == [1, 2, 3, 4]
+
+
+def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path):
+    common = ["--max-steps", "10", "--batch-size", "2", "--set", "training.save_steps=100"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer.cli", *args(data, tmp_path / "cut", *common, "--nproc-per-node", "2")],
+        env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for real progress, then preempt the launcher like Kubernetes would
+        if json.loads(line)["step"] >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+    code = proc.wait(timeout=300)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == EXIT_PREEMPTED, stderr[-3000:]
+    ckpts = sorted((tmp_path / "cut" / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
+    stopped = int(ckpts[0].name.split("-")[1])
+    assert 3 <= stopped < 10
+    assert not (tmp_path / "cut" / "adapter").exists()
+
+    resumed = kubetune(args(data, tmp_path / "cut", *common, "--nproc-per-node", "2"), env_for())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(x)["step"] for x in resumed.stdout.splitlines()]
+    assert steps[0] == stopped + 1 and steps[-1] == 10
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert run["resumed_from"].endswith(f"checkpoint-{stopped}") and run["metrics"]["steps"] == 10
+
+    whole = kubetune(args(data, tmp_path / "whole", *common, "--nproc-per-node", "2"), env_for())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    got, want = adapter(tmp_path / "cut"), adapter(tmp_path / "whole")
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-5)
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import sys, time
+    from transformers import Trainer
+    original = Trainer._save_rng_state
+
+    def slow(self, output_dir):  # called inside a checkpoint save, after the weights are written
+        original(self, output_dir)
+        if self.state.global_step == 4:
+            print("SAVING 4", flush=True)
+            time.sleep(600)
+
+    Trainer._save_rng_state = slow
+    from kubetune.trainer.cli import main
+    sys.argv = ["kubetune", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    argv = args(data, out, "--max-steps", "6", "--batch-size", "4", "--set", "training.save_steps=2")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, *argv], env=env_for(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("SAVING 4"):
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    root = out / "checkpoints"
+    assert (root / "checkpoint-2" / "COMPLETE").is_file()
+    assert not (root / "checkpoint-4").exists() and (root / ".incomplete" / "checkpoint-4").exists()
+
+    resumed = kubetune(argv, env_for())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert next(json.loads(x)["step"] for x in resumed.stdout.splitlines()) == 3
+    assert json.loads((out / "run.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    assert not (root / ".incomplete").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
+    port = free_port()
+    started = time.monotonic()
+    result = kubetune(
+        args(data, tmp_path / "lonely", "--max-steps", "2", "--set", "distributed.timeout_seconds=10"),
+        env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+        timeout=180,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 90
+    assert f"127.0.0.1:{port}" in result.stderr and "node(s) never joined" in result.stderr

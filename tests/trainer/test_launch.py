@@ -1,0 +1,96 @@
+"""Process layout, backend choice, core pinning and the torchrun command: pure, no processes."""
+
+import socket
+
+import pytest
+
+from kubetune.trainer.errors import UsageError
+from kubetune.trainer.launch import (
+    Layout,
+    check_port_free,
+    choose_backend,
+    layout_from_env,
+    split_cores,
+    torchrun_command,
+    worker_environment,
+)
+
+
+def test_single_process_by_default():
+    layout = layout_from_env({})
+    assert layout == Layout() and not layout.distributed
+
+
+def test_layout_from_env_and_indexed_job():
+    env = {"KUBETUNE_NPROC_PER_NODE": "4", "KUBETUNE_NNODES": "2", "JOB_COMPLETION_INDEX": "1",
+           "MASTER_ADDR": "job-0.svc", "MASTER_PORT": "23456"}  # fmt: skip
+    layout = layout_from_env(env)
+    assert (layout.nproc_per_node, layout.nnodes, layout.node_rank, layout.world_size) == (4, 2, 1, 8)
+    assert (layout.master_addr, layout.master_port) == ("job-0.svc", 23456)
+    # KUBETUNE_NODE_RANK wins over the Job index; flags win over env.
+    assert layout_from_env({**env, "KUBETUNE_NODE_RANK": "0"}).node_rank == 0
+    assert layout_from_env(env, nproc=1, nnodes=3).world_size == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KUBETUNE_NPROC_PER_NODE": "two"}, "KUBETUNE_NPROC_PER_NODE: expected an integer"),
+        ({"KUBETUNE_NNODES": "0"}, "KUBETUNE_NNODES: must be >= 1"),
+        ({"KUBETUNE_NNODES": "2", "JOB_COMPLETION_INDEX": "2"}, "node rank 2 is out of range"),
+    ],
+)
+def test_layout_errors(env, message):
+    with pytest.raises(UsageError, match=message):
+        layout_from_env(env)
+
+
+def test_backend_table():
+    assert choose_backend("cpu", ccl_importable=False) == "gloo"
+    assert choose_backend("cpu", ccl_importable=True) == "ccl"
+    assert choose_backend("cuda", ccl_importable=True) == "nccl"
+    assert choose_backend("xpu", ccl_importable=False) == "xccl"
+    assert choose_backend("cpu", ccl_importable=True, requested="gloo") == "gloo"
+
+
+def test_split_cores_disjoint_equal_blocks():
+    cores = [0, 1, 2, 3, 4, 5, 6, 7]
+    blocks = [split_cores(cores, 3, r) for r in range(3)]
+    assert blocks == [[0, 1], [2, 3], [4, 5]]
+    assert split_cores([0, 1], 4, 3) == [1]  # more processes than cores: share, never empty
+
+
+def test_worker_environment_threads_and_ccl():
+    env = worker_environment({"PATH": "/bin"}, Layout(nproc_per_node=2), cores_available=8)
+    assert env["OMP_NUM_THREADS"] == "4" and env["CCL_WORKER_COUNT"] == "1" and env["PATH"] == "/bin"
+    assert worker_environment({"OMP_NUM_THREADS": "1"}, Layout(nproc_per_node=2), 8)["OMP_NUM_THREADS"] == "1"
+    # Layout given by flags reaches the workers.
+    env = worker_environment({}, Layout(nproc_per_node=3, nnodes=2, node_rank=1), 6)
+    assert (env["KUBETUNE_NPROC_PER_NODE"], env["KUBETUNE_NNODES"], env["KUBETUNE_NODE_RANK"]) == ("3", "2", "1")
+
+
+def test_torchrun_command_static_rendezvous():
+    cmd = torchrun_command(Layout(2, 3, 1, "h0", 1234), ["train", "--config", "c.yaml"], rdzv_timeout=60)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    for arg in ["--nnodes=3", "--nproc-per-node=2", "--node-rank=1", "--master-addr=h0", "--master-port=1234",
+                "--rdzv-conf=timeout=60", "--max-restarts=0"]:  # fmt: skip
+        assert arg in cmd
+    assert cmd[-5:] == ["-m", "kubetune.trainer.cli", "train", "--config", "c.yaml"]
+
+
+def test_busy_port_is_reported_on_node_zero_only():
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(UsageError, match=f"MASTER_PORT {port} is already in use"):
+            check_port_free(Layout(2, 1, 0, "127.0.0.1", port))
+        check_port_free(Layout(2, 2, 1, "127.0.0.1", port))  # other nodes do not host it
+
+
+def test_rendezvous_failure_names_address_and_missing_nodes():
+    from kubetune.trainer.launch import rendezvous_failure
+
+    msg = rendezvous_failure(Layout(1, 3, 0, "job-0.svc", 29500), timeout=60)
+    assert "job-0.svc:29500" in msg and "expected nodes 1, 2" in msg and "60 s" in msg
+    assert "node 2 could not join" in rendezvous_failure(Layout(1, 3, 2, "job-0.svc", 29500), timeout=60)

@@ -1,0 +1,90 @@
+"""Checkpoints that survive preemption: complete or absent, never half-written.
+
+A checkpoint is staged in `checkpoints/.incomplete/checkpoint-N`, gets a
+`COMPLETE` marker (which records what the run was: model, LoRA shape, data
+hash) and is then renamed into `checkpoints/checkpoint-N`, an atomic step.
+A kill at any moment leaves either the previous checkpoint set or the new one.
+A directory without the marker is never loaded and is removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kubetune.trainer.errors import UsageError
+
+MARKER = "COMPLETE"
+STAGING = ".incomplete"
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def step_of(path: Path) -> int | None:
+    match = _STEP.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def clean_incomplete(root: Path) -> list[Path]:
+    """Remove staging leftovers and checkpoint dirs without a marker; returns what was removed."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for p in root.iterdir():
+        if p.name == STAGING or (p.is_dir() and step_of(p) is not None and not (p / MARKER).is_file()):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def rotate(root: Path, keep: int) -> None:
+    for old in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def identity(cfg: Any, data_hashes: dict[str, str], model_fingerprint: str) -> dict[str, Any]:
+    """What must not change between a checkpoint and the run resuming from it."""
+    return {
+        "model": cfg.model.path,
+        "model_fingerprint": model_fingerprint,
+        "quantization": cfg.model.quantization,
+        "lora": {k: getattr(cfg.lora, k) for k in ("r", "alpha", "target_modules", "bias", "modules_to_save")},
+        "data": data_hashes,
+    }
+
+
+def mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [key for key in current if saved.get(key) != current[key]]
+
+
+def select_resume(root: Path, resume: str, current: dict[str, Any], force: bool) -> Path | None:
+    """The checkpoint to resume from, refusing one that would make resuming wrong."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        if not found:
+            return None
+        chosen = found[-1]
+    else:
+        chosen = Path(resume)
+        if not (chosen / MARKER).is_file():
+            raise UsageError(f"training.resume: {chosen} is not a complete kubetune checkpoint (no {MARKER} marker)")
+    saved = json.loads((chosen / MARKER).read_text()).get("identity", {})
+    changed = mismatches(saved, current)
+    if changed and not force:
+        raise UsageError(
+            f"training.resume: {chosen} was written by a different run ({', '.join(changed)} changed); "
+            "use another output_dir, set training.resume=never to start over, or training.force_resume=true"
+        )
+    return chosen

@@ -1,0 +1,205 @@
+"""Several processes and several nodes: `kubetune train` starts torchrun itself.
+
+The layout is deployment, not the run's config, so it comes from the
+environment (what a container or an Indexed Job provides) or flags:
+
+    KUBETUNE_NPROC_PER_NODE  processes in this pod/container        (default 1)
+    KUBETUNE_NNODES          pods/machines                          (default 1)
+    KUBETUNE_NODE_RANK       this node's index; else JOB_COMPLETION_INDEX (Indexed Job); else 0
+    MASTER_ADDR, MASTER_PORT node 0's address and port              (127.0.0.1, 29500)
+
+A single process stays a plain process. Otherwise this process becomes the
+launcher: it checks what it can up front (a busy port fails in a second, not
+after a rendezvous timeout), then runs torchrun with a static rendezvous, and
+forwards SIGTERM straight to the workers so they checkpoint together (torchrun's
+own handling would SIGKILL them 30 s later, mid-step for a large model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune.trainer.errors import UsageError
+
+PREEMPTED_MARKER = "PREEMPTED"  # written by rank 0 into checkpoints/ when it stopped on SIGTERM
+LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
+INDEXED_JOB_ENV = "JOB_COMPLETION_INDEX"  # set by a Kubernetes Indexed Job in each pod
+
+
+@dataclass(frozen=True)
+class Layout:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"env {name}: expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise UsageError(f"env {name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes: int | None = None) -> Layout:
+    """The process layout from env vars (flags win). Pure."""
+    n_nodes = nnodes or _int(environ, "KUBETUNE_NNODES", 1, 1)
+    rank_var = "KUBETUNE_NODE_RANK" if environ.get("KUBETUNE_NODE_RANK") else INDEXED_JOB_ENV
+    node_rank = _int(environ, rank_var, 0, 0)
+    if node_rank >= n_nodes:
+        raise UsageError(f"env {rank_var}: node rank {node_rank} is out of range for KUBETUNE_NNODES={n_nodes}")
+    return Layout(
+        nproc_per_node=nproc or _int(environ, "KUBETUNE_NPROC_PER_NODE", 1, 1),
+        nnodes=n_nodes,
+        node_rank=node_rank,
+        master_addr=environ.get("MASTER_ADDR") or "127.0.0.1",
+        master_port=_int(environ, "MASTER_PORT", 29500, 1),
+    )
+
+
+def choose_backend(device: str, ccl_importable: bool, requested: str = "auto") -> str:
+    """The collective backend: ccl on CPU when oneCCL's bindings import, else gloo; xccl on XPU; nccl on CUDA."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "nccl"
+    if device == "xpu":
+        return "xccl"
+    return "ccl" if ccl_importable else "gloo"
+
+
+def ccl_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("oneccl_bindings_for_pytorch") is not None
+
+
+def split_cores(cores: list[int], local_world: int, local_rank: int) -> list[int]:
+    """This process's share of the usable cores: contiguous, equal blocks (the remainder is left idle)."""
+    per = max(1, len(cores) // local_world)
+    start = min(local_rank * per, max(0, len(cores) - per))
+    return sorted(cores)[start : start + per]
+
+
+def worker_environment(environ: Mapping[str, str], layout: Layout, cores_available: int) -> dict[str, str]:
+    """Environment for torchrun's workers: threads per process and oneCCL's knobs. Pure."""
+    env = dict(environ)
+    # The workers check the world size against the layout the launcher used, flags included.
+    env["KUBETUNE_NPROC_PER_NODE"] = str(layout.nproc_per_node)
+    env["KUBETUNE_NNODES"] = str(layout.nnodes)
+    env["KUBETUNE_NODE_RANK"] = str(layout.node_rank)
+    threads = max(1, cores_available // layout.nproc_per_node)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("CCL_WORKER_COUNT", "1")  # one oneCCL progress thread per process (used only with ccl)
+    return env
+
+
+def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list[str]:
+    """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT. Pure."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={layout.nnodes}",
+        f"--nproc-per-node={layout.nproc_per_node}",
+        f"--node-rank={layout.node_rank}",
+        f"--master-addr={layout.master_addr}",
+        f"--master-port={layout.master_port}",
+        f"--rdzv-conf=timeout={rdzv_timeout}",
+        "--max-restarts=0",
+        "-m", "kubetune.trainer.cli", *argv,
+    ]  # fmt: skip
+
+
+def check_port_free(layout: Layout) -> None:
+    """Node 0 hosts the rendezvous; a busy port would otherwise show up as a confusing timeout."""
+    if layout.node_rank != 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", layout.master_port))
+        except OSError:
+            raise UsageError(
+                f"MASTER_PORT {layout.master_port} is already in use on this node (node 0 hosts the rendezvous); "
+                "pick another port"
+            ) from None
+
+
+def rendezvous_failure(layout: Layout, timeout: int) -> str:
+    """What to say when torchrun gave up before starting any worker. Pure."""
+    where = f"{layout.master_addr}:{layout.master_port}"
+    if layout.node_rank == 0:
+        missing = ", ".join(str(r) for r in range(1, layout.nnodes))
+        return (
+            f"rendezvous at {where} timed out after {timeout} s: node(s) never joined (expected nodes {missing} "
+            f"besides this node 0; KUBETUNE_NNODES={layout.nnodes}). Check that every node started with the same "
+            "KUBETUNE_NNODES and that MASTER_ADDR/MASTER_PORT reach node 0"
+        )
+    return (
+        f"node {layout.node_rank} could not join the rendezvous at {where} (hosted by node 0) within {timeout} s: "
+        "node(s) never joined. Check that node 0 is running and that MASTER_ADDR/MASTER_PORT reach it"
+    )
+
+
+def _worker_pids(parent: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(parent).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def launch(layout: Layout, argv: list[str], output_dir: Path, rdzv_timeout: int, cores: int) -> int:
+    """Run torchrun; returns the exit code `kubetune train` should exit with."""
+    check_port_free(layout)
+    marker = output_dir / "checkpoints" / PREEMPTED_MARKER
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        torchrun_command(layout, argv, rdzv_timeout), env=worker_environment(os.environ, layout, cores)
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        # Straight to the workers: they finish the step, checkpoint together, and exit cleanly.
+        for pid in _worker_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    workers_started = False
+    try:
+        while (code := proc.poll()) is None:
+            workers_started = workers_started or bool(_worker_pids(proc.pid))
+            time.sleep(0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0 and not workers_started and layout.nnodes > 1:
+        raise UsageError(rendezvous_failure(layout, rdzv_timeout))
+    if marker.exists():
+        from kubetune.trainer.errors import EXIT_PREEMPTED
+
+        marker.unlink(missing_ok=True)
+        return EXIT_PREEMPTED
+    return code

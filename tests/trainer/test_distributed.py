@@ -175,3 +175,18 @@ def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
     assert result.returncode != 0
     assert elapsed < 90
     assert f"127.0.0.1:{port}" in result.stderr and "node(s) never joined" in result.stderr
+
+
+def test_ctrl_c_stops_at_a_checkpoint_in_a_single_process(data, tmp_path):
+    out = tmp_path / "run"
+    argv = args(data, out, "--max-steps", "10", "--batch-size", "4", "--set", "training.save_steps=100")
+    proc = subprocess.Popen([sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env_for(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["step"] >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    assert proc.wait(timeout=120) == EXIT_PREEMPTED
+    ckpts = list((out / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()

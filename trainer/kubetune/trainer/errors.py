@@ -8,7 +8,7 @@ EXIT_UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
 EXIT_CONFIG = 2  # bad config, flag, env var or usage
 EXIT_DATA = 3  # bad data file or record
 EXIT_MODEL = 4  # model or adapter cannot be loaded, merged or verified
-EXIT_PREEMPTED = 75  # stopped by SIGTERM after writing a checkpoint: retry me (EX_TEMPFAIL)
+EXIT_PREEMPTED = 75  # stopped by SIGTERM (or Ctrl-C) after writing a checkpoint: retry me (EX_TEMPFAIL)
 
 
 class KubetuneError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +83,28 @@ class CompletionTrainer(Trainer):
 
 
 class GracefulStop(TrainerCallback):
-    """SIGTERM: finish the current step, save a checkpoint, stop. All ranks agree on when."""
+    """SIGTERM or a first Ctrl-C: finish the current step, save a checkpoint, stop. All ranks agree on when.
+
+    A second Ctrl-C aborts at once, for when even one more step is too long to wait.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
         self.stopped_at: int | None = None
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            if self.requested:
+                raise KeyboardInterrupt
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
         self.requested = True
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _agreed(self, args: Any) -> bool:
         flag = self.requested

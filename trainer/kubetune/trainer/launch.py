@@ -187,7 +187,7 @@ def launch(layout: Layout, argv: list[str], output_dir: Path, rdzv_timeout: int,
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = signal.signal(signal.SIGTERM, forward)  # (a terminal's Ctrl-C reaches the workers directly)
     workers_started = False
     try:
         while (code := proc.poll()) is None:

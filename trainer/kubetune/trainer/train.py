@@ -279,7 +279,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             if trainer.is_world_process_zero():
                 (ckpt_root / launch.PREEMPTED_MARKER).write_text(str(stopper.stopped_at))
             raise Preempted(
-                f"stopped by SIGTERM after step {stopper.stopped_at}; checkpoint written to "
+                f"stopped by SIGTERM/Ctrl-C after step {stopper.stopped_at}; checkpoint written to "
                 f"{ckpt_root / f'checkpoint-{stopper.stopped_at}'}; run the same command again to resume"
             )
         eval_loss = None

@@ -1,0 +1,281 @@
+"""Pure renderers: a FinetuneJob in, the manifests of the objects it owns out.
+
+No Kubernetes client here (the import-linter contract forbids it): handlers
+read, call these, apply, and patch status. Everything a worker pod needs to
+become a kubetune worker is in its environment, which must match the trainer's
+container contract (README "Container contract"); tests parse it with the
+trainer's own functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kubetune.api.config import TrainConfig
+from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec
+
+PORT = 29500
+EXIT_PREEMPTED = 75  # the trainer's retryable exit code (kubetune.trainer.errors.EXIT_PREEMPTED)
+CONTAINER = "trainer"
+MOUNTS = {"model": "/model", "data": "/data", "output": "/output"}
+LABEL_JOB = "kubetune.dev/finetunejob"
+LABEL_ROLE = "kubetune.dev/role"
+DEFAULT_RESOURCES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
+    "cpu-ccl": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+    "xpu": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"gpu.intel.com/i915": 1, "memory": "64Gi"}},
+    "cuda": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"nvidia.com/gpu": 1, "memory": "64Gi"}},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's configuration (Helm values), passed in explicitly."""
+
+    images: dict[str, str] = field(
+        default_factory=lambda: {b: f"kubetune/trainer:{b}-0.1.0" for b in ("cpu", "cpu-ccl", "xpu", "cuda")}
+    )
+    shm_size: str = "2Gi"  # dataloader shared memory
+    termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
+
+
+def short_name(name: str, suffix: str, limit: int = 63) -> str:
+    """`<name>-<suffix>` within a DNS label; long names keep a hash so they stay unique."""
+    full = f"{name}-{suffix}"
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    # Indexed Job pods are named <job>-<index>-<random>; leave room for the index as well.
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{name[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+@dataclass(frozen=True)
+class Names:
+    config: str
+    service: str
+    workers: str
+    merge: str
+
+    @staticmethod
+    def of(name: str) -> Names:
+        # Worker pod hostnames are <workers>-<index>: keep room for up to 3 index digits.
+        return Names(
+            short_name(name, "config"),
+            short_name(name, "workers"),
+            short_name(name, "workers", 59),
+            short_name(name, "merge"),
+        )
+
+
+def owner_reference(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(meta: dict[str, Any], name: str, role: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {LABEL_JOB: meta["name"], LABEL_ROLE: role, "app.kubernetes.io/managed-by": "kubetune-operator"},
+        "ownerReferences": [owner_reference(meta)],
+    }
+
+
+def container_config(spec: FinetuneJobSpec) -> TrainConfig:
+    """The trainer config the pods get: paths point at the mounts; data paths are relative to /data."""
+    data = spec.training.data
+    paths = [p if p.startswith("/") else f"{MOUNTS['data']}/{p}" for p in data.path] or [MOUNTS["data"]]
+    evals = [p if p.startswith("/") else f"{MOUNTS['data']}/{p}" for p in data.eval_path]
+    return spec.training.model_copy(
+        update={
+            "model": spec.training.model.model_copy(update={"path": MOUNTS["model"]}),
+            "data": data.model_copy(update={"path": paths, "eval_path": evals}),
+            "output_dir": MOUNTS["output"],
+        }
+    )
+
+
+def render_configmap(meta: dict[str, Any], spec: FinetuneJobSpec) -> dict[str, Any]:
+    config = yaml.safe_dump(container_config(spec).model_dump(mode="json"), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(meta, Names.of(meta["name"]).config, "config"),
+        "data": {"config.yaml": config},
+    }
+
+
+def render_service(meta: dict[str, Any]) -> dict[str, Any]:
+    """Headless: each worker gets a stable DNS name <workers>-<index>.<service> for the rendezvous."""
+    names = Names.of(meta["name"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(meta, names.service, "rendezvous"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
+            "selector": {LABEL_JOB: meta["name"], LABEL_ROLE: "worker"},
+            "ports": [{"name": "rendezvous", "port": PORT, "targetPort": PORT}],
+        },
+    }
+
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod_spec(
+    meta: dict[str, Any],
+    spec: FinetuneJobSpec,
+    settings: Settings,
+    args: list[str],
+    env: list[dict[str, Any]],
+    mounts: list[str],
+) -> dict[str, Any]:
+    names = Names.of(meta["name"])
+    read_only = {"model": True, "data": True, "output": False}
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": m,
+            "persistentVolumeClaim": {"claimName": getattr(spec.storage, m).claim_name, "readOnly": read_only[m]},
+        }
+        for m in mounts
+    ]
+    volume_mounts = [
+        {"name": m, "mountPath": MOUNTS[m], "readOnly": read_only[m], "subPath": getattr(spec.storage, m).sub_path}
+        for m in mounts
+    ]
+    volumes += [
+        {"name": "config", "configMap": {"name": names.config}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+        {"name": "tmp", "emptyDir": {}},  # caches and temp files: the root filesystem is read-only
+    ]
+    volume_mounts += [
+        {"name": "config", "mountPath": "/config", "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.hf_token_secret:
+        volumes.append(
+            {
+                "name": "hf-token",
+                "secret": {
+                    "secretName": spec.hf_token_secret.name,
+                    "items": [{"key": spec.hf_token_secret.key, "path": "token"}],
+                },
+            }
+        )
+        volume_mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
+        env = [*env, {"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"}]
+    resources = spec.resources.model_dump() if spec.resources else DEFAULT_RESOURCES[spec.backend]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": spec.image or settings.images[spec.backend],
+                "args": args,
+                "env": [
+                    {"name": "KUBETUNE_CONFIG", "value": "/config/config.yaml"},
+                    {"name": "KUBETUNE_PROGRESS", "value": "json"},
+                    *env,
+                ],
+                "resources": resources,
+                "volumeMounts": volume_mounts,
+                "securityContext": RESTRICTED_CONTAINER,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod["nodeSelector"] = sched.node_selector
+    if sched.tolerations:
+        pod["tolerations"] = sched.tolerations
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    return pod
+
+
+def _labels(meta: dict[str, Any], spec: FinetuneJobSpec, role: str) -> dict[str, str]:
+    labels = {LABEL_JOB: meta["name"], LABEL_ROLE: role}
+    if spec.scheduling.queue_name:
+        labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queue_name
+    return labels
+
+
+def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """The Indexed Job: completions = parallelism = nodes; node rank from JOB_COMPLETION_INDEX."""
+    names = Names.of(meta["name"])
+    env = [
+        {"name": "KUBETUNE_NNODES", "value": str(spec.nodes)},
+        {"name": "KUBETUNE_NPROC_PER_NODE", "value": str(spec.procs_per_node)},
+        {"name": "MASTER_ADDR", "value": f"{names.workers}-0.{names.service}"},
+        {"name": "MASTER_PORT", "value": str(PORT)},
+    ]
+    pod = _pod_spec(meta, spec, settings, ["train"], env, ["model", "data", "output"])
+    pod["subdomain"] = names.service  # with the headless Service: <workers>-<index>.<service> resolves
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": spec.nodes,
+        "parallelism": spec.nodes,
+        "backoffLimit": spec.run_policy.backoff_limit,
+        # A preempted worker (SIGTERM -> checkpoint -> exit 75) is retried without using up backoffLimit.
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]},
+                },
+            ]
+        },
+        "suspend": spec.run_policy.suspend,
+        "template": {"metadata": {"labels": _labels(meta, spec, "worker")}, "spec": pod},
+    }
+    if spec.run_policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    metadata = _metadata(meta, names.workers, "worker")
+    metadata["labels"].update(_labels(meta, spec, "worker"))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def render_merge_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """`kubetune merge` on the output volume, once training succeeded."""
+    names = Names.of(meta["name"])
+    pod = _pod_spec(meta, spec, settings, ["merge", "--output-dir", MOUNTS["output"]], [], ["model", "output"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(meta, names.merge, "merge"),
+        "spec": {"backoffLimit": 1, "template": {"metadata": {"labels": _labels(meta, spec, "merge")}, "spec": pod}},
+    }

@@ -1,0 +1,164 @@
+"""Renderers, spec in and manifest out, checked against the trainer's own contract (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.api import load_config
+from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.operator.render import (
+    EXIT_PREEMPTED,
+    Names,
+    Settings,
+    render_configmap,
+    render_merge_job,
+    render_service,
+    render_worker_job,
+    short_name,
+)
+from kubetune.trainer.errors import EXIT_PREEMPTED as TRAINER_EXIT_PREEMPTED
+from kubetune.trainer.launch import layout_from_env
+
+META = {"name": "llama-quotes", "namespace": "ml", "uid": "1234-abcd"}
+SPEC = FinetuneJobSpec.model_validate(
+    {
+        "backend": "cpu",
+        "nodes": 2,
+        "procsPerNode": 4,
+        "storage": {
+            "model": {"claimName": "models", "subPath": "llama-2-7b"},
+            "data": {"claimName": "data"},
+            "output": {"claimName": "runs", "subPath": "quotes"},
+        },
+        "training": {"data": {"path": ["train.jsonl"], "eval_path": ["/data/eval.jsonl"]}, "lora": {"r": 8}},
+        "scheduling": {"queueName": "team-a", "nodeSelector": {"pool": "xeon"}},
+        "hfTokenSecret": {"name": "hf"},
+    }
+)
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(job)["env"]}
+
+
+def test_worker_env_is_the_trainers_contract():
+    job = render_worker_job(META, SPEC, Settings())
+    env = env_of(job)
+    names = Names.of("llama-quotes")
+    assert env["MASTER_ADDR"] == f"{names.workers}-0.{names.service}"
+    for index in range(SPEC.nodes):  # the Job controller sets JOB_COMPLETION_INDEX per pod
+        layout = layout_from_env({**env, "JOB_COMPLETION_INDEX": str(index)})
+        assert (layout.nnodes, layout.nproc_per_node, layout.node_rank, layout.world_size) == (2, 4, index, 8)
+    assert env["KUBETUNE_CONFIG"] == "/config/config.yaml" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
+    assert EXIT_PREEMPTED == TRAINER_EXIT_PREEMPTED
+
+
+def test_config_map_is_a_valid_trainer_config_pointing_at_the_mounts():
+    cm = render_configmap(META, SPEC)
+    cfg = load_config(cm["data"]["config.yaml"], "config.yaml")
+    assert cfg.model.path == "/model" and cfg.output_dir == "/output"
+    assert cfg.data.path == ["/data/train.jsonl"] and cfg.data.eval_path == ["/data/eval.jsonl"]
+    assert cfg.lora.r == 8
+    assert yaml.safe_load(cm["data"]["config.yaml"])["lora"]["r"] == 8
+
+
+def test_indexed_job_shape_and_failure_policy():
+    spec = SPEC.model_copy(update={"run_policy": SPEC.run_policy.model_copy(update={"active_deadline_seconds": 3600})})
+    job = render_worker_job(META, spec, Settings())["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 2, 2)
+    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600 and job["suspend"] is False
+    rules = job["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}} in rules
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+    assert job["template"]["spec"]["subdomain"] == Names.of("llama-quotes").service
+    assert job["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_mounts_read_only_where_they_should_be():
+    pod = render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container({"spec": {"template": {"spec": pod}}})["volumeMounts"]}
+    assert mounts["/model"]["readOnly"] and mounts["/data"]["readOnly"] and not mounts["/output"]["readOnly"]
+    assert mounts["/model"]["subPath"] == "llama-2-7b" and mounts["/output"]["subPath"] == "quotes"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory" and "/dev/shm" in mounts and "/tmp" in mounts
+
+
+@pytest.mark.parametrize("render", [render_worker_job, render_merge_job])
+def test_pods_meet_the_restricted_pod_security_standard(render):
+    pod = render(META, SPEC, Settings())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] >= 300  # room for the SIGTERM checkpoint
+
+
+@pytest.mark.parametrize(
+    ("backend", "key", "value"), [("cpu", "cpu", "2"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
+)
+def test_resources_and_image_per_backend(backend, key, value):
+    spec = SPEC.model_copy(update={"backend": backend})
+    c = container(render_worker_job(META, spec, Settings()))
+    assert value in (c["resources"]["requests"].get(key), c["resources"]["limits"].get(key))
+    assert c["image"] == Settings().images[backend]
+    override = SPEC.model_copy(update={"backend": backend, "image": "registry.local/trainer:x"})
+    assert container(render_worker_job(META, override, Settings()))["image"] == "registry.local/trainer:x"
+
+
+def test_every_child_is_owned_and_labelled():
+    children = [
+        render_configmap(META, SPEC),
+        render_service(META),
+        render_worker_job(META, SPEC, Settings()),
+        render_merge_job(META, SPEC, Settings()),
+    ]
+    for child in children:
+        ref = child["metadata"]["ownerReferences"][0]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "FinetuneJob",
+            "llama-quotes",
+            "1234-abcd",
+            True,
+        )
+        assert child["metadata"]["namespace"] == "ml"
+        assert child["metadata"]["labels"]["kubetune.dev/finetunejob"] == "llama-quotes"
+    assert render_service(META)["spec"]["clusterIP"] == "None"
+
+
+def test_merge_job_runs_merge_without_the_data_volume():
+    job = render_merge_job(META, SPEC, Settings())
+    assert container(job)["args"] == ["merge", "--output-dir", "/output"]
+    assert "data" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_names_stay_within_kubernetes_limits():
+    long = "a" * 80
+    names = Names.of(long)
+    assert all(len(n) <= 63 for n in (names.config, names.service, names.merge))
+    assert len(names.workers) <= 59  # + "-<index>" for pod hostnames
+    assert short_name(long, "workers") != short_name("a" * 81, "workers")  # hashes keep them distinct
+    assert Names.of("short").workers == "short-workers"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-ccl", "xpu", "cuda"])
+def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
+    import kubernetes_validate
+
+    spec = SPEC.model_copy(update={"backend": backend})
+    for manifest in (
+        render_configmap(META, spec),
+        render_service(META),
+        render_worker_job(META, spec, Settings()),
+        render_merge_job(META, spec, Settings()),
+    ):
+        kubernetes_validate.validate(manifest, "1.30", strict=True)

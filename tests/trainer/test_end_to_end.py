@@ -174,3 +174,24 @@ def test_cli_stdout_is_json_progress_lines_only(tmp_path):
     assert [e["event"] for e in events] == ["progress", "progress"]
     assert set(events[0]) >= {"step", "total_steps", "loss", "epoch", "tokens_per_second", "eta_seconds"}
     assert json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_merge_rejects_an_adapter_that_changes_nothing(tmp_path, builtin_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer.errors import ModelError
+    from kubetune.trainer.merge import merge
+
+    # A fresh LoRA adapter has B = 0: merging it would silently produce the base model.
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(builtin_path),
+        LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(builtin_path).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "previous").write_text("kept")
+    with pytest.raises(ModelError, match="adapted weights equal the base"):
+        merge(tmp_path, base=builtin_path)
+    assert (tmp_path / "merged" / "previous").read_text() == "kept"  # the old output is untouched

@@ -27,12 +27,11 @@ PROBE = "The quick brown fox jumps over the lazy dog. Once upon a time"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
-def _checksums(model: Any, names: list[str]) -> dict[str, tuple[float, float]]:
+def _checksums_of(weights: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
     """Two cheap fingerprints per weight: sum and sum of squares in float64 (no copies kept)."""
-    params = dict(model.named_parameters())
     out = {}
-    for name in names:
-        w = params[name].detach().double()
+    for name, weight in weights.items():
+        w = weight.detach().double()
         out[name] = (w.sum().item(), (w * w).sum().item())
     return out
 
@@ -87,6 +86,10 @@ def merge(
         with peft_model.disable_adapter():
             base_logits = peft_model(**probe).logits
     targets = _lora_weight_names(peft_model)
+    # Fingerprint the base weights now, while LoRA still wraps them, instead of loading the base a second time
+    # (for a 7B model in fp32 that would be another 28 GB).
+    wrapped = dict(peft_model.base_model.model.named_parameters())
+    base_sums = _checksums_of({t: wrapped[t.removesuffix(".weight") + ".base_layer.weight"] for t in targets})
     merged = peft_model.merge_and_unload()
     save_dtype = _save_dtype(dtype, AutoConfig.from_pretrained(base_path))
     result: dict[str, Any] = {}
@@ -102,9 +105,9 @@ def merge(
         scale = expected.abs().max().item()
         if not diff <= TOLERANCE[save_dtype] * scale:
             raise ModelError(f"merge verification failed: merged logits differ from base+adapter by {diff:.3g}")
-        base_ref = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        old, new = _checksums(base_ref, targets), _checksums(reloaded, targets)
-        unchanged = [n for n in targets if old[n] == new[n]]
+        params = dict(reloaded.named_parameters())
+        new = _checksums_of({t: params[t] for t in targets})
+        unchanged = [n for n in targets if base_sums[n] == new[n]]
         if unchanged:
             raise ModelError(
                 f"merge verification failed: {len(unchanged)} adapted weights equal the base (e.g. {unchanged[0]})"

@@ -158,7 +158,8 @@ def load_model(cfg: ModelSection, dtype: torch.dtype, device: str, quantize: boo
     qcfg = quantization_config(cfg, dtype) if quantize else None
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-        kwargs["device_map"] = {"": device if device == "cpu" else f"{device}:{_local_index(device)}"}
+        # Each process loads onto its own accelerator (LOCAL_RANK, set by torchrun; 0 when alone).
+        kwargs["device_map"] = {"": device if device == "cpu" else f"{device}:{os.environ.get('LOCAL_RANK', '0')}"}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
@@ -172,7 +173,3 @@ def load_model(cfg: ModelSection, dtype: torch.dtype, device: str, quantize: boo
     if qcfg is None and device != "cpu":
         model = model.to(device)
     return model
-
-
-def _local_index(device: str) -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -18,7 +18,7 @@ from kubetune.api.config import DataSection
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.formats import Example
 from kubetune.trainer.data.loaders import BadRecord
-from kubetune.trainer.data.pipeline import _raise_bad, load_examples
+from kubetune.trainer.data.pipeline import load_examples, raise_bad_records
 from kubetune.trainer.data.render import encode_prompt, resolve_template
 from kubetune.trainer.errors import DataError, ModelError
 from kubetune.trainer.models import resolve_path
@@ -86,7 +86,7 @@ def compare(
         fmt = data_cfg.format if data_cfg.format != "text" else "auto"
         _, examples = load_examples([str(data)], data_cfg.model_copy(update={"format": fmt}), bad)
         if bad:
-            _raise_bad(bad)
+            raise_bad_records(bad)
         if any(ex.is_text for ex in examples):
             raise DataError(f"{data}: plain-text records have no prompt/reference; use --prompt instead")
         for ex in examples[:limit]:

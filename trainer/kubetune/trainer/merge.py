@@ -18,8 +18,8 @@ import torch
 
 from kubetune.trainer.errors import ModelError
 from kubetune.trainer.models import DTYPES, resolve_path
+from kubetune.trainer.report import replace_dir_atomically
 from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
-from kubetune.trainer.train import _atomic_dir
 
 log = logging.getLogger("kubetune.merge")
 PROBE = "The quick brown fox jumps over the lazy dog. Once upon a time"
@@ -120,6 +120,6 @@ def merge(
             dtype=str(save_dtype).split(".")[-1],
         )
 
-    _atomic_dir(dest, write_and_verify)
+    replace_dir_atomically(dest, write_and_verify)
     log.info("merged %s + %s -> %s", base_path, adapter, dest)
     return result

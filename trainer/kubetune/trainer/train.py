@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +30,7 @@ from kubetune.trainer.report import (
     model_fingerprint,
     plot_loss,
     read_metrics,
+    replace_dir_atomically,
     versions,
     write_json_atomic,
 )
@@ -98,25 +97,6 @@ def training_arguments(
     )
 
 
-def _atomic_dir(dest: Path, write: Any) -> None:
-    """Write a directory next to `dest`, then swap it in: a crash never leaves half an adapter."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        write(tmp)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
     """In a torchrun worker: check the world size, pin this process to its cores, pick the backend."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,13 +115,15 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
         os.environ.setdefault("CCL_LOCAL_RANK", str(local_rank))
         os.environ.setdefault("CCL_LOCAL_SIZE", str(local_world))
     if place.device == "cpu":
+        pinned: list[int] | str
         try:
-            cores = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
-            os.sched_setaffinity(0, cores)
+            pinned = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
+            os.sched_setaffinity(0, pinned)
+            threads = len(pinned)
         except (AttributeError, OSError):  # not Linux, or pinning not allowed: threads only
-            cores = list(range(max(1, place.threads // local_world)))
-        torch.set_num_threads(len(cores))
-        log.info("rank %s/%d: backend=%s cores=%s", os.environ.get("RANK"), world, backend, cores)
+            pinned, threads = "not pinned", max(1, place.threads // local_world)
+        torch.set_num_threads(threads)
+        log.info("rank %s/%d: backend=%s threads=%d cores=%s", os.environ.get("RANK"), world, backend, threads, pinned)
     return backend
 
 
@@ -297,7 +279,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 
-        _atomic_dir(out / "adapter", save_adapter)
+        replace_dir_atomically(out / "adapter", save_adapter)
         metrics = read_metrics(metrics_path)
         plot_loss(metrics, out / "loss.png")
         tokens = trainer.state.num_input_tokens_seen

@@ -31,7 +31,7 @@ class PreparedData:
     skipped: list[BadRecord] = field(default_factory=list)
 
 
-def _raise_bad(bad: list[BadRecord]) -> None:
+def raise_bad_records(bad: list[BadRecord]) -> None:
     lines = [str(b) for b in bad[:SHOWN_BAD]]
     more = f" (and {len(bad) - SHOWN_BAD} more)" if len(bad) > SHOWN_BAD else ""
     hint = "; fix them or set data.skip_bad_records (--skip-bad-records) to skip and count them"
@@ -51,7 +51,7 @@ def prepare(cfg: DataSection, tokenizer: Any, seed: int) -> PreparedData:
     if cfg.eval_path:
         _, eval_examples = load_examples(cfg.eval_path, cfg.model_copy(update={"format": fmt}), bad)
     if bad and not cfg.skip_bad_records:
-        _raise_bad(bad)
+        raise_bad_records(bad)
     if not examples:
         raise DataError("no usable training records")
     template = resolve_template(cfg.template, tokenizer)

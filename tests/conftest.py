@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["kube"]  # tests/support/kube.py: the emulated API server and the operator runner
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -115,7 +115,10 @@ class FinetuneJobStatus(K8sModel):
     progress: Progress | None = None
     start_time: str | None = None
     completion_time: str | None = None
-    restarts: int = 0
+    restarts: int = Field(0, description="Worker pods replaced (preempted, evicted or retried).")
+    worker_pods: dict[str, str] = Field(
+        default_factory=dict, description="The newest pod seen per worker index; how restarts are counted."
+    )
     adapter_path: str | None = None
     merged_path: str | None = None
     message: str | None = None

@@ -34,6 +34,7 @@ RESERVED_ENV = frozenset(
         # Container contract: set by the images (KUBETUNE_CONTAINER) or by tests standing in for mounts.
         "KUBETUNE_CONTAINER",
         "KUBETUNE_MOUNT_ROOT",
+        "KUBETUNE_TERMINATION_LOG",
         # Launch layout (several processes / nodes), read by the launcher.
         "KUBETUNE_NPROC_PER_NODE",
         "KUBETUNE_NNODES",

@@ -51,6 +51,10 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int) -> None:
+    from kubetune.trainer.termination import write_termination_message
+
+    # In a pod, the same words become the termination message the operator puts in the job's status.
+    write_termination_message({"event": "error", "exit_code": code, "message": message})
     for line in message.splitlines():
         typer.echo(f"error: {line}", err=True)
     raise typer.Exit(code)

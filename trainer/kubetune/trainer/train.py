@@ -7,7 +7,6 @@ the minutes a 7B load takes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -34,9 +33,9 @@ from kubetune.trainer.report import (
     versions,
     write_json_atomic,
 )
+from kubetune.trainer.termination import write_termination_message
 
 log = logging.getLogger("kubetune.train")
-TERMINATION_LOG = Path("/dev/termination-log")
 
 
 def lora_config(cfg: TrainConfig) -> Any:
@@ -331,6 +330,5 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             "metrics": summary,
         }
         write_json_atomic(out / "run.json", run_info)
-        if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-            TERMINATION_LOG.write_text(json.dumps(summary)[:4000])
+        write_termination_message(summary)
     return summary

@@ -1,0 +1,155 @@
+"""The operator's only door to the Kubernetes API (the official `kubernetes` client).
+
+Thin and blocking: handlers call it through `asyncio.to_thread`. Objects travel
+as plain dicts in the API's own camelCase (`_preload_content=False`), the same
+shape the renderers produce and `status.decide` reads, so nothing converts
+between client models and manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
+from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
+from kubetune.operator.status import Observed, PodView
+
+log = logging.getLogger("kubetune.operator")
+LOG_TAIL_LINES = 40
+
+
+def configure() -> None:
+    """In a pod: its service account; elsewhere: the current kubeconfig context."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # $KUBECONFIG read now, not when the client was imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+
+
+def _data(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+def _missing(exc: ApiException) -> bool:
+    return exc.status == 404
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient | None = None):
+        self.api = api or client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _data(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def _read(self, fn: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _data(fn(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def _pods(self, namespace: str, job_name: str, role: str) -> list[dict[str, Any]]:
+        selector = f"{LABEL_JOB}={job_name},{LABEL_ROLE}={role}"
+        items = _data(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        # Filter again: the selector is the server's job, but a list is cheap to check and emulators skip it.
+        return [
+            p
+            for p in items.get("items", [])
+            if (p.get("metadata", {}).get("labels") or {}).get(LABEL_JOB) == job_name
+            and (p.get("metadata", {}).get("labels") or {}).get(LABEL_ROLE) == role
+        ]
+
+    def pod_log_tail(self, namespace: str, pod: str) -> str | None:
+        try:
+            return self.core.read_namespaced_pod_log(
+                pod, namespace, container=CONTAINER, tail_lines=LOG_TAIL_LINES, _preload_content=False
+            ).data.decode("utf-8", "replace")
+        except ApiException as exc:
+            if exc.status in (400, 404):  # not started yet, or gone
+                return None
+            raise
+
+    def observe(self, meta: dict[str, Any], now: Any) -> Observed:
+        ns, name = meta["namespace"], meta["name"]
+        names = Names.of(name)
+        workers = self._read(self.batch.read_namespaced_job, ns, names.workers)
+        merge = self._read(self.batch.read_namespaced_job, ns, names.merge)
+        worker_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "worker"))
+        merge_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "merge")) if merge else ()
+        rank0 = sorted(
+            (p for p in worker_pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")),
+            key=lambda p: p.created,
+        )
+        return Observed(
+            now=now,
+            has_config=self._read(self.core.read_namespaced_config_map, ns, names.config) is not None,
+            has_service=self._read(self.core.read_namespaced_service, ns, names.service) is not None,
+            workers=workers,
+            merge=merge,
+            worker_pods=worker_pods,
+            merge_pods=merge_pods,
+            rank0_log=self.pod_log_tail(ns, rank0[-1].name) if rank0 else None,
+        )
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create; an object that already exists is adopted (False). Never creates a duplicate."""
+        ns, kind = manifest["metadata"]["namespace"], manifest["kind"]
+        fn = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "Job": self.batch.create_namespaced_job,
+        }[kind]
+        try:
+            fn(ns, manifest, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete(self, namespace: str, kind: str, name: str) -> bool:
+        """Delete with background propagation: pods get SIGTERM and their grace period."""
+        fn = {
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "Service": self.core.delete_namespaced_service,
+            "Job": self.batch.delete_namespaced_job,
+        }[kind]
+        try:
+            fn(name, namespace, propagation_policy="Background", _preload_content=False)
+        except ApiException as exc:
+            if _missing(exc):
+                return False
+            raise
+        return True
+
+    def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+        )

@@ -1,0 +1,55 @@
+"""The operator's configuration, read once at startup from its environment (set by the Helm chart)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kubetune.operator.render import Settings
+
+BACKENDS = ("cpu", "cpu-ccl", "xpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """One line naming the variable that is wrong."""
+
+
+def image_var(backend: str) -> str:
+    return "KUBETUNE_IMAGE_" + backend.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    render: Settings = field(default_factory=Settings)
+    poll_seconds: float = 10.0  # how often each running FinetuneJob is reconciled and its progress read
+    metrics_port: int = 9090  # Prometheus /metrics; 0 turns it off
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"env {name}: expected a {kind.__name__}, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"env {name}: must be >= {minimum}, got {raw}")
+    return value
+
+
+def from_env(env: Mapping[str, str]) -> OperatorConfig:
+    defaults = Settings()
+    images = {b: env.get(image_var(b)) or defaults.images[b] for b in BACKENDS}
+    render = Settings(
+        images=images,
+        shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,
+        termination_grace_seconds=int(
+            _number(env, "KUBETUNE_TERMINATION_GRACE_SECONDS", defaults.termination_grace_seconds, int, 1)
+        ),
+    )
+    return OperatorConfig(
+        render=render,
+        poll_seconds=float(_number(env, "KUBETUNE_POLL_SECONDS", 10.0, float, 0.05)),
+        metrics_port=int(_number(env, "KUBETUNE_METRICS_PORT", 9090, int, 0)),
+    )

@@ -1,0 +1,252 @@
+"""The operator (kopf, kubetune-operator's command line) against kmock's emulated API server.
+
+kmock runs no controllers, so these tests play the Job controller and kubelet by hand: they create
+pods and set Job conditions. tests/e2e_local runs the same operator with real trainer processes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from kube import Cluster, eventually, operator
+
+from kubetune.api import TrainConfig
+from kubetune.operator.render import Names
+
+NAMES = Names.of("quotes")
+
+
+def finetunejob(name: str = "quotes", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FinetuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "storage": {
+                "model": {"claimName": "models", "subPath": "smollm2"},
+                "data": {"claimName": "data"},
+                "output": {"claimName": "runs", "subPath": name},
+            },
+            "training": {"data": {"path": ["quotes.jsonl"]}, "training": {"max_steps": 5}},
+            **spec,
+        },
+    }
+
+
+async def pod(api: Cluster, index: int, phase: str, suffix: str = "a", exit_code: int | None = None,
+              message: str = "", created: str = "2026-11-22T10:00:00Z") -> str:  # fmt: skip
+    name = f"{NAMES.workers}-{index}-{suffix}"
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+        ]
+    await api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "creationTimestamp": created,
+                "labels": {
+                    "kubetune.dev/finetunejob": "quotes",
+                    "kubetune.dev/role": "worker",
+                    "batch.kubernetes.io/job-completion-index": str(index),
+                },
+            },
+            "status": status,
+        }
+    )
+    return name
+
+
+def terminated(phase: str, exit_code: int, message: str) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": exit_code, "message": message}}
+    return {"status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+async def job_status(api: Cluster, name: str, **status: Any) -> None:
+    await api.patch("Job", name, {"status": status}, sub="status")
+
+
+def condition(type_: str, reason: str = "", message: str = "") -> list[dict[str, str]]:
+    return [{"type": type_, "status": "True", "reason": reason, "message": message}]
+
+
+async def phase_is(api: Cluster, phase: str, name: str = "quotes") -> dict[str, Any] | None:
+    async def probe() -> dict[str, Any] | None:
+        obj = await api.get("FinetuneJob", name)
+        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+
+    return await eventually(probe, what=f"phase {phase}")
+
+
+def progress(step: int, total: int = 5, loss: float = 1.25) -> str:
+    record = {"event": "progress", "step": step, "total_steps": total, "loss": loss, "epoch": step / total,
+              "tokens_per_second": 80.0, "eta_seconds": float(total - step)}  # fmt: skip
+    return json.dumps(record)
+
+
+async def test_create_makes_the_children_with_the_trainers_config(cluster: Cluster):
+    with operator():
+        created = await cluster.create(finetunejob())
+        await phase_is(cluster, "Pending")
+        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        config = await cluster.get("ConfigMap", NAMES.config)
+        service = await cluster.get("Service", NAMES.service)
+        events = await eventually(lambda: cluster.list("Event"), what="an Event")
+    uid = created["metadata"]["uid"]
+    for obj in (job, config, service):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == uid
+    cfg = TrainConfig.model_validate(yaml.safe_load(config["data"]["config.yaml"]))
+    assert (cfg.model.path, cfg.data.path, cfg.output_dir) == ("/model", ["/data/quotes.jsonl"], "/output")
+    assert cfg.training.max_steps == 5
+    assert job["spec"]["completionMode"] == "Indexed" and service["spec"]["clusterIP"] == "None"
+    assert any(e.get("reason") == "Created" and e["involvedObject"]["uid"] == uid for e in events)
+
+
+async def test_progress_from_the_rank0_log_lands_in_status(cluster: Cluster):
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        name = await pod(cluster, 0, "Running")
+        cluster.logs[name] = "loading the model\n" + progress(2) + "\n"
+        await job_status(cluster, NAMES.workers, active=1)
+        running = await phase_is(cluster, "Running")
+        assert running["status"]["startTime"]
+        cluster.logs[name] += progress(3, loss=0.75) + "\n"
+
+        async def at_step_3() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return obj if (obj["status"].get("progress") or {}).get("step") == 3 else None
+
+        obj = await eventually(at_step_3, what="progress step 3")
+    assert obj["status"]["progress"]["loss"] == 0.75 and obj["status"]["progressSummary"] == "3/5"
+
+
+async def test_training_then_merge_then_succeeded(cluster: Cluster):
+    summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "epochs": 1.0})
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        merging = await phase_is(cluster, "Merging")
+        merge = await eventually(lambda: cluster.get("Job", NAMES.merge), what="merge Job")
+        assert merge["spec"]["template"]["spec"]["containers"][0]["args"][:1] == ["merge"]
+        assert merging["status"]["adapterPath"] == "pvc://runs/quotes/adapter"
+        assert merging["status"]["progress"]["loss"] == 0.5
+        await job_status(cluster, NAMES.merge, succeeded=1, conditions=condition("Complete"))
+        done = await phase_is(cluster, "Succeeded")
+    assert done["status"]["mergedPath"] == "pvc://runs/quotes/merged" and done["status"]["completionTime"]
+    reasons = [e["reason"] for e in await cluster.list("Event")]
+    assert {"Created", "TrainingSucceeded", "Succeeded"} <= set(reasons)
+
+
+async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(cluster: Cluster):
+    error = json.dumps({"event": "error", "exit_code": 3, "message": "/data/quotes.jsonl:7: missing field 'output'"})
+    with operator():
+        await cluster.create(finetunejob(runPolicy={"backoffLimit": 1}))
+        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        assert job["spec"]["backoffLimit"] == 1
+        await pod(cluster, 0, "Failed", "a", 3, error, "2026-11-22T10:00:00Z")
+        await pod(cluster, 0, "Running", "b", created="2026-11-22T10:01:00Z")  # the Job controller's retry
+        await job_status(cluster, NAMES.workers, active=1, failed=1)
+
+        async def restarted() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return obj if (obj.get("status") or {}).get("restarts") == 1 else None
+
+        running = await eventually(restarted, what="one restart counted")
+        assert running["status"]["phase"] == "Running"
+        await cluster.patch("Pod", f"{NAMES.workers}-0-b", terminated("Failed", 3, error), sub="status")
+        await job_status(
+            cluster,
+            NAMES.workers,
+            active=0,
+            failed=2,
+            conditions=condition("Failed", "BackoffLimitExceeded", "Job has reached the backoff limit"),
+        )
+        failed = await phase_is(cluster, "Failed")
+    cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "BackoffLimitExceeded"
+    assert cond["message"] == f"{NAMES.workers}-0-b exited 3: /data/quotes.jsonl:7: missing field 'output'"
+
+
+async def test_deadline_fails_the_job_and_stops_the_workers(cluster: Cluster):
+    with operator():
+        await cluster.create(finetunejob(runPolicy={"activeDeadlineSeconds": 1}))
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Running")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+        failed = await phase_is(cluster, "Failed")
+        assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+        assert await eventually(lambda: _gone(cluster, "Job", NAMES.workers), what="workers deleted")
+
+
+async def _gone(api: Cluster, kind: str, name: str) -> bool:
+    return await api.get(kind, name) is None
+
+
+async def test_suspend_and_resume(cluster: Cluster):
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Running")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+
+        await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"suspend": True}}})
+
+        async def job_suspended(value: bool) -> bool:
+            job = await cluster.get("Job", NAMES.workers)
+            return bool(job["spec"].get("suspend")) is value
+
+        await eventually(lambda: job_suspended(True), what="Job suspended")
+        # The Job controller's part: the pod is deleted (SIGTERM), nothing is active.
+        await cluster.delete("Pod", f"{NAMES.workers}-0-a")
+        await job_status(cluster, NAMES.workers, active=0, conditions=condition("Suspended", "JobSuspended"))
+        suspended = await phase_is(cluster, "Suspended")
+        assert {c["type"]: c["status"] for c in suspended["status"]["conditions"]}["Suspended"] == "True"
+
+        await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"suspend": False}}})
+        await eventually(lambda: job_suspended(False), what="Job resumed")
+        await phase_is(cluster, "Pending")
+    assert cluster.requests("post", "Job") == 1  # resumed, not recreated
+
+
+async def test_an_operator_restart_creates_nothing_twice(cluster: Cluster):
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Running")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+    posts = {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")}
+    assert posts == {"Job": 1, "ConfigMap": 1, "Service": 1}
+    with operator():  # a new operator process adopts what exists
+        summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
+        await cluster.patch("Pod", f"{NAMES.workers}-0-a", terminated("Succeeded", 0, summary), sub="status")
+        await job_status(cluster, NAMES.workers, active=0, succeeded=1, conditions=condition("Complete"))
+        await phase_is(cluster, "Merging")
+    assert {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")} == {
+        "Job": 2,  # the merge Job, once
+        "ConfigMap": 1,
+        "Service": 1,
+    }
+
+
+async def test_an_invalid_spec_fails_with_the_fields_named(cluster: Cluster):
+    # The real API server refuses most of this through the CRD's schema; the operator still checks.
+    bad = finetunejob(nodes=0, backend="cuda")
+    bad["spec"]["training"] = {"training": {"lr": -1}, "distributed": {"backend": "ccl"}}
+    with operator():
+        await cluster.create(bad)
+        failed = await phase_is(cluster, "Failed")
+    message = failed["status"]["message"]
+    assert "spec.nodes:" in message and "spec.training.training.lr:" in message
+    assert await cluster.get("Job", NAMES.workers) is None
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in await cluster.list("Event"))

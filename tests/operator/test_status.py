@@ -1,0 +1,249 @@
+"""status.decide: every transition of a FinetuneJob from an observation, no cluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubetune.operator.render import Names, Settings
+from kubetune.operator.status import (
+    Observed,
+    PodView,
+    decide,
+    parse_progress,
+    parse_termination,
+    set_condition,
+    spec_problems,
+    status_patch,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+META = {"name": "quotes", "namespace": "ml", "uid": "uid-1"}
+NAMES = Names.of("quotes")
+SPEC: dict[str, Any] = {
+    "storage": {
+        "model": {"claimName": "models"},
+        "data": {"claimName": "data"},
+        "output": {"claimName": "runs", "subPath": "quotes"},
+    },
+    "training": {"training": {"max_steps": 10}},
+}
+OWNED = {"ownerReferences": [{"uid": "uid-1"}]}
+
+
+def job(name: str = NAMES.workers, suspend: bool = False, condition: str | None = None, reason: str = "",
+        active: int = 0) -> dict[str, Any]:  # fmt: skip
+    status: dict[str, Any] = {"active": active}
+    if condition:
+        status["conditions"] = [{"type": condition, "status": "True", "reason": reason, "message": "m"}]
+    return {"metadata": {"name": name, **OWNED}, "spec": {"suspend": suspend}, "status": status}
+
+
+def pod(name: str, index: int = 0, phase: str = "Running", exit_code: int | None = None, message: str | None = None,
+        created: str = "2026-11-22T11:00:00Z") -> PodView:  # fmt: skip
+    return PodView(name, index, phase, created, exit_code, message)
+
+
+def seen(**kw: Any) -> Observed:
+    return Observed(now=kw.pop("now", NOW), has_config=True, has_service=True, **kw)
+
+
+def run(spec: dict[str, Any] = SPEC, status: dict[str, Any] | None = None, observed: Observed | None = None):
+    return decide(META, spec, status or {}, observed or seen(), Settings())
+
+
+def progress_line(step: int, total: int = 10, loss: float = 1.5) -> str:
+    return json.dumps({"event": "progress", "step": step, "total_steps": total, "loss": loss, "epoch": 0.5,
+                       "tokens_per_second": 100.0, "eta_seconds": 12.0})  # fmt: skip
+
+
+def test_invalid_spec_fails_with_every_problem_named():
+    bad = {**SPEC, "nodes": 0, "training": {"training": {"lr": -1}}}
+    plan = run(bad, observed=Observed(now=NOW))
+    assert plan.status["phase"] == "Failed" and plan.done and not plan.create
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.nodes:" in failed["message"] and "spec.training.training.lr:" in failed["message"]
+    assert [e.reason for e in plan.events] == ["InvalidSpec"]
+    again = run(bad, status=plan.status, observed=Observed(now=NOW))
+    assert again.events == [] and status_patch(plan.status, again.status) == {}
+
+
+def test_spec_problems_across_fields():
+    spec, problems = spec_problems({**SPEC, "backend": "cuda", "training": {"distributed": {"backend": "ccl"}}})
+    assert spec is None and problems == [
+        "spec.training.distributed.backend: 'ccl' does not run on backend 'cuda' (leave it 'auto')"
+    ]
+    assert spec_problems(SPEC)[1] == []
+
+
+def test_first_pass_creates_children_and_is_pending():
+    plan = run(observed=Observed(now=NOW))
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in plan.create]
+    assert kinds == [("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Job", NAMES.workers)]
+    assert plan.status["phase"] == "Pending" and [e.reason for e in plan.events] == ["Created"]
+    assert {c["type"]: c["status"] for c in plan.status["conditions"]} == {"Created": "True"}
+
+
+def test_nothing_is_created_twice_once_children_exist():
+    first = run(observed=Observed(now=NOW))
+    second = run(status=first.status, observed=seen(workers=job()))
+    assert second.create == [] and second.events == []
+
+
+def test_missing_children_are_recreated_without_a_new_transition():
+    plan = run(status={"phase": "Running"}, observed=Observed(now=NOW, workers=job(active=1)))
+    assert [m["kind"] for m in plan.create] == ["ConfigMap", "Service"]
+
+
+def test_running_with_progress_from_the_rank0_log():
+    log = "\n".join(["loading model", progress_line(3), "not json {", progress_line(4)])
+    plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(pod("w-0"),),
+                                                         rank0_log=log))  # fmt: skip
+    st = plan.status
+    assert st["phase"] == "Running" and st["startTime"] == "2026-11-22T12:00:00Z"
+    assert st["progress"] == {"step": 4, "totalSteps": 10, "loss": 1.5, "epoch": 0.5, "tokensPerSecond": 100.0,
+                              "etaSeconds": 12.0}  # fmt: skip
+    assert st["progressSummary"] == "4/10" and [e.reason for e in plan.events] == ["Running"]
+
+
+def test_training_complete_starts_the_merge_then_succeeds():
+    summary = json.dumps({"event": "summary", "steps": 10, "first_loss": 2.0, "final_loss": 0.5, "epochs": 1.0})
+    pods = (pod("w-0", phase="Succeeded", exit_code=0, message=summary),)
+    plan = run(status={"phase": "Running"}, observed=seen(workers=job(condition="Complete"), worker_pods=pods))
+    assert [m["metadata"]["name"] for m in plan.create] == [NAMES.merge]
+    assert plan.status["phase"] == "Merging" and plan.status["adapterPath"] == "pvc://runs/quotes/adapter"
+    assert plan.status["progressSummary"] == "10/10" and plan.status["progress"]["loss"] == 0.5
+    assert "loss 2.0000 -> 0.5000" in plan.status["message"]
+
+    merging = run(status=plan.status, observed=seen(workers=job(condition="Complete"), merge=job(NAMES.merge)))
+    assert merging.status["phase"] == "Merging" and merging.create == []
+
+    done = run(status=plan.status, observed=seen(workers=job(condition="Complete"),
+                                                 merge=job(NAMES.merge, condition="Complete")))  # fmt: skip
+    assert done.status["phase"] == "Succeeded" and done.status["mergedPath"] == "pvc://runs/quotes/merged"
+    assert done.status["completionTime"] == "2026-11-22T12:00:00Z" and done.done is False  # no TTL: next pass ends
+    assert run(status=done.status, observed=seen()).done
+
+
+def test_without_merge_training_success_is_success():
+    plan = run({**SPEC, "merge": {"enabled": False}}, {"phase": "Running"}, seen(workers=job(condition="Complete")))
+    assert plan.status["phase"] == "Succeeded" and plan.create == [] and "mergedPath" not in plan.status
+
+
+def test_worker_failure_carries_the_trainers_message():
+    error = json.dumps({"event": "error", "exit_code": 3, "message": "/data/train.jsonl:7: missing field 'output'"})
+    pods = (pod("w-0-a", phase="Failed", exit_code=3, message=error),)
+    observed = seen(workers=job(condition="Failed", reason="BackoffLimitExceeded"), worker_pods=pods)
+    plan = run(status={"phase": "Running"}, observed=observed)
+    assert plan.status["phase"] == "Failed"
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert failed["message"] == "w-0-a exited 3: /data/train.jsonl:7: missing field 'output'"
+    assert plan.events[-1].type == "Warning"
+
+
+def test_preempted_pods_are_not_the_failure_reason():
+    pods = (pod("w-0-a", phase="Failed", exit_code=75, message='{"event":"error","exit_code":75,"message":"x"}'),)
+    plan = run(status={"phase": "Running"}, observed=seen(workers=job(condition="Failed", reason="PodFailurePolicy"),
+                                                          worker_pods=pods))  # fmt: skip
+    assert plan.status["message"] == "PodFailurePolicy: m"
+
+
+def test_deadline_deletes_the_jobs_and_fails():
+    started = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
+    spec = {**SPEC, "runPolicy": {"activeDeadlineSeconds": 600}}
+    plan = run(spec, started, seen(workers=job(active=1)))
+    assert plan.status["phase"] == "Failed" and plan.delete == [("Job", NAMES.workers), ("Job", NAMES.merge)]
+    assert next(c for c in plan.status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    in_time = run(spec, {**started, "startTime": "2026-11-22T11:55:00Z"}, seen(workers=job(active=1)))
+    assert in_time.status["phase"] == "Running" and not in_time.delete
+
+
+def test_suspend_then_resume():
+    spec = {**SPEC, "runPolicy": {"suspend": True}}
+    status = {"phase": "Running", "startTime": "2026-11-22T11:00:00Z"}
+    plan = run(spec, status, seen(workers=job(active=1), worker_pods=(pod("w-0"),)))
+    assert plan.suspend_workers is True and plan.status["phase"] == "Suspended"
+    assert "startTime" not in plan.status and status_patch(status, plan.status)["startTime"] is None
+    assert "still stopping" in plan.status["message"]
+
+    resumed = run(SPEC, plan.status, seen(workers=job(suspend=True)))
+    assert resumed.suspend_workers is False and resumed.status["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in resumed.status["conditions"]}["Suspended"] == "False"
+    assert [e.reason for e in resumed.events] == ["Resumed"]
+
+
+def test_a_job_created_suspended_stays_suspended():
+    plan = run({**SPEC, "runPolicy": {"suspend": True}}, observed=Observed(now=NOW))
+    worker = next(m for m in plan.create if m["kind"] == "Job")
+    assert worker["spec"]["suspend"] is True and plan.status["phase"] == "Suspended"
+
+
+def test_restarts_count_new_pods_per_index():
+    first = run(status={"phase": "Running"}, observed=seen(workers=job(active=2),
+                worker_pods=(pod("w-0-a"), pod("w-1-a", index=1))))  # fmt: skip
+    assert first.status["restarts"] == 0 and first.status["workerPods"] == {"0": "w-0-a", "1": "w-1-a"}
+    replaced = (
+        pod("w-0-a", phase="Failed", exit_code=75),
+        pod("w-0-b", created="2026-11-22T11:30:00Z"),
+        pod("w-1-a", index=1),
+    )
+    second = run(status=first.status, observed=seen(workers=job(active=2), worker_pods=replaced))
+    assert second.status["restarts"] == 1 and second.status["workerPods"]["0"] == "w-0-b"
+    assert "WorkerRestarted" in [e.reason for e in second.events]
+    third = run(status=second.status, observed=seen(workers=job(active=2), worker_pods=replaced))
+    assert third.status["restarts"] == 1
+
+
+def test_ttl_removes_children_after_finishing():
+    spec = {**SPEC, "runPolicy": {"ttlSecondsAfterFinished": 60}}
+    finished = {"phase": "Succeeded", "completionTime": "2026-11-22T11:59:30Z"}
+    observed = seen(workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete"))
+    waiting = run(spec, finished, observed)
+    assert waiting.delete == [] and not waiting.done
+    later = decide(META, spec, finished, seen(now=NOW + timedelta(seconds=31), workers=observed.workers,
+                                              merge=observed.merge), Settings())  # fmt: skip
+    assert sorted(later.delete) == sorted(
+        [("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Job", NAMES.workers), ("Job", NAMES.merge)]
+    )
+    assert later.status["phase"] == "Succeeded"
+    gone = decide(META, spec, finished, Observed(now=NOW + timedelta(seconds=31)), Settings())
+    assert gone.done and gone.delete == []
+
+
+def test_someone_elses_job_is_never_adopted():
+    foreign = {**job(), "metadata": {"name": NAMES.workers, "ownerReferences": [{"uid": "other"}]}}
+    plan = run(status={"phase": "Pending"}, observed=seen(workers=foreign))
+    assert plan.status["phase"] == "Failed" and "not owned" in plan.status["message"] and plan.create == []
+
+
+def test_conditions_keep_their_transition_time_while_unchanged():
+    first = set_condition([], "Running", "True", "A", "", NOW)
+    later = set_condition(first, "Running", "True", "B", "", NOW + timedelta(minutes=5))
+    assert later[0]["lastTransitionTime"] == first[0]["lastTransitionTime"] and later[0]["reason"] == "B"
+    flipped = set_condition(later, "Running", "False", "C", "", NOW + timedelta(minutes=5))
+    assert flipped[0]["lastTransitionTime"] == "2026-11-22T12:05:00Z"
+
+
+def test_parsers():
+    assert parse_progress("noise\n" + progress_line(2) + '\n{"event": "summary"}\n')["step"] == 2
+    assert parse_progress("no json here") is None and parse_progress(None) is None
+    assert parse_termination('{"event": "summary", "steps": 3}')["steps"] == 3
+    assert parse_termination("Traceback...\nValueError: boom\n") == {"message": "ValueError: boom"}
+
+
+def test_pod_view_reads_index_and_termination():
+    raw = {
+        "metadata": {
+            "name": "w-0-x",
+            "labels": {"batch.kubernetes.io/job-completion-index": "0"},
+            "creationTimestamp": "2026-11-22T11:00:00Z",
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 75, "message": "m"}}}],
+        },
+    }
+    assert PodView.of(raw) == PodView("w-0-x", 0, "Failed", "2026-11-22T11:00:00Z", 75, "m")

@@ -12,18 +12,22 @@ export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast lint format bench images images-dry-run clean
+.PHONY: help setup demo test test-fast lint format bench chart images images-dry-run clean
 
 # Trainer images: one per backend, built with docker or podman, whichever exists.
 BACKENDS := cpu cpu-ccl xpu cuda
-BACKEND ?= $(BACKENDS)
+IMAGES := $(BACKENDS) operator
+BACKEND ?= $(IMAGES)
 VERSION ?= 0.1.0
 IMAGE_REPO ?= kubetune/trainer
 ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
 # Proxies are passed as build args only when set here; they are never baked into an image.
 PROXY_ARGS := $(foreach v,HTTP_PROXY HTTPS_PROXY NO_PROXY,$(if $($(v)),--build-arg $(v)=$($(v))))
-build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) -t $(IMAGE_REPO):$(1)-$(VERSION) \
-	-t $(IMAGE_REPO):$(1) --build-arg VERSION=$(VERSION) $(PROXY_ARGS) .
+OPERATOR_REPO ?= kubetune/operator
+# Trainer images are <repo>:<backend>-<version>; the operator image is <operator repo>:<version>.
+image_tags = $(if $(filter operator,$(1)),-t $(OPERATOR_REPO):$(VERSION),-t $(IMAGE_REPO):$(1)-$(VERSION) -t $(IMAGE_REPO):$(1))
+build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) $(call image_tags,$(1)) \
+	--build-arg VERSION=$(VERSION) $(PROXY_ARGS) .
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -61,10 +65,13 @@ format: setup ## Apply ruff fixes and formatting
 bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL (minutes)
 	$(PY) bench/bench_train.py
 
-images: ## Build the trainer images with docker or podman (BACKEND=cpu for one)
+chart: setup ## Regenerate the chart's CRD template and values.schema.json from their models
+	$(PY) tools/gen_chart.py
+
+images: ## Build the trainer images and the operator image with docker or podman (BACKEND=cpu for one)
 	@test -n "$(ENGINE)" || { echo "error: neither docker nor podman is installed" >&2; exit 2; }
 	@for b in $(BACKEND); do \
-		case " $(BACKENDS) " in *" $$b "*) ;; *) echo "error: BACKEND=$$b is not one of $(BACKENDS)" >&2; exit 2;; esac; \
+		case " $(IMAGES) " in *" $$b "*) ;; *) echo "error: BACKEND=$$b is not one of $(IMAGES)" >&2; exit 2;; esac; \
 	done
 	$(foreach b,$(BACKEND),$(call build_cmd,$(b)) &&) true
 

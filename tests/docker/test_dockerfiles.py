@@ -103,3 +103,18 @@ def test_every_trainer_dependency_is_pinned_for_the_images():
 def test_dockerignore_keeps_local_state_out_of_the_context():
     text = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines() if x.strip() and x[0] != "#"]
     assert text[0] == "*" and {"!api/", "!trainer/", "!docker/"} <= set(text)
+
+
+def test_operator_dockerfile():
+    path = ROOT / "docker" / "Dockerfile.operator"
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    proc = subprocess.run([hadolint, "--failure-threshold", "style", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = final_stage(path)
+    ops = {op: args for op, args in final}
+    assert re.fullmatch(r"(\d+):(\d+)", ops["USER"]) and not ops["USER"].startswith("0:")
+    assert json.loads(ops["ENTRYPOINT"]) == ["kubetune-operator"]
+    text = path.read_text()
+    assert "trainer/" not in text.replace("# ", "") and "torch" not in ops.get("RUN", "")
+    assert "find_spec('torch') is None" in text  # the build fails if torch sneaks in

@@ -1,0 +1,216 @@
+"""charts/kubetune rendered with Helm's own Go SDK (helm-python-sdk), linted, schema-checked, and every
+rendered manifest validated against the Kubernetes API schemas (kubernetes-validate). No cluster."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import gen_chart
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune.api.crd import finetunejob_crd
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's Go SDK as a wheel) is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubetune"
+K8S_VERSION = "1.30"
+NAMESPACED = {"watch": {"namespaced": True, "namespaces": ["team-a", "team-b"]}}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(values or {}, name="kubetune", namespace="kubetune-system")
+    docs = []
+    for path, text in files.items():
+        if path.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_generated_files_are_current():
+    for path, text in gen_chart.expected().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: run `make chart`"
+
+
+def test_values_yaml_matches_its_schema_model_and_every_value_is_commented():
+    text = (CHART / "values.yaml").read_text()
+    gen_chart.ChartValues.model_validate(yaml.safe_load(text))
+    free_form = {"resources", "podSecurityContext", "securityContext"}
+    lines = text.splitlines()
+    parent = ""
+    for i, line in enumerate(lines):
+        match = re.match(r"^( {0,2})([A-Za-z-]+):", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        if depth == 0:
+            parent = match.group(2)
+        elif parent in free_form:
+            continue
+        previous = next(p for p in reversed(lines[:i]) if p.strip())
+        assert previous.strip().startswith("#"), f"values.yaml:{i + 1}: `{line.strip()}` has no comment above it"
+
+
+def test_lint_has_no_errors():
+    result = helm.lint(str(CHART))
+    assert result["errors"] == [] and all(m["severity"] < 3 for m in result["messages"]), result
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+        ({"metrics": {"port": 0}}, "/metrics/port"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_values_schema_refuses_bad_values(bad: dict[str, Any], named: str):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema({})  # the defaults pass
+        with pytest.raises(Exception, match=named):
+            chart.validate_schema(bad)
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED, {"replicaCount": 2}], ids=["default", "namespaced", "peering"])
+def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any]):
+    docs = render(values)
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("kopf.dev/"):
+            continue  # kopf's peering objects: their CRD (crds/) is checked as a CRD below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for path in (CHART / "crds").glob("*.yaml"):
+        for crd in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+
+
+def test_the_crd_in_the_chart_is_the_generated_one():
+    crd = by_kind(render(), "CustomResourceDefinition")[0]
+    assert crd["spec"] == finetunejob_crd()["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert by_kind(render({"crds": {"enabled": False}}), "CustomResourceDefinition") == []
+    assert "annotations" not in by_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")[0]["metadata"]
+
+
+def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED, {"replicaCount": 3}], ids=["default", "namespaced", "peering"])
+def test_rbac_is_least_privilege(values: dict[str, Any]):
+    allowed = {
+        "finetunejobs": {"get", "list", "watch", "patch"},
+        "finetunejobs/status": {"get", "patch"},
+        "jobs": {"get", "create", "patch", "delete"},
+        "configmaps": {"get", "create", "delete"},
+        "services": {"get", "create", "delete"},
+        "pods": {"list"},
+        "pods/log": {"get"},
+        "events": {"create"},
+        "customresourcedefinitions": {"list", "watch"},
+        "clusterkopfpeerings": {"get", "list", "watch", "patch"},
+        "kopfpeerings": {"get", "list", "watch", "patch"},
+    }
+    for rule in rules(render(values)):
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        for resource in rule["resources"]:
+            assert set(rule["verbs"]) <= allowed[resource], (resource, rule["verbs"])
+    assert "secrets" not in str(rules(render(values)))  # the operator never reads a token: pods mount it
+
+
+def test_namespaced_mode_has_no_cluster_rights():
+    docs = render(NAMESPACED)
+    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == ["team-a", "team-b"]
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "kubetune-system"
+    env = {e["name"]: e.get("value") for e in container(docs)["env"]}
+    assert env["KUBETUNE_WATCH_NAMESPACES"] == "team-a,team-b"
+    default_env = {e["name"] for e in container(render())["env"]}
+    assert "KUBETUNE_WATCH_NAMESPACES" not in default_env
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_operator_pod_is_restricted_and_configured():
+    docs = render({"trainerImages": {"cuda": "registry.local/trainer:cuda"}, "metrics": {"enabled": False}})
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(docs)
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and "--standalone" in c["args"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["KUBETUNE_IMAGE_CUDA"] == "registry.local/trainer:cuda" and env["KUBETUNE_METRICS_PORT"] == "0"
+    assert by_kind(docs, "Service") == []  # no metrics Service when metrics are off
+    peered = container(render({"replicaCount": 2}))
+    assert "--peering=kubetune" in peered["args"] and "--standalone" not in peered["args"]
+
+
+def test_operator_settings_read_what_the_chart_sets():
+    from kubetune.operator.settings import from_env
+
+    env = {e["name"]: str(e["value"]) for e in container(render({"operator": {"pollSeconds": 3}}))["env"]}
+    config = from_env(env)
+    assert config.poll_seconds == 3 and config.metrics_port == 9090
+    assert config.render.images["cpu-ccl"] == "kubetune/trainer:cpu-ccl-0.1.0"
+
+
+def crd_schema() -> dict[str, Any]:
+    return finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def strict(schema: Any) -> Any:
+    """Unknown fields fail, as with kubectl's default server-side field validation (--validate=strict)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def validate_like_the_api_server(doc: dict[str, Any]) -> None:
+    """OpenAPI v3.0 schemas are draft-4 JSON Schema (boolean exclusiveMaximum); x-kubernetes-* keys are ignored."""
+    jsonschema.Draft4Validator(strict(crd_schema())).validate(doc)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "k8s").glob("finetunejob-*.yaml")), ids=lambda p: p.name)
+def test_example_finetunejobs_pass_the_crd_schema(path: Path):
+    doc = yaml.safe_load(path.read_text())
+    validate_like_the_api_server(doc)
+
+
+def test_the_crd_schema_refuses_a_bad_manifest():
+    doc = yaml.safe_load((ROOT / "examples" / "k8s" / "finetunejob-cpu.yaml").read_text())
+    doc["spec"]["nodes"] = 0
+    with pytest.raises(jsonschema.ValidationError, match="minimum"):
+        validate_like_the_api_server(doc)
+    doc["spec"]["nodes"] = 1
+    doc["spec"]["training"]["lora"]["rank"] = 8  # a typo for `r`
+    with pytest.raises(jsonschema.ValidationError, match="rank"):
+        validate_like_the_api_server(doc)
+
+
+def test_examples_cover_every_backend():
+    examples = (ROOT / "examples" / "k8s").glob("finetunejob-*.yaml")
+    backends = {yaml.safe_load(p.read_text())["spec"]["backend"] for p in examples}
+    assert backends == {"cpu", "cpu-ccl", "xpu", "cuda"}

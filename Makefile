@@ -12,7 +12,7 @@ export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast lint format bench chart images images-dry-run clean
+.PHONY: help setup demo test test-fast e2e lint format bench chart images images-dry-run clean
 
 # Trainer images: one per backend, built with docker or podman, whichever exists.
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -30,7 +30,7 @@ build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) $(call image_
 	--build-arg VERSION=$(VERSION) $(PROXY_ARGS) .
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt docker/constraints/operator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ test: setup ## Run the whole test suite (unit + real training on the builtin mod
 
 test-fast: setup ## Run the tests that do not train the real model
 	$(PY) -m pytest -m "not slow"
+
+e2e: setup ## The real-cluster suite: kind cluster, images, chart, a FinetuneJob to Succeeded (needs kind, kubectl, helm, docker)
+	KUBETUNE_E2E=1 $(PY) -m pytest tests/e2e -v
 
 lint: setup ## ruff check + format check + import layering (lint-imports)
 	$(VENV)/bin/ruff check .

@@ -2,9 +2,9 @@
 pointing at it, a small aiohttp client, and the operator started with kopf's KopfRunner.
 
 kmock stores and streams objects; it runs no controllers, assigns no uid or resourceVersion,
-ignores label selectors, serves no pod logs and ignores generateName (Emulator fills that gap;
-pyproject's `kmock_cls` makes it the `kmock` fixture's class). So tests set uid/resourceVersion, and the pod
-log endpoint answers from `Cluster.logs` (which tests or the local node fill in).
+ignores label selectors, serves no pod logs and ignores generateName. Emulator fills the create-time
+gaps (pyproject's `kmock_cls` makes it the `kmock` fixture's class) and the pod log endpoint answers
+from `Cluster.logs` (which tests or the local node fill in).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,17 @@ NAMESPACE = "ml"
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus the one server behaviour kopf's event poster needs: `generateName`."""
+    """kmock's emulator plus what the API server fills in on create: generateName (kopf's events), uid
+    (ownerReferences), creationTimestamp and a resourceVersion (kopf's JSON patches test it)."""
 
     async def _handle(self, request: Any) -> Any:
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         return await super()._handle(request)
 
 
@@ -71,8 +76,6 @@ class Cluster:
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body.setdefault("metadata", {})
         meta.setdefault("namespace", NAMESPACE)
-        meta.setdefault("uid", str(uuid.uuid4()))  # kmock assigns none; kopf and ownerReferences need one
-        meta.setdefault("resourceVersion", "1")  # kopf's JSON patches test it
         async with self.session.post(self.path(body["kind"], ns=meta["namespace"]), json=body) as r:
             assert r.status < 300, await r.text()
             return await r.json()

@@ -1,0 +1,238 @@
+"""The whole flow on a local node: FinetuneJob -> operator -> Jobs -> real trainer processes -> merge.
+
+The seams under test: the operator's pod template against the trainer's entrypoint and env contract
+(mounts at /model, /data, /output, /config; MASTER_ADDR through the headless Service's hostnames;
+the termination log), real rendezvous between worker processes, progress flowing from real logs into
+status, SIGTERM -> checkpoint -> exit 75 -> a new pod that resumes. tests/support/localnode.py says
+what the local node does and does not emulate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube import Cluster, eventually, operator
+from localnode import LocalNode, available, dump
+
+from kubetune.operator.render import Names
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(available() is not None, reason=str(available())),
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def claims(tmp_path: Path, builtin_path: str) -> dict[str, Path]:
+    """The three PVCs: the embedded model (exported once), a little data, an empty output volume."""
+    data = tmp_path / "claims" / "data"
+    data.mkdir(parents=True)
+    records = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines()[:64]
+    (data / "train.jsonl").write_text("\n".join(records) + "\n")
+    bad = [*records[:5], '{"prompt": "Normalize the date: 1 May 2001"}', *records[5:10]]
+    (data / "bad.jsonl").write_text("\n".join(bad) + "\n")
+    runs = tmp_path / "claims" / "runs"
+    runs.mkdir()
+    for p in (tmp_path, tmp_path / "claims", data, runs):
+        p.chmod(0o755)
+    runs.chmod(0o777)
+    return {"models": Path(builtin_path), "data": data, "runs": runs}
+
+
+def finetunejob(name: str, max_steps: int, nodes: int = 1, merge: bool = True, data: str = "train.jsonl",
+                threads: int | None = None, **spec: Any) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FinetuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "nodes": nodes,
+            "storage": {
+                "model": {"claimName": "models"},
+                "data": {"claimName": "data"},
+                "output": {"claimName": "runs", "subPath": name},
+            },
+            "training": {
+                "data": {"path": [data], "max_length": 64},
+                "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                "training": {
+                    "max_steps": max_steps,
+                    "batch_size": 2,
+                    "logging_steps": 1,
+                    "save_steps": 2,
+                    "lr": 0.001,
+                    "num_threads": threads,
+                },
+            },
+            "merge": {"enabled": merge},
+            **spec,
+        },
+    }
+
+
+class Watcher:
+    """Polls a FinetuneJob's status, keeping every progress step and phase it saw."""
+
+    def __init__(self, cluster: Cluster, name: str):
+        self.cluster, self.name = cluster, name
+        self.steps: list[int] = []
+        self.phases: list[str] = []
+
+    async def status(self) -> dict[str, Any]:
+        obj = await self.cluster.get("FinetuneJob", self.name)
+        status = (obj or {}).get("status") or {}
+        step = (status.get("progress") or {}).get("step")
+        if step is not None and (not self.steps or self.steps[-1] != step):
+            self.steps.append(step)
+        if status.get("phase") and (not self.phases or self.phases[-1] != status["phase"]):
+            self.phases.append(status["phase"])
+        return status
+
+    async def phase(self, phase: str, node: LocalNode, timeout: float = 240) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            status = await self.status()
+            if status.get("phase") == "Failed" and phase != "Failed":
+                raise AssertionError(f"{self.name} failed: {status.get('message')}\n{dump(node)}")
+            return status if status.get("phase") == phase else None
+
+        try:
+            return await eventually(probe, timeout=timeout, what=f"{self.name} {phase}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{dump(node)}") from None
+
+    async def step_at_least(self, step: int, node: LocalNode, timeout: float = 180) -> None:
+        async def probe() -> bool:
+            await self.status()
+            return bool(self.steps) and self.steps[-1] >= step
+
+        try:
+            await eventually(probe, timeout=timeout, what=f"{self.name} step {step}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{dump(node)}") from None
+
+
+def log_step(node: LocalNode, pod: str) -> int:
+    """The newest progress step in a pod's log (what a person tailing it would see)."""
+    steps = [
+        json.loads(x)["step"]
+        for x in node.cluster.logs.get(pod, "").splitlines()
+        if x.startswith('{"event": "progress"')
+    ]
+    return steps[-1] if steps else 0
+
+
+def first_step(node: LocalNode, pod: str) -> int:
+    lines = node.cluster.logs.get(pod, "").splitlines()
+    steps = [json.loads(x)["step"] for x in lines if x.startswith('{"event": "progress"')]
+    return steps[0] if steps else 0
+
+
+def worker_pods(node: LocalNode, job: str) -> list[str]:
+    return [c.pod for c in node.containers.values() if c.job == job]
+
+
+async def test_one_node_with_operator_restart_suspend_and_resume(cluster: Cluster, claims: dict[str, Path],
+                                                                  tmp_path: Path):  # fmt: skip
+    name, names = "dates", Names.of("dates")
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node:
+        with operator():
+            await cluster.create(finetunejob(name, max_steps=24))
+            await watch.step_at_least(2, node)
+        # The operator is gone for a moment; training goes on. A new operator adopts everything.
+        with operator():
+            await watch.step_at_least(watch.steps[-1] + 2, node)
+            await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
+            await watch.phase("Suspended", node)
+            await eventually(lambda: _exited(node, names.workers), what="the worker stopped")
+            assert node.exits(names.workers) == [75], dump(node)  # SIGTERM -> checkpoint -> retryable exit
+
+            async def settled() -> bool:
+                return "checkpoints are kept" in (await watch.status()).get("message", "")
+
+            await eventually(settled, what="Suspended with no worker left")
+            await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
+            done = await watch.phase("Succeeded", node)
+    out = claims["runs"] / name
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "config.json").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumed_from"], "the resumed pod started from a checkpoint"
+    second = worker_pods(node, names.workers)[-1]
+    assert first_step(node, second) > 1, dump(node)  # not from step 0
+    assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
+    assert done["restarts"] == 1 and done["progress"]["step"] == 24
+    assert len(set(watch.steps)) >= 3, watch.steps  # progress was seen to advance during the run
+    assert cluster.requests("post", "Job") == 2 and cluster.requests("post", "ConfigMap") == 1
+    reasons = {e["reason"] for e in await cluster.list("Event")}
+    assert {"Created", "Running", "Suspended", "Resumed", "TrainingSucceeded", "Succeeded"} <= reasons
+
+
+async def _exited(node: LocalNode, job: str) -> bool:
+    return bool(node.exits(job))
+
+
+async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
+    name, names = "dates2", Names.of("dates2")
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node:
+        with operator():
+            # Two pods on a 2-core machine: one thread each, or they fight over the cores.
+            await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
+            done = await watch.phase("Succeeded", node, timeout=300)
+    assert sorted(node.exits(names.workers)) == [0, 0] and node.exits(names.merge) == [0], dump(node)
+    logs = "".join(node.cluster.logs[p] for p in worker_pods(node, names.workers))
+    assert "launching 1 process(es) on node 1 of 2 (world size 2)" in logs, dump(node)
+    out = claims["runs"] / name
+    assert (out / "merged" / "config.json").is_file()
+    assert json.loads((out / "run.json").read_text())["resolved"]["world_size"] == 2
+    assert done["progress"]["step"] == 4 and done["restarts"] == 0
+
+
+async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster, claims: dict[str, Path],
+                                                                tmp_path: Path):  # fmt: skip
+    name, names = "preempted", Names.of("preempted")
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node:
+        with operator():
+            await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
+            first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
+            await eventually(lambda: _at(node, first, 3), timeout=180, what="step 3 in the log")
+            await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
+            done = await watch.phase("Succeeded", node)
+            job = await cluster.get("Job", names.workers)
+    assert node.exits(names.workers) == [75, 0], dump(node)
+    second = worker_pods(node, names.workers)[-1]
+    assert first_step(node, second) > 1, dump(node)
+    assert done["restarts"] == 1
+    assert job["status"]["failed"] == 0  # exit 75 is ignored by the podFailurePolicy: backoffLimit 0 untouched
+    assert json.loads((claims["runs"] / name / "run.json").read_text())["resumed_from"]
+
+
+async def _pods(node: LocalNode, job: str) -> list[str]:
+    return worker_pods(node, job)
+
+
+async def _at(node: LocalNode, pod: str, step: int) -> bool:
+    return log_step(node, pod) >= step
+
+
+async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, claims: dict[str, Path],
+                                                             tmp_path: Path):  # fmt: skip
+    name, names = "bad", Names.of("bad")
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node:
+        with operator():
+            await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
+            failed = await watch.phase("Failed", node, timeout=180)
+    assert node.exits(names.workers) == [3, 3], dump(node)  # tried, retried once, then given up
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "BackoffLimitExceeded"
+    assert "/data/bad.jsonl:6" in condition["message"] and "completion" in condition["message"], condition
+    assert not (claims["runs"] / name / "adapter").exists()
+    shutil.rmtree(claims["runs"] / name, ignore_errors=True)

@@ -1,0 +1,439 @@
+"""A local node for tests: the kubelet and the Job controller, played against kmock's API.
+
+It sees the Jobs the operator creates, makes their pods, and runs each pod's container as a local
+process: the image's entrypoint (docker/entrypoint.sh) with the container's args, the image's ENV
+(read from docker/Dockerfile.cpu) plus the pod's env, in a private mount namespace where every
+volumeMount is bind-mounted at its mountPath (PVC claims and subPaths -> host directories,
+ConfigMaps -> files, emptyDirs -> fresh directories), /etc/hosts maps the pod's service hostnames
+to 127.0.0.1, /dev/termination-log is the pod's own file, the root filesystem is read-only when the
+container asks for it, and the working directory is the image's. Pod phases, exit codes,
+termination messages (FallbackToLogsOnError included) and logs (served at pods/{name}/log) are
+reported through the API; Job status (active, succeeded, failed, conditions, suspend) follows the
+Indexed Job rules, podFailurePolicy's Ignore rules included. Deleting a pod sends SIGTERM, then
+SIGKILL after its grace period; deleting a Job deletes its pods.
+
+What it does not emulate: scheduling, image pulls (the image is this checkout and its venv),
+networking beyond loopback, resource requests and limits, security contexts beyond the read-only
+root (processes run as the image's UID only when the Python interpreter is reachable by that UID;
+on machines where it sits under /root they run as the current user), and pod restarts by the
+kubelet (restartPolicy is Never for every pod the operator renders), the Job controller's backoff delay
+between retries, and a Job's own activeDeadlineSeconds (the operator enforces the deadline). It needs root (or a user
+namespace) to bind-mount: `available()` says why when it cannot run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kube import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile.cpu"
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+IMAGE_UID = 10001
+
+
+def available() -> str | None:
+    """None when pods can run here, else the reason they cannot."""
+    if sys.platform != "linux" or not shutil.which("unshare"):
+        return "the local node needs Linux mount namespaces (unshare)"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount --bind /tmp /mnt"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return f"cannot bind-mount in a private mount namespace here (needs root): {probe.stderr.strip()}"
+    return None
+
+
+def image_env() -> dict[str, str]:
+    """The final stage's ENV of the cpu image, with its venv replaced by this checkout's."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    final = text.rsplit("\nFROM ", 1)[1]
+    env: dict[str, str] = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            for item in shlex.split(line[4:]):
+                key, _, value = item.partition("=")
+                env[key] = value
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = env.get("PATH", "").replace("/opt/venv/bin", venv_bin).replace("$PATH", "/usr/bin:/bin")
+    return env
+
+
+def image_workdir() -> str:
+    final = DOCKERFILE.read_text().rsplit("\nFROM ", 1)[1]
+    workdirs = re.findall(r"^WORKDIR (\S+)", final, re.M)
+    return workdirs[-1] if workdirs else "/"
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Could an unprivileged UID execute this file (every directory above it searchable)?"""
+    real = path.resolve()
+    for parent in [*real.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+    return bool(os.stat(real).st_mode & 0o001)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Container:
+    """One pod's container process."""
+
+    pod: str
+    job: str
+    job_uid: str
+    index: int | None
+    proc: asyncio.subprocess.Process
+    termination: Path
+    grace: float
+    deleted: bool = False  # the pod object is gone: report nothing more through the API
+    exit_code: int | None = None
+    reader: asyncio.Task | None = None
+
+
+@dataclass
+class JobState:
+    failed: int = 0
+    succeeded: set[int] = field(default_factory=set)
+    finished: bool = False
+    started: str | None = None
+
+
+class LocalNode:
+    def __init__(self, cluster: Cluster, claims: dict[str, Path], workdir: Path, poll: float = 0.2):
+        self.cluster = cluster
+        self.claims = claims  # PVC claimName -> host directory
+        self.workdir = workdir  # per-pod directories (emptyDirs, ConfigMaps, termination logs, hosts)
+        self.poll = poll
+        self.containers: dict[str, Container] = {}
+        self.jobs: dict[str, JobState] = {}
+        self.history: list[dict[str, Any]] = []  # every pod exit: {"pod", "job", "index", "exit_code"}
+        self.run_as_image_user = os.geteuid() == 0 and reachable_by_others(Path(sys.executable))
+        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalNode:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for c in list(self.containers.values()):
+            c.deleted = True  # the API server is going away with the test: report nothing more
+            await self._terminate(c, grace=2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        """Background work (waits, terminations) kept referenced and awaited on exit."""
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a test fails by its own assertions; keep the node alive and say why
+                print(f"localnode: sync failed: {exc!r}", file=sys.stderr)
+            await asyncio.sleep(self.poll)
+
+    # --- the Job controller ---------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        jobs = {j["metadata"]["name"]: j for j in await self.cluster.list("Job")}
+        pods = {p["metadata"]["name"] for p in await self.cluster.list("Pod")}
+        for c in list(self.containers.values()):
+            if c.exit_code is None and not c.deleted and (c.pod not in pods or c.job not in jobs):
+                # Pod deleted (kubectl delete pod, eviction) or its Job deleted (garbage collection).
+                c.deleted = True
+                if c.pod in pods:
+                    await self.cluster.delete("Pod", c.pod)
+                self._spawn(self._terminate(c, c.grace))
+        for job in jobs.values():
+            await self.sync_job(job)
+
+    async def sync_job(self, job: dict[str, Any]) -> None:
+        meta, spec = job["metadata"], job["spec"]
+        state = self.jobs.setdefault(meta["uid"], JobState())
+        if state.finished:
+            return
+        active = [c for c in self.containers.values() if c.job_uid == meta["uid"] and c.exit_code is None]
+        status: dict[str, Any] = {}
+        conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c["type"] != "Suspended"]
+        if spec.get("suspend"):
+            current = job.get("status") or {}
+            already = any(c["type"] == "Suspended" for c in current.get("conditions") or [])
+            if already and not active and current.get("active") == 0:
+                return
+            for c in active:
+                if not c.deleted:
+                    c.deleted = True
+                    await self.cluster.delete("Pod", c.pod)
+                    self._spawn(self._terminate(c, c.grace))
+            status = {"active": 0, "conditions": [*conditions, _cond("Suspended", "JobSuspended")]}
+            await self._job_status(meta["name"], status, job)
+            return
+        completions = int(spec.get("completions") or 1)
+        indexed = spec.get("completionMode") == "Indexed"
+        running = {c.index or 0 for c in active}  # a non-indexed Job's single pod counts as index 0
+        for index in range(completions):
+            if index in state.succeeded or index in running:
+                continue
+            await self.start_pod(job, index if indexed else None)
+        state.started = state.started or now()
+        active_count = len([c for c in self.containers.values() if c.job_uid == meta["uid"] and c.exit_code is None])
+        status = {"active": active_count, "startTime": state.started, "conditions": conditions}
+        await self._job_status(meta["name"], status, job)
+
+    async def _job_status(self, name: str, status: dict[str, Any], job: dict[str, Any]) -> None:
+        current = job.get("status") or {}
+        if any(current.get(k) != v for k, v in status.items()):
+            await self.cluster.patch("Job", name, {"status": status}, sub="status")
+
+    def _count(self, c: Container, job: dict[str, Any]) -> None:
+        """Account for an exit before anything else can look (no await): no index runs twice."""
+        state = self.jobs[c.job_uid]
+        self.history.append({"pod": c.pod, "job": c.job, "index": c.index, "exit_code": c.exit_code})
+        if c.exit_code == 0:
+            state.succeeded.add(c.index or 0)
+        elif not _ignored(job, c.exit_code):
+            state.failed += 1
+
+    async def _on_exit(self, c: Container, job: dict[str, Any]) -> None:
+        state = self.jobs[c.job_uid]
+        if state.finished:
+            return
+        job = await self.cluster.get("Job", c.job) or job
+        spec = job["spec"]
+        completions = int(spec.get("completions") or 1)
+        conditions = list((job.get("status") or {}).get("conditions") or [])
+        status: dict[str, Any] = {
+            "succeeded": len(state.succeeded),
+            "failed": state.failed,
+            "completedIndexes": ",".join(str(i) for i in sorted(state.succeeded)),
+        }
+        if len(state.succeeded) == completions:
+            state.finished = True
+            status |= {"active": 0, "completionTime": now(), "conditions": [*conditions, _cond("Complete", "")]}
+        elif state.failed > int(spec.get("backoffLimit", 6)):
+            state.finished = True
+            message = "Job has reached the specified backoff limit"
+            status |= {"active": 0, "conditions": [*conditions, _cond("Failed", "BackoffLimitExceeded", message)]}
+            for other in self.containers.values():
+                if other.job_uid == c.job_uid and other.exit_code is None:
+                    self._spawn(self._terminate(other, other.grace))
+        await self.cluster.patch("Job", c.job, {"status": status}, sub="status")
+
+    # --- the kubelet ----------------------------------------------------------------------------
+
+    async def start_pod(self, job: dict[str, Any], index: int | None) -> None:
+        meta, template = job["metadata"], job["spec"]["template"]
+        suffix = uuid.uuid4().hex[:5]
+        name = f"{meta['name']}-{index}-{suffix}" if index is not None else f"{meta['name']}-{suffix}"
+        labels = {**(template["metadata"].get("labels") or {}), "job-name": meta["name"]}
+        if index is not None:
+            labels[INDEX_LABEL] = str(index)
+        pod_spec = template["spec"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": meta["namespace"],
+                "labels": labels,
+                "annotations": {INDEX_LABEL: str(index)} if index is not None else {},
+                "creationTimestamp": now(),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": pod_spec,
+            "status": {"phase": "Pending"},
+        }
+        await self.cluster.create(pod)
+        container = pod_spec["containers"][0]
+        env = dict(image_env())
+        env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
+        hostname = f"{meta['name']}-{index}" if index is not None else name
+        env["HOSTNAME"] = hostname
+        pod_dir = self.workdir / name
+        script = await self._mount_script(meta["namespace"], name, pod_spec, container, pod_dir, job, hostname)
+        argv = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "pod"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        c = Container(
+            pod=name,
+            job=meta["name"],
+            job_uid=meta["uid"],
+            index=index,
+            proc=proc,
+            termination=pod_dir / "termination-log",
+            grace=float(pod_spec.get("terminationGracePeriodSeconds", 30)),
+        )
+        self.containers[name] = c
+        self.cluster.logs[name] = ""
+        c.reader = asyncio.create_task(self._read(c))
+        await self.cluster.patch("Pod", name, {"status": {"phase": "Running", "startTime": now()}}, sub="status")
+        self._spawn(self._wait(c, container, job))
+
+    async def _mount_script(self, ns: str, pod: str, spec: dict[str, Any], container: dict[str, Any],
+                            pod_dir: Path, job: dict[str, Any], hostname: str) -> str:  # fmt: skip
+        """The shell run inside the pod's mount namespace: mounts, then exec of the entrypoint."""
+        pod_dir.mkdir(parents=True)
+        pod_dir.chmod(0o755)
+        sources: dict[str, tuple[Path, bool]] = {}  # volume name -> (host path, is a file)
+        for volume in spec.get("volumes", []):
+            vname = volume["name"]
+            if "persistentVolumeClaim" in volume:
+                sources[vname] = (self.claims[volume["persistentVolumeClaim"]["claimName"]], False)
+            elif "configMap" in volume:
+                cm = await self.cluster.get("ConfigMap", volume["configMap"]["name"], ns)
+                assert cm is not None, f"pod {pod}: ConfigMap {volume['configMap']['name']} does not exist"
+                target = pod_dir / "volumes" / vname
+                target.mkdir(parents=True)
+                for key, text in (cm.get("data") or {}).items():
+                    (target / key).write_text(text)
+                sources[vname] = (target, False)
+            elif "emptyDir" in volume:
+                target = pod_dir / "volumes" / vname
+                target.mkdir(parents=True)
+                sources[vname] = (target, False)
+            else:
+                raise AssertionError(f"pod {pod}: the local node does not emulate volume {volume}")
+        for path, _ in sources.values():
+            if self.run_as_image_user:
+                os.chown(path, IMAGE_UID, IMAGE_UID)  # like fsGroup: the volumes are the pod user's to write
+            path.chmod(0o777 if not self.run_as_image_user else 0o755)
+        termination = pod_dir / "termination-log"
+        termination.touch()
+        termination.chmod(0o666)
+        hosts = pod_dir / "hosts"
+        subdomain = spec.get("subdomain")
+        names = ["localhost", hostname]
+        if subdomain:
+            completions = int(job["spec"].get("completions") or 1)
+            names += [f"{job['metadata']['name']}-{i}.{subdomain}" for i in range(completions)]
+        hosts.write_text("127.0.0.1 " + " ".join(names) + "\n")
+        lines = ["set -eu", f"hostname {shlex.quote(hostname)}"]
+        late: list[str] = []  # /tmp last: it would hide the sources under /tmp
+        for mount in container.get("volumeMounts", []):
+            src, _ = sources[mount["name"]]
+            if mount.get("subPath"):
+                src = src / mount["subPath"]
+                src.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
+            target = mount["mountPath"]
+            cmds = [f"mkdir -p {shlex.quote(target)}", f"mount --bind {shlex.quote(str(src))} {shlex.quote(target)}"]
+            if mount.get("readOnly"):
+                cmds.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
+            (late if target == "/tmp" or target.startswith("/tmp/") else lines).extend(cmds)
+        lines += [
+            "touch /dev/termination-log",
+            f"mount --bind {shlex.quote(str(termination))} /dev/termination-log",
+            f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
+            *late,
+        ]
+        security = container.get("securityContext") or {}
+        if security.get("readOnlyRootFilesystem"):
+            lines.append("mount -o remount,bind,ro /")
+        lines.append(f"cd {shlex.quote(container.get('workingDir') or image_workdir())}")
+        command = [str(ENTRYPOINT), *container.get("args", [])]
+        if self.run_as_image_user:
+            command = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups", *command]
+        lines.append("exec " + " ".join(shlex.quote(a) for a in command))
+        return "\n".join(lines)
+
+    async def _read(self, c: Container) -> None:
+        assert c.proc.stdout is not None
+        async for line in c.proc.stdout:
+            self.cluster.logs[c.pod] += line.decode("utf-8", "replace")
+
+    async def _wait(self, c: Container, container: dict[str, Any], job: dict[str, Any]) -> None:
+        code = await c.proc.wait()
+        c.exit_code = code if code >= 0 else 128 - code  # killed by a signal: 128 + signal, as a runtime reports
+        self._count(c, job)
+        if c.reader:
+            await c.reader
+        message = c.termination.read_text()[:4096]
+        if not message and code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = self.cluster.logs[c.pod][-2048:]
+        if not c.deleted:
+            state = {"terminated": {"exitCode": c.exit_code, "message": message, "finishedAt": now()}}
+            status = {
+                "phase": "Succeeded" if c.exit_code == 0 else "Failed",
+                "containerStatuses": [{"name": container["name"], "state": state}],
+            }
+            await self.cluster.patch("Pod", c.pod, {"status": status}, sub="status")
+        await self._on_exit(c, job)
+
+    async def _terminate(self, c: Container, grace: float) -> None:
+        """What the kubelet does to a deleted pod: SIGTERM, the grace period, then SIGKILL."""
+        if c.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            c.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(c.proc.wait(), timeout=grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.kill()
+
+    def exits(self, job: str) -> list[int | None]:
+        return [h["exit_code"] for h in self.history if h["job"] == job]
+
+
+def _ignored(job: dict[str, Any], exit_code: int | None) -> bool:
+    """podFailurePolicy: an Ignore rule on this exit code means the failure does not count."""
+    for rule in ((job["spec"].get("podFailurePolicy") or {}).get("rules")) or []:
+        codes = rule.get("onExitCodes")
+        if rule.get("action") == "Ignore" and codes and codes.get("operator") == "In" and exit_code in codes["values"]:
+            return True
+    return False
+
+
+def _cond(type_: str, reason: str, message: str = "") -> dict[str, str]:
+    return {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
+
+
+def dump(node: LocalNode) -> str:
+    """Everything a failing e2e test needs to say what happened."""
+    parts = [json.dumps(node.history)]
+    for pod, text in node.cluster.logs.items():
+        parts.append(f"--- {pod} ---\n{text[-3000:]}")
+    return "\n".join(parts)

@@ -89,3 +89,11 @@ def test_crd_is_a_valid_apiextensions_v1_object():
     import kubernetes_validate
 
     kubernetes_validate.validate(CRD, "1.30", strict=True)
+
+
+def test_what_the_workers_already_run_with_cannot_change():
+    spec = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for name in ("backend", "nodes", "procsPerNode", "storage", "training", "image"):
+        assert spec[name]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf", name
+    for name in ("runPolicy", "merge", "scheduling"):  # suspend/resume and the rest stay editable
+        assert "x-kubernetes-validations" not in spec[name], name

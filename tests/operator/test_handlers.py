@@ -83,6 +83,15 @@ async def phase_is(api: Cluster, phase: str, name: str = "quotes") -> dict[str, 
     return await eventually(probe, what=f"phase {phase}")
 
 
+async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
+    """A FinetuneJob whose worker pod runs (the tests play the Job controller)."""
+    await api.create(finetunejob(**spec))
+    await eventually(lambda: api.get("Job", NAMES.workers), what="worker Job")
+    await pod(api, 0, "Running")
+    await job_status(api, NAMES.workers, active=1)
+    return await phase_is(api, "Running")
+
+
 def progress(step: int, total: int = 5, loss: float = 1.25) -> str:
     record = {"event": "progress", "step": step, "total_steps": total, "loss": loss, "epoch": step / total,
               "tokens_per_second": 80.0, "eta_seconds": float(total - step)}  # fmt: skip
@@ -177,11 +186,7 @@ async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(c
 
 async def test_deadline_fails_the_job_and_stops_the_workers(cluster: Cluster):
     with operator():
-        await cluster.create(finetunejob(runPolicy={"activeDeadlineSeconds": 1}))
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
-        await pod(cluster, 0, "Running")
-        await job_status(cluster, NAMES.workers, active=1)
-        await phase_is(cluster, "Running")
+        await start_running(cluster, runPolicy={"activeDeadlineSeconds": 1})
         failed = await phase_is(cluster, "Failed")
         assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
         assert await eventually(lambda: _gone(cluster, "Job", NAMES.workers), what="workers deleted")
@@ -193,11 +198,7 @@ async def _gone(api: Cluster, kind: str, name: str) -> bool:
 
 async def test_suspend_and_resume(cluster: Cluster):
     with operator():
-        await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
-        await pod(cluster, 0, "Running")
-        await job_status(cluster, NAMES.workers, active=1)
-        await phase_is(cluster, "Running")
+        await start_running(cluster)
 
         await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"suspend": True}}})
 
@@ -220,11 +221,7 @@ async def test_suspend_and_resume(cluster: Cluster):
 
 async def test_an_operator_restart_creates_nothing_twice(cluster: Cluster):
     with operator():
-        await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
-        await pod(cluster, 0, "Running")
-        await job_status(cluster, NAMES.workers, active=1)
-        await phase_is(cluster, "Running")
+        await start_running(cluster)
     posts = {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")}
     assert posts == {"Job": 1, "ConfigMap": 1, "Service": 1}
     with operator():  # a new operator process adopts what exists
@@ -250,3 +247,22 @@ async def test_an_invalid_spec_fails_with_the_fields_named(cluster: Cluster):
     assert "spec.nodes:" in message and "spec.training.training.lr:" in message
     assert await cluster.get("Job", NAMES.workers) is None
     assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in await cluster.list("Event"))
+
+
+async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
+    summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
+    with operator():
+        await cluster.create(finetunejob(merge={"enabled": False}, runPolicy={"ttlSecondsAfterFinished": 1}))
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        await phase_is(cluster, "Succeeded")
+
+        async def children_gone() -> bool:
+            kinds = [("Job", NAMES.workers), ("ConfigMap", NAMES.config), ("Service", NAMES.service)]
+            return all([await cluster.get(kind, name) is None for kind, name in kinds])
+
+        await eventually(children_gone, what="children deleted after the TTL")
+    obj = await cluster.get("FinetuneJob", "quotes")
+    assert obj["status"]["phase"] == "Succeeded"  # the FinetuneJob and its status stay
+    assert any(e["reason"] == "TTLExpired" for e in await cluster.list("Event"))

@@ -100,6 +100,21 @@ def model_schema(model: type) -> dict[str, Any]:
     return to_structural(raw, raw.get("$defs", {}))
 
 
+# Fields fixed once a job exists: the workers already run with them (the ConfigMap and the Job template are
+# rendered once). The API server refuses the change instead of the operator silently ignoring it. runPolicy
+# (suspend) and merge stay mutable.
+IMMUTABLE = ("backend", "image", "nodes", "procsPerNode", "storage", "training")
+
+
+def spec_schema() -> dict[str, Any]:
+    spec = model_schema(FinetuneJobSpec)
+    for name in IMMUTABLE:
+        spec["properties"][name]["x-kubernetes-validations"] = [
+            {"rule": "self == oldSelf", "message": f"spec.{name} cannot change once the job exists"}
+        ]
+    return spec
+
+
 def finetunejob_crd() -> dict[str, Any]:
     """The CustomResourceDefinition manifest, ready to dump as YAML into the chart."""
     status = model_schema(FinetuneJobStatus)
@@ -137,7 +152,7 @@ def finetunejob_crd() -> dict[str, Any]:
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": model_schema(FinetuneJobSpec),
+                                "spec": spec_schema(),
                                 "status": status,
                             },
                             "required": ["spec"],

@@ -99,6 +99,21 @@ def _leaves(values: Mapping[str, Any], prefix: Path_ = ()) -> list[tuple[Path_, 
     return out
 
 
+def env_number(environ: Mapping[str, str], name: str, default: float, kind: type = int, minimum: float = 0) -> Any:
+    """One numeric environment variable; ValueError with a one-line message naming it when it is wrong."""
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        article = "an integer" if kind is int else "a number"
+        raise ValueError(f"env {name}: expected {article}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"env {name}: must be >= {minimum}, got {raw}")
+    return value
+
+
 def layer_from_yaml(text: str, filename: str) -> Layer:
     """Parse a YAML config; syntax errors name the file and line."""
     try:

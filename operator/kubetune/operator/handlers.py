@@ -21,13 +21,17 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator import k8s
 from kubetune.operator.metrics import Metrics
-from kubetune.operator.settings import from_env
+from kubetune.operator.settings import SettingsError, from_env
 from kubetune.operator.status import decide, status_patch
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    memo.config = from_env(os.environ)
+    try:
+        memo.config = from_env(os.environ)
+    except SettingsError as exc:
+        # A wrong chart value will not fix itself: stop with its one line instead of retrying forever.
+        raise kopf.PermanentError(str(exc)) from None
     # Handler progress in annotations: the CRD's status schema has no room for kopf's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubetune.api.sources import env_number
 from kubetune.operator.render import Settings
 
 BACKENDS = ("cpu", "cpu-ccl", "xpu", "cuda")
@@ -26,16 +27,10 @@ class OperatorConfig:
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
     try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"env {name}: expected a {kind.__name__}, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"env {name}: must be >= {minimum}, got {raw}")
-    return value
+        return env_number(env, name, default, kind, minimum)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def from_env(env: Mapping[str, str]) -> OperatorConfig:

@@ -53,16 +53,12 @@ class Layout:
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+    from kubetune.api.sources import env_number
+
     try:
-        value = int(raw)
-    except ValueError:
-        raise UsageError(f"env {name}: expected an integer, got {raw!r}") from None
-    if value < minimum:
-        raise UsageError(f"env {name}: must be >= {minimum}, got {value}")
-    return value
+        return env_number(environ, name, default, int, minimum)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes: int | None = None) -> Layout:

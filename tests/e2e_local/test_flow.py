@@ -192,6 +192,9 @@ async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: di
     assert (out / "merged" / "config.json").is_file()
     assert json.loads((out / "run.json").read_text())["resolved"]["world_size"] == 2
     assert done["progress"]["step"] == 4 and done["restarts"] == 0
+    assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
+    assert len(set(watch.steps)) >= 2, watch.steps  # progress was seen to advance
+    assert {"Created", "Running", "Succeeded"} <= {e["reason"] for e in await cluster.list("Event")}
 
 
 async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster, claims: dict[str, Path],

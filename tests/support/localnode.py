@@ -92,6 +92,16 @@ def reachable_by_others(path: Path) -> bool:
     return bool(os.stat(real).st_mode & 0o001)
 
 
+def hidden_by(targets: list[str]) -> list[Path]:
+    """The checkout, venv and interpreter directories that a mount at one of `targets` would hide."""
+    needed = sorted({ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}, key=lambda p: len(p.parts))
+    roots: list[Path] = []
+    for path in needed:
+        if not any(path.is_relative_to(r) for r in roots):
+            roots.append(path)
+    return [p for p in roots if any(p.is_relative_to(t) for t in targets)]
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -367,8 +377,18 @@ class LocalNode:
             "touch /dev/termination-log",
             f"mount --bind {shlex.quote(str(termination))} /dev/termination-log",
             f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
-            *late,
         ]
+        # The "image" is this checkout and its interpreter. Where they live under a path the pod mounts over
+        # (a clone in /tmp), park them on a private tmpfs, mount the pod's volume, and put them back.
+        targets = [m["mountPath"] for m in container.get("volumeMounts", [])]
+        keep = hidden_by(targets)
+        if keep:
+            lines.append("mount -t tmpfs kubetune-keep /mnt")
+            for i, path in enumerate(keep):
+                lines += [f"mkdir -p /mnt/{i}", f"mount --bind {shlex.quote(str(path))} /mnt/{i}"]
+        lines += late
+        for i, path in enumerate(keep):
+            lines += [f"mkdir -p {shlex.quote(str(path))}", f"mount --bind /mnt/{i} {shlex.quote(str(path))}"]
         security = container.get("securityContext") or {}
         if security.get("readOnlyRootFilesystem"):
             lines.append("mount -o remount,bind,ro /")

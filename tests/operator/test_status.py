@@ -119,6 +119,8 @@ def test_training_complete_starts_the_merge_then_succeeds():
 
     merging = run(status=plan.status, observed=seen(workers=job(condition="Complete"), merge=job(NAMES.merge)))
     assert merging.status["phase"] == "Merging" and merging.create == []
+    lost = run(status=plan.status, observed=seen(workers=job(condition="Complete")))  # merge Job deleted by hand
+    assert [m["metadata"]["name"] for m in lost.create] == [NAMES.merge] and lost.status["phase"] == "Merging"
 
     done = run(status=plan.status, observed=seen(workers=job(condition="Complete"),
                                                  merge=job(NAMES.merge, condition="Complete")))  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -62,10 +63,10 @@ def available() -> str | None:
     return None
 
 
+@functools.cache
 def image_env() -> dict[str, str]:
     """The final stage's ENV of the cpu image, with its venv replaced by this checkout's."""
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    final = text.rsplit("\nFROM ", 1)[1]
+    final = DOCKERFILE.read_text().replace("\\\n", " ").rsplit("\nFROM ", 1)[1]
     env: dict[str, str] = {}
     for line in final.splitlines():
         if line.startswith("ENV "):
@@ -77,6 +78,7 @@ def image_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def image_workdir() -> str:
     final = DOCKERFILE.read_text().rsplit("\nFROM ", 1)[1]
     workdirs = re.findall(r"^WORKDIR (\S+)", final, re.M)

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
-from kubetune.operator.status import Observed, PodView
+from kubetune.operator.status import Observed, PodView, job_condition
 
 log = logging.getLogger("kubetune.operator")
 LOG_TAIL_LINES = 40
@@ -48,6 +48,12 @@ class Cluster:
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
+    def _call(self, verb: str, kind: str) -> Any:
+        """The client method for `verb` on `kind`, e.g. ("read", "Job") -> BatchV1Api.read_namespaced_job."""
+        api, noun = {"ConfigMap": (self.core, "config_map"), "Service": (self.core, "service"),
+                     "Job": (self.batch, "job")}[kind]  # fmt: skip
+        return getattr(api, f"{verb}_namespaced_{noun}")
+
     # --- reading --------------------------------------------------------------------------------------
 
     def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -62,9 +68,9 @@ class Cluster:
                 return None
             raise
 
-    def _read(self, fn: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return _data(fn(name, namespace, _preload_content=False))
+            return _data(self._call("read", kind)(name, namespace, _preload_content=False))
         except ApiException as exc:
             if _missing(exc):
                 return None
@@ -94,23 +100,25 @@ class Cluster:
     def observe(self, meta: dict[str, Any], now: Any) -> Observed:
         ns, name = meta["namespace"], meta["name"]
         names = Names.of(name)
-        workers = self._read(self.batch.read_namespaced_job, ns, names.workers)
-        merge = self._read(self.batch.read_namespaced_job, ns, names.merge)
+        workers = self._read("Job", ns, names.workers)
+        merge = self._read("Job", ns, names.merge)
         worker_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "worker"))
         merge_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "merge")) if merge else ()
+        # Once training is over its summary is in the termination message: no more log reads while merging/TTL.
+        training_over = job_condition(workers, "Complete") or job_condition(workers, "Failed")
         rank0 = sorted(
             (p for p in worker_pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")),
             key=lambda p: p.created,
         )
         return Observed(
             now=now,
-            has_config=self._read(self.core.read_namespaced_config_map, ns, names.config) is not None,
-            has_service=self._read(self.core.read_namespaced_service, ns, names.service) is not None,
+            has_config=self._read("ConfigMap", ns, names.config) is not None,
+            has_service=self._read("Service", ns, names.service) is not None,
             workers=workers,
             merge=merge,
             worker_pods=worker_pods,
             merge_pods=merge_pods,
-            rank0_log=self.pod_log_tail(ns, rank0[-1].name) if rank0 else None,
+            rank0_log=self.pod_log_tail(ns, rank0[-1].name) if rank0 and not training_over else None,
         )
 
     # --- writing --------------------------------------------------------------------------------------
@@ -118,13 +126,8 @@ class Cluster:
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create; an object that already exists is adopted (False). Never creates a duplicate."""
         ns, kind = manifest["metadata"]["namespace"], manifest["kind"]
-        fn = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job,
-        }[kind]
         try:
-            fn(ns, manifest, _preload_content=False)
+            self._call("create", kind)(ns, manifest, _preload_content=False)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -133,13 +136,8 @@ class Cluster:
 
     def delete(self, namespace: str, kind: str, name: str) -> bool:
         """Delete with background propagation: pods get SIGTERM and their grace period."""
-        fn = {
-            "ConfigMap": self.core.delete_namespaced_config_map,
-            "Service": self.core.delete_namespaced_service,
-            "Job": self.batch.delete_namespaced_job,
-        }[kind]
         try:
-            fn(name, namespace, propagation_policy="Background", _preload_content=False)
+            self._call("delete", kind)(name, namespace, propagation_policy="Background", _preload_content=False)
         except ApiException as exc:
             if _missing(exc):
                 return False

@@ -21,7 +21,6 @@ from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator.render import (
     CONTAINER,
     EXIT_PREEMPTED,
-    MOUNTS,
     Names,
     Settings,
     render_configmap,
@@ -224,7 +223,7 @@ class _Status:
 
     def __init__(self, old: dict[str, Any], now: datetime):
         self.old_phase = old.get("phase")
-        self.data = {k: v for k, v in old.items() if k != "kopf"}
+        self.data = dict(old)
         self.data.setdefault("conditions", [])
         self.now = now
         self.events: list[Event] = []
@@ -272,6 +271,8 @@ def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any
         plan.create.append(render_configmap(meta, spec))
     if not seen.has_service:
         plan.create.append(render_service(meta))
+    if phase == "Merging" and seen.merge is None:
+        plan.create.append(render_merge_job(meta, spec, settings))  # deleted by hand: the merge runs again
     if phase != "Merging" and seen.workers is None:
         plan.create.append(render_worker_job(meta, spec, settings))
         if phase is None:
@@ -293,7 +294,7 @@ def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any
     _count_restarts(st, seen.worker_pods)
 
     if phase == "Merging":
-        return _merging(plan, st, spec, seen, names, settings)
+        return _merging(plan, st, spec, seen, names)
 
     # Suspend / resume: the Job controller removes the pods (SIGTERM -> checkpoint) and recreates them.
     want_suspend = spec.run_policy.suspend
@@ -350,10 +351,9 @@ def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any
     return _finish(plan, st)
 
 
-def _merging(plan: Plan, st: _Status, spec: FinetuneJobSpec, seen: Observed, names: Names,
-             settings: Settings) -> Plan:  # fmt: skip
+def _merging(plan: Plan, st: _Status, spec: FinetuneJobSpec, seen: Observed, names: Names) -> Plan:
     if seen.merge is None:
-        return _finish(plan, st)  # created in an earlier pass; the watch has not seen it yet
+        return _finish(plan, st)  # (re)created by this pass: see the children above
     failed = job_condition(seen.merge, "Failed")
     if failed:
         message = _failure_message(seen.merge_pods, f"merge Job {names.merge} failed: {failed.get('reason', '')}")
@@ -462,11 +462,8 @@ def _finish(plan: Plan, st: _Status, done: bool = False) -> Plan:
     return plan
 
 
-__all__ = ["MOUNTS", "Event", "Observed", "Plan", "PodView", "decide", "parse_progress", "spec_problems"]
-
-
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A merge patch from old to new status (removed keys become null); empty when nothing changed."""
     patch = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new and k != "kopf"})
+    patch.update({k: None for k in old if k not in new})
     return patch

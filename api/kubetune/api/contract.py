@@ -1,0 +1,162 @@
+"""The contract between the trainer and whatever runs it: a shell, a container, the operator.
+
+Every fact both sides rely on lives here once: exit codes, the environment
+variables and mount paths of the container contract, and the events the
+trainer writes (progress lines on stdout and in metrics.jsonl, the summary or
+error in the termination log). The trainer builds events from these models
+and the operator parses them with the same models, so a renamed field breaks
+a test instead of silently blanking a FinetuneJob's status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+
+class ExitCode(IntEnum):
+    """The trainer's exit codes (README "Exit codes")."""
+
+    OK = 0
+    UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
+    CONFIG = 2  # bad config, flag, environment variable or usage
+    DATA = 3  # bad data file or record
+    MODEL = 4  # a model or adapter that cannot be loaded, merged or verified
+    DIVERGED = 5  # the loss became NaN/inf or exploded: retrying the same run would diverge again
+    PREEMPTED = 75  # SIGTERM after a complete checkpoint: run the same command again (EX_TEMPFAIL)
+
+
+# Exit codes that mean "the same command will fail the same way": a Job must not retry them.
+PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.DATA, ExitCode.MODEL, ExitCode.DIVERGED})
+
+# --- Environment of the container contract (README "Container contract") -------------------------
+ENV_PREFIX = "KUBETUNE_"
+ENV_CONFIG = "KUBETUNE_CONFIG"  # a YAML config file
+ENV_CACHE_DIR = "KUBETUNE_CACHE_DIR"  # where the builtin model's export and downloads are cached
+ENV_PROGRESS = "KUBETUNE_PROGRESS"  # json | bar | auto
+ENV_LOG_LEVEL = "KUBETUNE_LOG_LEVEL"
+ENV_CONTAINER = "KUBETUNE_CONTAINER"  # "1" in the images: turns on the mount defaults
+ENV_MOUNT_ROOT = "KUBETUNE_MOUNT_ROOT"  # where the mounts are looked for (tests stand temp dirs in)
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+ENV_NPROC_PER_NODE = "KUBETUNE_NPROC_PER_NODE"  # processes in this pod/container; > 1 starts torchrun
+ENV_NNODES = "KUBETUNE_NNODES"  # pods/machines in the job
+ENV_NODE_RANK = "KUBETUNE_NODE_RANK"  # this node's index
+ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by an Indexed Job: the node rank when the above is unset
+ENV_MASTER_ADDR = "MASTER_ADDR"  # node 0's address (static rendezvous)
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_HF_TOKEN_FILE = "HF_TOKEN_FILE"  # a mounted secret holding a Hugging Face token
+
+# KUBETUNE_* variables that configure the process, not the run: never read as config keys.
+PROCESS_ENV = frozenset(
+    {
+        ENV_CONFIG,
+        ENV_CACHE_DIR,
+        ENV_PROGRESS,
+        ENV_LOG_LEVEL,
+        ENV_CONTAINER,
+        ENV_MOUNT_ROOT,
+        ENV_TERMINATION_LOG,
+        ENV_NPROC_PER_NODE,
+        ENV_NNODES,
+        ENV_NODE_RANK,
+    }
+)
+
+# --- Mounts of the container contract -------------------------------------------------------------
+MOUNT_MODEL = "/model"
+MOUNT_DATA = "/data"
+MOUNT_OUTPUT = "/output"
+MOUNT_CONFIG = "/config"
+CONFIG_FILE_NAME = "config.yaml"  # the operator's ConfigMap key, mounted at MOUNT_CONFIG
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes per container
+
+
+# --- Events -------------------------------------------------------------------------------------
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a non-finite float is written as null (a diverged step has no loss)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class _Event(BaseModel):
+    # Readers ignore fields they do not know, so a newer trainer never breaks an older operator.
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nan(cls, data: Any) -> Any:
+        return {k: _finite(v) for k, v in data.items()} if isinstance(data, dict) else data
+
+    def line(self) -> str:
+        """One JSON line, as written to stdout, metrics.jsonl and the termination log."""
+        return json.dumps(self.model_dump(mode="json"))
+
+
+class ProgressEvent(_Event):
+    """One per logging step on stdout: what `status.progress` shows."""
+
+    event: Literal["progress"] = "progress"
+    step: int
+    total_steps: int
+    loss: float | None = None
+    epoch: float = 0.0
+    tokens_per_second: float = 0.0
+    eta_seconds: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens: int = 0
+
+
+class EvalEvent(_Event):
+    """One per evaluation, in metrics.jsonl (metric names as transformers logs them, e.g. eval_loss)."""
+
+    event: Literal["eval"] = "eval"
+    step: int
+    epoch: float = 0.0
+    eval_loss: float | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+
+
+class SummaryEvent(_Event):
+    """The end of a successful run: run.json's `metrics` and the termination message."""
+
+    event: Literal["summary"] = "summary"
+    status: Literal["succeeded"] = "succeeded"
+    adapter_path: str
+    steps: int
+    epochs: float | None = None
+    train_loss: float | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    tokens: int = 0
+    tokens_per_second: float | None = None
+    train_seconds: float | None = None
+    load_seconds: float | None = None
+    total_seconds: float | None = None
+
+
+class ErrorEvent(_Event):
+    """A failed run's one-line error, as the CLI printed it, with its exit code."""
+
+    event: Literal["error"] = "error"
+    exit_code: int
+    message: str
+
+
+Event = Annotated[ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent, Field(discriminator="event")]
+_EVENT = TypeAdapter(Event)
+
+
+def parse_event(text: str | None) -> ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | None:
+    """One trainer event from a line of JSON; None for anything else (log noise, a foreign message)."""
+    if not text:
+        return None
+    try:
+        return _EVENT.validate_json(text.strip())
+    except (ValidationError, ValueError):
+        return None

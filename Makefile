@@ -48,9 +48,9 @@ demo: setup ## Fine-tune the builtin model on the example task, merge, compare b
 	$(VENV)/bin/kubetune generate --output-dir $(DEMO_OUT) --data examples/data/dates/test.jsonl --show 8
 
 test: setup ## Run the whole test suite (unit + real training on the builtin model)
-	$(PY) -m pytest
+	$(PY) -m pytest --with-e2e
 
-test-fast: setup ## Run the tests that do not train the real model
+test-fast: setup ## Run the tests that do not train the real model (no end-to-end tier)
 	$(PY) -m pytest -m "not slow"
 
 e2e: setup ## The real-cluster suite: kind cluster, images, chart, a FinetuneJob to Succeeded (needs kind, kubectl, helm, docker)

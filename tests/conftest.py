@@ -1,10 +1,50 @@
-"""Shared fixtures. The builtin model is exported once per machine into KUBETUNE_CACHE_DIR (~25 s)."""
+"""Shared fixtures and the suite's tiers.
+
+Tiers follow the directories (kopf's layout): every test gets one of the markers `unit`,
+`integration` (the operator against the emulated API server) or `e2e` (the whole flow on a local
+node, or a real cluster). Unit tests run under a per-test timeout so a hang fails fast instead of
+eating CI's budget; `slow` tests train the real model and have none. End-to-end tests run only
+with `--with-e2e` (`make test` passes it), so `pytest` on a laptop stays minutes, not a quarter hour.
+The builtin model is exported once per machine into KUBETUNE_CACHE_DIR (~25 s).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["kube"]  # tests/support/kube.py: the emulated API server and the operator runner
+
+TESTS = Path(__file__).parent
+# Directory (or file) -> tier; the most specific entry wins, anything unlisted is a unit test.
+TIERS = {
+    "e2e_local": "e2e",
+    "e2e": "e2e",
+    "operator/test_handlers.py": "integration",
+}
+UNIT_TIMEOUT_S = 120  # generous for 2 loaded cores; a unit test needing more is a slow test or a hang
+
+
+def tier_of(path: Path) -> str:
+    relative = path.resolve().relative_to(TESTS).as_posix()
+    matches = [key for key in TIERS if relative == key or relative.startswith(key + "/")]
+    return TIERS[max(matches, key=len)] if matches else "unit"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--with-e2e", action="store_true", help="also run the end-to-end tier (minutes)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_e2e = pytest.mark.skip(reason="end-to-end tier: run with --with-e2e (make test does)")
+    for item in items:
+        tier = tier_of(Path(item.fspath))
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "e2e" and not config.getoption("--with-e2e"):
+            item.add_marker(skip_e2e)
+        elif tier == "unit" and "slow" not in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

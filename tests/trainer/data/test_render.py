@@ -105,6 +105,23 @@ def test_system_prompt_replaces_default(tokenizer):
     assert (rows[0]["input_ids"], rows[0]["labels"]) == (want_ids, want_labels)
 
 
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_a_record_with_its_own_system_turn_keeps_it_under_every_template(tokenizer, template):
+    # One rule for all templates: data.system_prompt is added only when the record has no system turn,
+    # wherever that turn stands.
+    record = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Record's own."},
+            {"role": "assistant", "content": "hello"},
+        ]
+    }
+    rows, _ = render_one(tokenizer, record, "messages", template=template, system="From the config.")
+    text = tokenizer.decode(rows[0]["input_ids"])
+    assert "Record's own." in text
+    assert "From the config." not in text
+
+
 def test_alpaca_template_appends_eos_token(tokenizer):
     rows, _ = render_one(tokenizer, {"instruction": "Say hi", "output": "hi"}, "alpaca", template="alpaca")
     prompt = TEMPLATES["alpaca"].replace("{prompt}", "Say hi")

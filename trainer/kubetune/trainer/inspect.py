@@ -17,7 +17,7 @@ from kubetune.trainer.data.render import trained_spans
 from kubetune.trainer.models import load_tokenizer
 
 
-def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[tuple[int, int, int]]:
+def histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
     """(low, high, count) buckets of equal width covering min..max."""
     if not lengths:
         return []

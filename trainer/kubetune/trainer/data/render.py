@@ -57,15 +57,23 @@ def resolve_template(name: str, tokenizer: Any) -> str:
     return name
 
 
-def _with_system(messages: Sequence[tuple[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": r, "content": c} for r, c in messages]
-    if system_prompt and (not msgs or msgs[0]["role"] != "system"):
-        msgs.insert(0, {"role": "system", "content": system_prompt})
+def _with_system_turn(messages: Sequence[tuple[str, str]], system_prompt: str | None) -> list[tuple[str, str]]:
+    """The turns, with data.system_prompt first unless the record brings its own system turn.
+
+    One rule for every template, so a record renders the same way whichever template trains on it.
+    """
+    msgs = list(messages)
+    if system_prompt and not any(r == "system" for r, _ in msgs):
+        msgs.insert(0, ("system", system_prompt))
     return msgs
 
 
+def _chat_messages(messages: Sequence[tuple[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in _with_system_turn(messages, system_prompt)]
+
+
 def _chat_segments(example: Example, tokenizer: Any, system_prompt: str | None) -> list[Segment]:
-    msgs = _with_system(example.messages, system_prompt)
+    msgs = _chat_messages(example.messages, system_prompt)
 
     def render(upto: int, gen: bool) -> str:
         return tokenizer.apply_chat_template(msgs[:upto], tokenize=False, add_generation_prompt=gen)
@@ -91,14 +99,6 @@ def _chat_segments(example: Example, tokenizer: Any, system_prompt: str | None) 
     if final[len(consumed) :]:
         segments.append(Segment(final[len(consumed) :], False))
     return [s for s in segments if s.text]
-
-
-def _with_system_turn(messages: Sequence[tuple[str, str]], system_prompt: str | None) -> list[tuple[str, str]]:
-    """The turns, with data.system_prompt first unless the record brings its own system turn."""
-    msgs = list(messages)
-    if system_prompt and not any(r == "system" for r, _ in msgs):
-        msgs.insert(0, ("system", system_prompt))
-    return msgs
 
 
 def _template_prompt(messages: Sequence[tuple[str, str]], template: str, where: str) -> str:
@@ -183,7 +183,7 @@ def encode_prompt(
 ) -> list[int]:
     """Token ids of a prompt for generation, identical to the prompt part used in training."""
     if template == "chat":
-        msgs = _with_system(messages, system_prompt)
+        msgs = _chat_messages(messages, system_prompt)
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     msgs = _with_system_turn(messages, system_prompt)

@@ -38,3 +38,42 @@ def test_world_size_mismatch_is_named(monkeypatch):
     monkeypatch.setenv("KUBETUNE_NNODES", "1")
     with pytest.raises(UsageError, match=r"1 x 2 = 2 processes, but the job has 3"):
         worker_setup(load_config(None), choose(Hardware()))
+
+
+def _fitted(global_step=4, epoch=1.0, tokens=1000, start_tokens=200, seconds=8.0, training_loss=0.7, eval_loss=0.5):
+    from types import SimpleNamespace
+
+    from kubetune.trainer.train import Fitted
+
+    state = SimpleNamespace(global_step=global_step, epoch=epoch, num_input_tokens_seen=tokens)
+    return Fitted(
+        trainer=SimpleNamespace(state=state),
+        result=SimpleNamespace(training_loss=training_loss),
+        reporter=SimpleNamespace(start_tokens=start_tokens),
+        train_seconds=seconds,
+        eval_loss=eval_loss,
+    )
+
+
+def test_summary_takes_losses_from_progress_events_and_rates_this_session_only(tmp_path):
+    from kubetune.api.contract import SummaryEvent
+    from kubetune.trainer.train import summarize
+
+    metrics = [
+        {"event": "progress", "step": 1, "loss": 2.0},
+        {"event": "eval", "step": 2, "eval_loss": 9.0},
+        {"event": "progress", "step": 2, "loss": None},
+        {"event": "progress", "step": 4, "loss": 0.5},
+    ]
+    summary = summarize(_fitted(), metrics, tmp_path / "adapter", load_seconds=1.234, total_seconds=12.0)
+    assert SummaryEvent.model_validate(summary).event == "summary"  # the operator's parser accepts it
+    assert (summary["first_loss"], summary["final_loss"], summary["eval_loss"]) == (2.0, 0.5, 0.5)
+    assert summary["tokens_per_second"] == (1000 - 200) / 8.0  # a resumed run's earlier tokens do not count
+    assert summary["load_seconds"] == 1.23 and summary["adapter_path"] == str(tmp_path / "adapter")
+
+
+def test_summary_of_a_run_with_no_finite_loss_has_nulls_not_nan(tmp_path):
+    from kubetune.trainer.train import summarize
+
+    summary = summarize(_fitted(training_loss=float("nan"), seconds=0.0), [], tmp_path, 0.0, 0.0)
+    assert summary["train_loss"] is None and summary["first_loss"] is None and summary["tokens_per_second"] is None

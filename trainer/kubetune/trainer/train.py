@@ -11,16 +11,18 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kubetune.api.config import TrainConfig
+from kubetune.api.contract import SummaryEvent
 from kubetune.trainer import checkpoints, launch
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.collate import Collator
-from kubetune.trainer.data.pipeline import prepare
+from kubetune.trainer.data.pipeline import PreparedData, prepare
 from kubetune.trainer.errors import Preempted, UsageError
 from kubetune.trainer.models import load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
@@ -143,20 +145,62 @@ def _stop_if_requested(stopper: Any, phase: str) -> None:
 
 
 def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
+    """The recipe: every phase that can fail on bad input runs before the (slow) model load."""
     started = time.time()
-    out = Path(cfg.output_dir)
     if not cfg.data.path:
         raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
+    place, backend = setup_hardware(cfg)
+    tokenizer, data = setup_data(cfg)
+    resume = plan_resume(cfg)
+    _stop_if_requested(stopper, "while preparing data")
+    model, loaded = setup_model(cfg, place)
+    _stop_if_requested(stopper, "while loading the model")
+    fitted = fit(cfg, place, backend, model, tokenizer, data, resume, progress, stopper)
+    if not fitted.trainer.is_world_process_zero():
+        return {}
+    return write_outputs(cfg, place, data, resume, loaded, fitted, model, tokenizer, started)
 
-    # 1. Hardware: device, precision, threads, checkpointing, and why.
+
+# --- phases -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Resume:
+    """What a checkpoint must agree with to be resumed, and the checkpoint to resume from."""
+
+    data_hashes: dict[str, str]
+    fingerprint: str
+    identity: dict[str, Any]
+    checkpoint: Path | None
+
+
+@dataclass
+class Loaded:
+    trainable: int
+    total: int
+    seconds: float
+
+
+@dataclass
+class Fitted:
+    trainer: Any
+    result: Any
+    reporter: ProgressReporter
+    train_seconds: float
+    eval_loss: float | None
+
+
+def setup_hardware(cfg: TrainConfig) -> tuple[devices.Placement, str | None]:
+    """Device, precision, threads and checkpointing, and why; in a torchrun worker, also the backend."""
+    t = cfg.training
     try:
         place = devices.choose(
             devices.detect(),
-            cfg.training.device,
-            cfg.training.precision,
-            cfg.training.gradient_checkpointing,
+            t.device,
+            t.precision,
+            t.gradient_checkpointing,
             cfg.model.quantization != "none",
-            cfg.training.num_threads,
+            t.num_threads,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -171,8 +215,11 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
         place.threads,
         place.gradient_checkpointing,
     )
+    return place, backend
 
-    # 2. Tokenizer and data: every data problem surfaces here, before the model loads.
+
+def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
+    """Tokenizer and data: every data problem surfaces here, before the model loads."""
     from transformers import set_seed
 
     set_seed(cfg.training.seed)
@@ -188,19 +235,22 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
         len(data.skipped),
         sum(len(r["input_ids"]) for r in data.train),
     )
+    return tokenizer, data
 
-    # What a checkpoint must agree with to be resumed, and the checkpoint to resume from.
+
+def plan_resume(cfg: TrainConfig) -> Resume:
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
     identity = checkpoints.identity(cfg, data_hashes, fingerprint)
-    ckpt_root = out / "checkpoints"
-    resume_from = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
-    if resume_from:
-        log.info("resuming from %s", resume_from)
+    ckpt_root = Path(cfg.output_dir) / "checkpoints"
+    checkpoint = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    return Resume(data_hashes, fingerprint, identity, checkpoint)
 
-    _stop_if_requested(stopper, "while preparing data")
 
-    # 3. Model: quantized base if asked, LoRA on top.
+def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded]:
+    """The base (quantized if asked), made trainable for checkpointing, with LoRA on top."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     loaded_at = time.time()
@@ -217,118 +267,194 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    load_seconds = time.time() - loaded_at
+    return model, Loaded(trainable, total, time.time() - loaded_at)
 
-    # 4. Train with transformers' Trainer and our loss.
+
+def prepare_output(out: Path, resumed: bool) -> Path:
+    """The main process clears what a crash left half-done; a fresh run starts a fresh metrics log."""
+    ckpt_root = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    if int(os.environ.get("RANK", "0")) == 0:
+        checkpoints.clean_incomplete(ckpt_root)
+        (ckpt_root / launch.PREEMPTED_MARKER).unlink(missing_ok=True)
+        if not resumed:
+            metrics_path.unlink(missing_ok=True)  # a resumed run appends
+    return metrics_path
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    place: devices.Placement,
+    backend: str | None,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    resume: Resume,
+    progress: str,
+    stopper: Any,
+) -> tuple[Any, ProgressReporter]:
+    """transformers' Trainer with our loss, our progress lines and the graceful stop."""
     from transformers.trainer_callback import PrinterCallback
 
     from kubetune.trainer.hf_trainer import CompletionTrainer
 
-    _stop_if_requested(stopper, "while loading the model")
-
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        checkpoints.clean_incomplete(ckpt_root)
-        (ckpt_root / launch.PREEMPTED_MARKER).unlink(missing_ok=True)
-        if resume_from is None:
-            metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one appends
+    metrics_path = prepare_output(Path(cfg.output_dir), resume.checkpoint is not None)
     # progress: json (lines on stdout), bar (tqdm), none (metrics.jsonl only; for embedding and benchmarks)
     args = training_arguments(cfg, place, bool(data.eval), progress != "bar", backend)
     reporter = ProgressReporter(metrics_path, print_json=progress == "json")
-    strip = [{k: v for k, v in row.items() if k != "where"} for row in data.train]
-    strip_eval = [{k: v for k, v in row.items() if k != "where"} for row in data.eval]
+    trainer = CompletionTrainer(
+        model=model,
+        args=args,
+        train_dataset=_without_where(data.train),
+        eval_dataset=_without_where(data.eval) or None,
+        data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
+        processing_class=tokenizer,
+        callbacks=[reporter],
+        identity=resume.identity,
+    )
+    trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
+    trainer.add_callback(stopper)
+    return trainer, reporter
+
+
+def _without_where(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "where"} for row in rows]
+
+
+def fit(
+    cfg: TrainConfig,
+    place: devices.Placement,
+    backend: str | None,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    resume: Resume,
+    progress: str,
+    stopper: Any,
+) -> Fitted:
+    """Train (resuming if planned); a SIGTERM becomes Preempted after its checkpoint is complete."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        trainer = CompletionTrainer(
-            model=model,
-            args=args,
-            train_dataset=strip,
-            eval_dataset=strip_eval or None,
-            data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
-            processing_class=tokenizer,
-            callbacks=[reporter],
-            identity=identity,
-        )
-        trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
-        trainer.add_callback(stopper)
+        trainer, reporter = build_trainer(cfg, place, backend, model, tokenizer, data, resume, progress, stopper)
         train_started = time.time()
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
         train_seconds = time.time() - train_started
         if stopper.stopped_at is not None:
-            if trainer.is_world_process_zero():
-                (ckpt_root / launch.PREEMPTED_MARKER).write_text(str(stopper.stopped_at))
-            raise Preempted(
-                f"stopped by SIGTERM/Ctrl-C after step {stopper.stopped_at}; checkpoint written to "
-                f"{ckpt_root / f'checkpoint-{stopper.stopped_at}'}; run the same command again to resume"
-            )
-        eval_loss = None
-        if data.eval:
-            # Reuse the eval at the final step if the schedule already ran one there.
-            last = [h for h in trainer.state.log_history if "eval_loss" in h]
-            at_end = last and last[-1].get("step") == trainer.state.global_step
-            eval_loss = last[-1]["eval_loss"] if at_end else trainer.evaluate()["eval_loss"]
+            _preempted(trainer, Path(cfg.output_dir) / "checkpoints", stopper.stopped_at)
+        eval_loss = final_eval_loss(trainer) if data.eval else None
+    return Fitted(trainer, result, reporter, train_seconds, eval_loss)
 
-    # 5. Outputs (main process only): adapter, run.json, loss.png, termination message.
-    summary: dict[str, Any] = {}
+
+def _preempted(trainer: Any, ckpt_root: Path, step: int) -> None:
     if trainer.is_world_process_zero():
+        (ckpt_root / launch.PREEMPTED_MARKER).write_text(str(step))
+    raise Preempted(
+        f"stopped by SIGTERM/Ctrl-C after step {step}; checkpoint written to "
+        f"{ckpt_root / f'checkpoint-{step}'}; run the same command again to resume"
+    )
 
-        def save_adapter(tmp: Path) -> None:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
 
-        replace_dir_atomically(out / "adapter", save_adapter)
-        metrics = read_metrics(metrics_path)
-        plot_loss(metrics, out / "loss.png")
-        tokens = trainer.state.num_input_tokens_seen
-        losses = [m["loss"] for m in metrics if m.get("event") == "progress" and m.get("loss") is not None]
-        summary = {
-            "event": "summary",
-            "status": "succeeded",
-            "adapter_path": str(out / "adapter"),
-            "steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "train_loss": result.training_loss,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "eval_loss": eval_loss,
-            "tokens": tokens,
-            # This session's tokens over this session's time (a resumed run restores the earlier count).
-            "tokens_per_second": (tokens - reporter.start_tokens) / train_seconds if train_seconds else None,
-            "train_seconds": round(train_seconds, 2),
-            "load_seconds": round(load_seconds, 2),
-            "total_seconds": round(time.time() - started, 2),
-        }
-        run_info = {
-            "config": cfg.model_dump(mode="json"),
-            "resolved": {
-                "device": place.device,
-                "precision": place.precision,
-                "precision_reason": place.reason,
-                "threads": place.threads,
-                "gradient_checkpointing": place.gradient_checkpointing,
-                "data_format": data.format,
-                "template": data.template,
-                "world_size": trainer.args.world_size,
-                "global_batch": cfg.training.batch_size * cfg.training.gradient_accumulation * trainer.args.world_size,
-                "trainable_parameters": trainable,
-                "total_parameters": total,
-            },
-            "data": {
-                "train_records": len(data.train),
-                "eval_records": len(data.eval),
-                "truncated": data.stats.truncated,
-                "dropped_no_target": data.stats.dropped_no_target,
-                "skipped_bad_records": [str(b) for b in data.skipped[:100]],
-                "skipped_bad_count": len(data.skipped),
-                "hashes": data_hashes,
-            },
-            "resumed_from": str(resume_from) if resume_from else None,
-            "model": {"path": cfg.model.path, "fingerprint": fingerprint},
-            "versions": versions(),
-            "metrics": summary,
-        }
-        write_json_atomic(out / "run.json", run_info)
-        write_termination_message(summary)
+def final_eval_loss(trainer: Any) -> float:
+    """Reuse the eval at the final step if the schedule already ran one there."""
+    last = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if last and last[-1].get("step") == trainer.state.global_step:
+        return last[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def write_outputs(
+    cfg: TrainConfig,
+    place: devices.Placement,
+    data: PreparedData,
+    resume: Resume,
+    loaded: Loaded,
+    fitted: Fitted,
+    model: Any,
+    tokenizer: Any,
+    started: float,
+) -> dict[str, Any]:
+    """Main process only: adapter (atomically), loss.png, run.json and the termination message."""
+    out = Path(cfg.output_dir)
+
+    def save_adapter(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    replace_dir_atomically(out / "adapter", save_adapter)
+    metrics = read_metrics(out / "metrics.jsonl")
+    plot_loss(metrics, out / "loss.png")
+    summary = summarize(fitted, metrics, out / "adapter", loaded.seconds, time.time() - started)
+    world = fitted.trainer.args.world_size
+    write_json_atomic(out / "run.json", run_record(cfg, place, data, resume, loaded, world, summary))
+    write_termination_message(summary)
     return summary
+
+
+# --- pure builders of what a run reports ----------------------------------------------------------
+
+
+def summarize(
+    fitted: Fitted, metrics: list[dict[str, Any]], adapter: Path, load_seconds: float, total_seconds: float
+) -> dict[str, Any]:
+    """The summary event: run.json's `metrics`, the termination message and the CLI's last line."""
+    state = fitted.trainer.state
+    losses = [m["loss"] for m in metrics if m.get("event") == "progress" and m.get("loss") is not None]
+    tokens = state.num_input_tokens_seen
+    # This session's tokens over this session's time (a resumed run restores the earlier count).
+    session_tokens = tokens - fitted.reporter.start_tokens
+    return SummaryEvent(
+        adapter_path=str(adapter),
+        steps=state.global_step,
+        epochs=state.epoch,
+        train_loss=fitted.result.training_loss,
+        first_loss=losses[0] if losses else None,
+        final_loss=losses[-1] if losses else None,
+        eval_loss=fitted.eval_loss,
+        tokens=tokens,
+        tokens_per_second=session_tokens / fitted.train_seconds if fitted.train_seconds else None,
+        train_seconds=round(fitted.train_seconds, 2),
+        load_seconds=round(load_seconds, 2),
+        total_seconds=round(total_seconds, 2),
+    ).model_dump(mode="json")
+
+
+def run_record(
+    cfg: TrainConfig,
+    place: devices.Placement,
+    data: PreparedData,
+    resume: Resume,
+    loaded: Loaded,
+    world_size: int,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """run.json: what ran, on what, with which inputs, and how it ended."""
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "resolved": {
+            "device": place.device,
+            "precision": place.precision,
+            "precision_reason": place.reason,
+            "threads": place.threads,
+            "gradient_checkpointing": place.gradient_checkpointing,
+            "data_format": data.format,
+            "template": data.template,
+            "world_size": world_size,
+            "global_batch": cfg.training.batch_size * cfg.training.gradient_accumulation * world_size,
+            "trainable_parameters": loaded.trainable,
+            "total_parameters": loaded.total,
+        },
+        "data": {
+            "train_records": len(data.train),
+            "eval_records": len(data.eval),
+            "truncated": data.stats.truncated,
+            "dropped_no_target": data.stats.dropped_no_target,
+            "skipped_bad_records": [str(b) for b in data.skipped[:100]],
+            "skipped_bad_count": len(data.skipped),
+            "hashes": resume.data_hashes,
+        },
+        "resumed_from": str(resume.checkpoint) if resume.checkpoint else None,
+        "model": {"path": cfg.model.path, "fingerprint": resume.fingerprint},
+        "versions": versions(),
+        "metrics": summary,
+    }

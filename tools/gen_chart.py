@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from kubetune.api import backends
 from kubetune.api.crd import finetunejob_crd
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "kubetune"
@@ -32,12 +33,12 @@ class Image(Strict):
     pullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
-class TrainerImages(Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    cpu: str = Field(min_length=1)
-    cpu_ccl: str = Field(min_length=1, alias="cpu-ccl")
-    xpu: str = Field(min_length=1)
-    cuda: str = Field(min_length=1)
+# One required image per row of the backend table.
+TrainerImages = create_model(
+    "TrainerImages",
+    __config__=ConfigDict(extra="forbid"),
+    **{b.name: (str, Field(min_length=1, description=b.description)) for b in backends.TABLE.values()},
+)
 
 
 class Peering(Strict):
@@ -79,7 +80,7 @@ class Rbac(Strict):
 class ChartValues(Strict):
     image: Image
     imagePullSecrets: list[dict[str, Any]] = []
-    trainerImages: TrainerImages
+    trainerImages: TrainerImages  # type: ignore[valid-type]
     replicaCount: int = Field(1, ge=0, le=5)
     peering: Peering
     watch: Watch

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.api import load_config
+from kubetune.api import backends, load_config
 from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator.render import (
     EXIT_PREEMPTED,
@@ -73,7 +73,10 @@ def test_indexed_job_shape_and_failure_policy():
     spec = SPEC.model_copy(update={"run_policy": SPEC.run_policy.model_copy(update={"active_deadline_seconds": 3600})})
     job = render_worker_job(META, spec, Settings())["spec"]
     assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 2, 2)
-    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600 and job["suspend"] is False
+    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600
+    assert job["suspend"] is True  # queued (scheduling.queueName): created suspended, Kueue admits it
+    unqueued = spec.model_copy(update={"scheduling": spec.scheduling.model_copy(update={"queue_name": None})})
+    assert render_worker_job(META, unqueued, Settings())["spec"]["suspend"] is False
     rules = job["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}} in rules
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
@@ -104,7 +107,7 @@ def test_pods_meet_the_restricted_pod_security_standard(render):
 
 
 @pytest.mark.parametrize(
-    ("backend", "key", "value"), [("cpu", "cpu", "2"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
+    ("backend", "key", "value"), [("cpu", "cpu", "1"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
 )
 def test_resources_and_image_per_backend(backend, key, value):
     spec = SPEC.model_copy(update={"backend": backend})
@@ -150,7 +153,7 @@ def test_names_stay_within_kubernetes_limits():
     assert Names.of("short").workers == "short-workers"
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cpu-ccl", "xpu", "cuda"])
+@pytest.mark.parametrize("backend", backends.NAMES)
 def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
     import kubernetes_validate
 

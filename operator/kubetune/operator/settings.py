@@ -5,18 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubetune.api import backends
 from kubetune.api.sources import env_number
 from kubetune.operator.render import Settings
-
-BACKENDS = ("cpu", "cpu-ccl", "xpu", "cuda")
 
 
 class SettingsError(ValueError):
     """One line naming the variable that is wrong."""
-
-
-def image_var(backend: str) -> str:
-    return "KUBETUNE_IMAGE_" + backend.upper().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -35,7 +30,7 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
 
 def from_env(env: Mapping[str, str]) -> OperatorConfig:
     defaults = Settings()
-    images = {b: env.get(image_var(b)) or defaults.images[b] for b in BACKENDS}
+    images = {b.name: env.get(b.image_var) or defaults.images[b.name] for b in backends.TABLE.values()}
     render = Settings(
         images=images,
         shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,

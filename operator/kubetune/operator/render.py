@@ -34,6 +34,7 @@ class Settings:
     images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
     shm_size: str = "2Gi"  # dataloader shared memory
     termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
 
 
 def short_name(name: str, suffix: str, limit: int = 63) -> str:
@@ -207,6 +208,8 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     sched = spec.scheduling
     if sched.node_selector:
         pod["nodeSelector"] = sched.node_selector

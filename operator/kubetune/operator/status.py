@@ -77,6 +77,7 @@ class Observed:
     worker_pods: tuple[PodView, ...] = ()
     merge_pods: tuple[PodView, ...] = ()
     rank0_log: str | None = None  # the tail of the newest rank-0 pod's log
+    not_ours: tuple[tuple[str, str, str], ...] = ()  # (ownership, kind, name) of a ConfigMap/Service not ours
 
 
 @dataclass(frozen=True)
@@ -308,20 +309,27 @@ def ownership(obj: dict[str, Any], meta: dict[str, Any]) -> str:
 def _ownership(run: _Pass) -> Plan | None:
     """Someone else's object under our name is never adopted; the previous run's is waited for (GC)."""
     st = run.st
+    if run.seen.not_ours:
+        return _not_ours(run.plan, st, *run.seen.not_ours[0])
     for job in (run.seen.workers, run.seen.merge):
         if job is None or not run.meta.get("uid"):
             continue
-        kind = ownership(job, run.meta)
-        if kind == "previous":
-            st.phase("Pending", "WaitingForCleanup", f"Job {job['metadata']['name']} of a deleted FinetuneJob "
-                     "with this name is still being garbage-collected")  # fmt: skip
-            return _finish(run.plan, st)
-        if kind == "foreign":
-            return conflict(run.plan, st, "Job", job["metadata"]["name"])
+        found = ownership(job, run.meta)
+        if found != "ours":
+            return _not_ours(run.plan, st, found, "Job", job["metadata"]["name"])
     return None
 
 
-def conflict(plan: Plan, st: _Status, kind: str, name: str) -> Plan:
+def not_ours(old: dict[str, Any], now: datetime, found: str, kind: str, name: str) -> Plan:
+    """A create met an existing object that is not ours (Cluster.create's "previous" or "foreign")."""
+    return _not_ours(Plan(), _Status(old, now), found, kind, name)
+
+
+def _not_ours(plan: Plan, st: _Status, found: str, kind: str, name: str) -> Plan:
+    if found == "previous":  # delete + re-apply at once: the old children are still being collected
+        message = f"{kind} {name} of a deleted FinetuneJob with this name is still being garbage-collected"
+        st.phase(st.current if st.current in ("Pending", "Suspended") else "Pending", "WaitingForCleanup", message)
+        return _finish(plan, st)
     message = f"{kind} {name} exists and is not owned by this FinetuneJob"
     st.condition("Failed", "True", "NameConflict", message)
     st.phase("Failed", "NameConflict", message, warning=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -155,8 +156,6 @@ def test_names_stay_within_kubernetes_limits():
 
 @pytest.mark.parametrize("backend", backends.NAMES)
 def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
-    import kubernetes_validate
-
     spec = SPEC.model_copy(update={"backend": backend})
     for manifest in (
         render_configmap(META, spec),
@@ -165,3 +164,34 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
         render_merge_job(META, spec, Settings()),
     ):
         kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("name", ["q" * 63, "a", "x-" * 31 + "y"])
+def test_names_at_the_limits_give_children_the_api_server_accepts(name: str):
+    # The server's rules (tests/support/kube.py, written from the Kubernetes docs), not the renderer's own.
+    from kube import object_problems
+
+    meta = {**META, "name": name}
+    spec = SPEC.model_copy(update={"nodes": 256})  # the largest index: pod hostnames <workers>-255
+    for manifest in (render_configmap(meta, spec), render_service(meta), render_worker_job(meta, spec, Settings()),
+                     render_merge_job(meta, spec, Settings())):  # fmt: skip
+        assert object_problems(manifest) == [], manifest["kind"]
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def test_the_rules_refuse_what_the_api_server_refuses():
+    from kube import object_problems
+
+    service = render_service({**META, "name": "quotes"})
+    assert object_problems({**service, "metadata": {**service["metadata"], "name": "1quotes"}})  # RFC 1035
+    assert object_problems({**service, "metadata": {**service["metadata"], "labels": {"a": "v" * 64}}})
+    job = render_worker_job({**META, "name": "q" * 70}, SPEC, Settings())
+    too_long = {**job, "metadata": {**job["metadata"], "name": "q" * 64}}
+    assert any("no more than 63" in p for p in object_problems(too_long))
+
+
+def test_trainer_pods_get_the_pull_secrets():
+    settings = Settings(image_pull_secrets=("regcred",))
+    for job in (render_worker_job(META, SPEC, settings), render_merge_job(META, SPEC, settings)):
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "imagePullSecrets" not in render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]

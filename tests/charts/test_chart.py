@@ -231,3 +231,44 @@ def test_the_makefile_builds_an_image_per_backend():
     out = subprocess.run(["make", "-s", "images-dry-run"], cwd=ROOT, capture_output=True, text=True, check=True)
     built = set(re.findall(r"-f docker/Dockerfile\.([\w-]+)", out.stdout))
     assert built == {*backends.NAMES, "operator"}
+
+
+@pytest.mark.parametrize(
+    ("values", "accepted"),
+    [({"operator": {"pollSeconds": 0.05}}, True), ({"operator": {"pollSeconds": 0.01}}, False),
+     ({"operator": {"workerTerminationGracePeriodSeconds": 5}}, True),
+     ({"operator": {"workerTerminationGracePeriodSeconds": 0}}, False)],
+)  # fmt: skip
+def test_the_values_schema_and_the_operator_agree(values: dict[str, Any], accepted: bool):
+    """What helm accepts the operator starts with, and what helm refuses the operator would refuse."""
+    from kubetune.operator.settings import SettingsError, from_env
+
+    with helm.Chart.load(str(CHART)) as chart:
+        try:
+            chart.validate_schema(values)
+            helm_ok = True
+        except Exception:
+            helm_ok = False
+    env = (
+        {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
+        if helm_ok
+        else {
+            "KUBETUNE_POLL_SECONDS": str(values["operator"].get("pollSeconds", "")),
+            "KUBETUNE_TERMINATION_GRACE_SECONDS": str(
+                values["operator"].get("workerTerminationGracePeriodSeconds", "")
+            ),
+        }
+    )
+    try:
+        from_env(env)
+        operator_ok = True
+    except SettingsError:
+        operator_ok = False
+    assert helm_ok is operator_ok is accepted
+
+
+def test_values_yaml_defaults_are_the_operators_defaults():
+    from kubetune.operator.settings import from_env
+
+    env = {e["name"]: str(e["value"]) for e in container(render())["env"] if "value" in e}
+    assert from_env(env) == from_env({})  # the chart's defaults change nothing

@@ -38,7 +38,9 @@ RESOURCES = {
     "v1/services": ("Service", set()),
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
+    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", {"status"}),  # replicas (charts/.../peering.yaml)
 }
+CLUSTER_SCOPED = {"Namespace", "ClusterKopfPeering"}
 PATHS = {
     "FinetuneJob": "/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
@@ -46,6 +48,7 @@ PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
 }
 NAMESPACE = "ml"
 
@@ -315,7 +318,7 @@ async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 15, w
 async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     for resource, (kind, subresources) in RESOURCES.items():
         kmock.resources[resource] = kmock.ResourceInfo(
-            kind=kind, namespaced=kind != "Namespace", verbs=VERBS, subresources=subresources
+            kind=kind, namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS, subresources=subresources
         )
     async with aiohttp.ClientSession(base_url=str(kmock.url)) as session:
         api = Cluster(session, kmock)

@@ -135,15 +135,12 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def _pod_spec(
-    meta: dict[str, Any],
-    spec: FinetuneJobSpec,
-    settings: Settings,
-    args: list[str],
-    env: list[dict[str, Any]],
-    mounts: list[str],
-) -> dict[str, Any]:
+def _volumes(
+    meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings, mounts: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes, the container's mounts, and the env the mounts bring (the HF token file)."""
     names = Names.of(meta["name"])
+    env: list[dict[str, Any]] = []
     read_only = {"model": True, "data": True, "output": False}
     volumes: list[dict[str, Any]] = [
         {
@@ -177,7 +174,19 @@ def _pod_spec(
             }
         )
         volume_mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env = [*env, {"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"}]
+        env.append({"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"})
+    return volumes, volume_mounts, env
+
+
+def _pod_spec(
+    meta: dict[str, Any],
+    spec: FinetuneJobSpec,
+    settings: Settings,
+    args: list[str],
+    env: list[dict[str, Any]],
+    mounts: list[str],
+) -> dict[str, Any]:
+    volumes, volume_mounts, mount_env = _volumes(meta, spec, settings, mounts)
     resources = spec.resources.model_dump() if spec.resources else backends.get(spec.backend).resources()
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -199,6 +208,7 @@ def _pod_spec(
                     {"name": "KUBETUNE_CONFIG", "value": "/config/config.yaml"},
                     {"name": "KUBETUNE_PROGRESS", "value": "json"},
                     *env,
+                    *mount_env,
                 ],
                 "resources": resources,
                 "volumeMounts": volume_mounts,
@@ -208,6 +218,11 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
+    return _place(pod, spec, settings)
+
+
+def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """Where and how the pod may run: pull secrets and the FinetuneJob's scheduling."""
     if settings.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     sched = spec.scheduling

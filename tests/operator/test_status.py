@@ -310,3 +310,8 @@ def test_status_goes_through_the_model():
     with pytest.raises(pydantic.ValidationError):
         checked({"phase": "Running", "progres": {}})  # a misspelled key is an error, not silently pruned
     assert checked({"phase": "Running"}) == {"phase": "Running"}  # nothing defaulted in
+
+
+def test_a_garbled_progress_line_is_skipped_not_fatal():
+    bad = json.dumps({"event": "progress", "step": "three", "total_steps": 10})
+    assert parse_progress(progress_line(2) + "\n" + bad + "\n")["step"] == 2

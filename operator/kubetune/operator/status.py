@@ -19,7 +19,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune.api import backends
-from kubetune.api.finetunejob import KIND, QUEUED_SUSPEND_MESSAGE, FinetuneJobSpec, FinetuneJobStatus, name_problem
+from kubetune.api.finetunejob import (
+    KIND,
+    QUEUED_SUSPEND_MESSAGE,
+    FinetuneJobSpec,
+    FinetuneJobStatus,
+    Progress,
+    name_problem,
+)
 from kubetune.operator.render import (
     CONTAINER,
     EXIT_PREEMPTED,
@@ -136,7 +143,7 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
 
 
 def parse_progress(log: str | None) -> dict[str, Any] | None:
-    """The last `{"event": "progress", ...}` line of a log tail (other lines are ignored)."""
+    """The last well-formed `{"event": "progress", ...}` line of a log tail (other lines are ignored)."""
     for line in reversed((log or "").splitlines()):
         line = line.strip()
         if not line.startswith("{"):
@@ -145,9 +152,17 @@ def parse_progress(log: str | None) -> dict[str, Any] | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("event") == "progress":
+        if isinstance(record, dict) and record.get("event") == "progress" and _valid_progress(record):
             return record
     return None
+
+
+def _valid_progress(record: dict[str, Any]) -> bool:
+    try:
+        Progress.model_validate(progress_status(record))
+    except ValidationError:
+        return False  # a garbled line must not stop the reconcile (status goes through the model)
+    return True
 
 
 def parse_termination(message: str | None) -> dict[str, Any] | None:

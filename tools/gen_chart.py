@@ -2,7 +2,8 @@
 
 `make chart` runs it; tests/charts fails when either file is stale. The CRD comes from the
 pydantic models in kubetune.api (the same ones the operator parses), the values schema from
-ChartValues below, whose fields mirror values.yaml (the test checks they match key for key).
+ChartValues below, whose fields mirror values.yaml (the test checks they match key for key); the bounds
+and defaults of what the operator reads come from its own settings (kubetune.operator.settings.Knob).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from kubetune.api import backends
 from kubetune.api.crd import finetunejob_crd
+from kubetune.operator import settings
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "kubetune"
 CRD_TEMPLATE = CHART / "templates" / "crd-finetunejobs.yaml"
@@ -32,12 +35,12 @@ class Image(Strict):
     pullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
-class TrainerImages(Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    cpu: str = Field(min_length=1)
-    cpu_ccl: str = Field(min_length=1, alias="cpu-ccl")
-    xpu: str = Field(min_length=1)
-    cuda: str = Field(min_length=1)
+# One required image per row of the backend table.
+TrainerImages = create_model(
+    "TrainerImages",
+    __config__=ConfigDict(extra="forbid"),
+    **{b.name: (str, Field(min_length=1, description=b.description)) for b in backends.TABLE.values()},
+)
 
 
 class Peering(Strict):
@@ -54,9 +57,14 @@ class Crds(Strict):
     keep: bool = True
 
 
+def knob(k: settings.Knob, description: str) -> Any:
+    """A chart value read by the operator from k.env: the default and bounds are the operator's own."""
+    return Field(k.kind(k.default), ge=k.minimum, le=k.maximum, description=f"{description} ({k.env})")
+
+
 class Operator(Strict):
-    pollSeconds: float = Field(10, ge=0.5, le=600)
-    workerTerminationGracePeriodSeconds: int = Field(600, ge=30)
+    pollSeconds: float = knob(settings.POLL_SECONDS, "Seconds between two looks at a running FinetuneJob")
+    workerTerminationGracePeriodSeconds: int = knob(settings.TERMINATION_GRACE_SECONDS, "Worker pods' grace period")
     workerShmSize: str = Field("2Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
     logFormat: Literal["json", "plain", "full"] = "json"
     extraArgs: list[str] = []
@@ -64,7 +72,7 @@ class Operator(Strict):
 
 class Metrics(Strict):
     enabled: bool = True
-    port: int = Field(9090, ge=1, le=65535)
+    port: int = Field(int(settings.METRICS_PORT.default), ge=1, le=settings.METRICS_PORT.maximum)  # 0 is "off"
 
 
 class ServiceAccount(Strict):
@@ -79,7 +87,7 @@ class Rbac(Strict):
 class ChartValues(Strict):
     image: Image
     imagePullSecrets: list[dict[str, Any]] = []
-    trainerImages: TrainerImages
+    trainerImages: TrainerImages  # type: ignore[valid-type]
     replicaCount: int = Field(1, ge=0, le=5)
     peering: Peering
     watch: Watch

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kubetune.api.crd import finetunejob_crd
-from kubetune.api.finetunejob import FinetuneJobSpec, FinetuneJobStatus
+from kubetune.api.crd import IMMUTABLE, MUTABLE, finetunejob_crd
+from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, FinetuneJobSpec, FinetuneJobStatus, name_problem
 
 CRD = finetunejob_crd()
 VERSION = CRD["spec"]["versions"][0]
@@ -92,8 +92,74 @@ def test_crd_is_a_valid_apiextensions_v1_object():
 
 
 def test_what_the_workers_already_run_with_cannot_change():
-    spec = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    for name in ("backend", "nodes", "procsPerNode", "storage", "training", "image"):
-        assert spec[name]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf", name
-    for name in ("runPolicy", "merge", "scheduling"):  # suspend/resume and the rest stay editable
-        assert "x-kubernetes-validations" not in spec[name], name
+    spec = ROOT["properties"]["spec"]
+    rules = {r["message"].split()[0]: r["rule"] for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]}
+    assert set(rules) == {f"spec.{name}" for name in IMMUTABLE}
+    # Every spec field is either fixed or read at every poll: none is rendered once and then ignored.
+    assert set(IMMUTABLE) | set(MUTABLE) == set(spec["properties"])
+
+
+def cel_errors(new: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """The CRD's x-kubernetes-validations evaluated as the API server does (k8s.io/docs "Validation rules"):
+    each rule on its node's value; a transition rule (one naming oldSelf) only on update and only where the
+    old object has that node too."""
+    import celpy
+
+    env = celpy.Environment()
+    errors: list[str] = []
+
+    def walk(schema: dict[str, Any], value: Any, previous: Any) -> None:
+        for rule in schema.get("x-kubernetes-validations", []):
+            transition = "oldSelf" in rule["rule"]
+            if transition and previous is None:
+                continue
+            activation = {"self": celpy.json_to_cel(value)}
+            if transition:
+                activation["oldSelf"] = celpy.json_to_cel(previous)
+            if not env.program(env.compile(rule["rule"])).evaluate(activation):
+                errors.append(rule["message"])
+        for key, child in schema.get("properties", {}).items():
+            if isinstance(value, dict) and key in value:
+                walk(child, value[key], previous.get(key) if isinstance(previous, dict) else None)
+
+    walk(ROOT, new, old)
+    return errors
+
+
+def ftj(name: str = "quotes", **spec: Any) -> dict[str, Any]:
+    storage = {"model": {"claimName": "m"}, "data": {"claimName": "d"}, "output": {"claimName": "o"}}
+    return {"metadata": {"name": name}, "spec": {"storage": storage, **spec}}
+
+
+def test_an_edit_to_what_the_workers_run_with_is_refused_even_when_the_field_was_omitted():
+    old = ftj()
+    assert cel_errors(ftj(runPolicy={"suspend": True}), old) == []  # read at every poll: editable
+    assert cel_errors(ftj(merge={"enabled": False}), old) == []
+    assert cel_errors(ftj(image="registry.local/t:1"), old) == ["spec.image cannot change once the job exists"]
+    assert cel_errors(ftj(training={"lora": {"r": 4}}), old) == ["spec.training cannot change once the job exists"]
+    with_resources = ftj(resources={"requests": {"cpu": "1"}})
+    assert cel_errors(ftj(resources={"requests": {"cpu": "2"}}), with_resources) == [
+        "spec.resources cannot change once the job exists"
+    ]
+    assert cel_errors(ftj(), ftj(hfTokenSecret={"name": "hf"})) == [
+        "spec.hfTokenSecret cannot change once the job exists"
+    ]
+    assert cel_errors(ftj(scheduling={"queueName": "b"}), ftj(scheduling={"queueName": "a"})) == [
+        "spec.scheduling cannot change once the job exists"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("quotes", True), ("a" * 63, True), ("a" * 64, False), ("1quotes", False), ("q.uotes", False),
+     ("quotes-", False), ("Quotes", False), ("q-1", True)],
+)  # fmt: skip
+def test_only_names_whose_children_the_api_server_accepts_are_admitted(name, ok):
+    assert (cel_errors(ftj(name)) == []) is ok
+    assert (name_problem(name) is None) is ok  # the operator's own check says the same
+
+
+def test_a_queued_job_cannot_be_suspended_through_the_spec():
+    queued = ftj(scheduling={"queueName": "team-a"}, runPolicy={"suspend": True})
+    assert cel_errors(queued) == [QUEUED_SUSPEND_MESSAGE]
+    assert cel_errors(ftj(scheduling={"queueName": "team-a"}, runPolicy={"suspend": False})) == []

@@ -4,6 +4,7 @@ rendered manifest validated against the Kubernetes API schemas (kubernetes-valid
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.api import backends
 from kubetune.api.crd import finetunejob_crd
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's Go SDK as a wheel) is not installed")
@@ -112,6 +114,7 @@ def test_rbac_is_least_privilege(values: dict[str, Any]):
     allowed = {
         "finetunejobs": {"get", "list", "watch", "patch"},
         "finetunejobs/status": {"get", "patch"},
+        "finetunejobs/finalizers": {"update"},  # blockOwnerDeletion under OwnerReferencesPermissionEnforcement
         "jobs": {"get", "create", "patch", "delete"},
         "configmaps": {"get", "create", "delete"},
         "services": {"get", "create", "delete"},
@@ -156,7 +159,7 @@ def test_operator_pod_is_restricted_and_configured():
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and "--standalone" in c["args"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KUBETUNE_IMAGE_CUDA"] == "registry.local/trainer:cuda" and env["KUBETUNE_METRICS_PORT"] == "0"
     assert by_kind(docs, "Service") == []  # no metrics Service when metrics are off
     peered = container(render({"replicaCount": 2}))
@@ -166,10 +169,18 @@ def test_operator_pod_is_restricted_and_configured():
 def test_operator_settings_read_what_the_chart_sets():
     from kubetune.operator.settings import from_env
 
-    env = {e["name"]: str(e["value"]) for e in container(render({"operator": {"pollSeconds": 3}}))["env"]}
+    values = {"operator": {"pollSeconds": 3}, "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}]}
+    env = {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
     config = from_env(env)
     assert config.poll_seconds == 3 and config.metrics_port == 9090
-    assert config.render.images["cpu-ccl"] == "kubetune/trainer:cpu-ccl-0.1.0"
+    assert config.render.images == {b.name: b.image for b in backends.TABLE.values()}
+    assert config.render.image_pull_secrets == ("regcred", "mirror")  # the trainer pods pull with them too
+
+
+def test_replicas_peer_with_priorities_of_their_own():
+    c = container(render({"replicaCount": 2}))
+    pod_name = next(e for e in c["env"] if e["name"] == "KUBETUNE_POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # main.priority() reads it
 
 
 def crd_schema() -> dict[str, Any]:
@@ -212,5 +223,52 @@ def test_the_crd_schema_refuses_a_bad_manifest():
 
 def test_examples_cover_every_backend():
     examples = (ROOT / "examples" / "k8s").glob("finetunejob-*.yaml")
-    backends = {yaml.safe_load(p.read_text())["spec"]["backend"] for p in examples}
-    assert backends == {"cpu", "cpu-ccl", "xpu", "cuda"}
+    covered = {yaml.safe_load(p.read_text())["spec"]["backend"] for p in examples}
+    assert covered == set(backends.NAMES)
+
+
+def test_the_makefile_builds_an_image_per_backend():
+    out = subprocess.run(["make", "-s", "images-dry-run"], cwd=ROOT, capture_output=True, text=True, check=True)
+    built = set(re.findall(r"-f docker/Dockerfile\.([\w-]+)", out.stdout))
+    assert built == {*backends.NAMES, "operator"}
+
+
+@pytest.mark.parametrize(
+    ("values", "accepted"),
+    [({"operator": {"pollSeconds": 0.05}}, True), ({"operator": {"pollSeconds": 0.01}}, False),
+     ({"operator": {"workerTerminationGracePeriodSeconds": 5}}, True),
+     ({"operator": {"workerTerminationGracePeriodSeconds": 0}}, False)],
+)  # fmt: skip
+def test_the_values_schema_and_the_operator_agree(values: dict[str, Any], accepted: bool):
+    """What helm accepts the operator starts with, and what helm refuses the operator would refuse."""
+    from kubetune.operator.settings import SettingsError, from_env
+
+    with helm.Chart.load(str(CHART)) as chart:
+        try:
+            chart.validate_schema(values)
+            helm_ok = True
+        except Exception:
+            helm_ok = False
+    env = (
+        {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
+        if helm_ok
+        else {
+            "KUBETUNE_POLL_SECONDS": str(values["operator"].get("pollSeconds", "")),
+            "KUBETUNE_TERMINATION_GRACE_SECONDS": str(
+                values["operator"].get("workerTerminationGracePeriodSeconds", "")
+            ),
+        }
+    )
+    try:
+        from_env(env)
+        operator_ok = True
+    except SettingsError:
+        operator_ok = False
+    assert helm_ok is operator_ok is accepted
+
+
+def test_values_yaml_defaults_are_the_operators_defaults():
+    from kubetune.operator.settings import from_env
+
+    env = {e["name"]: str(e["value"]) for e in container(render())["env"] if "value" in e}
+    assert from_env(env) == from_env({})  # the chart's defaults change nothing

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The real-cluster flow (make e2e): kind cluster -> images -> chart -> PVCs with the embedded model and
-# the example data -> the example FinetuneJob -> Succeeded -> merged model on the volume -> teardown.
+# The real-cluster flow (make e2e), as README's walk-through does it: kind cluster -> images -> chart with
+# two operator replicas (peering) -> PVCs with the embedded model and the example data -> the example
+# FinetuneJob with its default resources, plus one whose name is at the 63-character limit -> Succeeded ->
+# merged model on the volume -> a FinetuneJob deleted with the operator scaled to zero -> helm uninstall.
 # Needs: kind, kubectl, helm, and docker or podman. KEEP_CLUSTER=1 keeps the cluster for a look around.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +29,7 @@ kind load docker-image --name "$CLUSTER" "kubetune/trainer:cpu-$VERSION" "kubetu
 
 step "helm install (chart, CRD, operator)"
 helm upgrade --install kubetune charts/kubetune -n kubetune-system --create-namespace \
-    --set image.pullPolicy=Never --set operator.pollSeconds=5 --wait --timeout 5m
+    --set image.pullPolicy=Never --set operator.pollSeconds=5 --set replicaCount=2 --wait --timeout 5m
 kubectl get crd finetunejobs.kubetune.dev
 
 step "PVCs, and the model and data copied in"
@@ -38,15 +40,28 @@ kubectl wait -n "$NS" pod/kubetune-copy --for=condition=Ready --timeout=300s
 .venv/bin/kubetune model export builtin:smollm2-135m-instruct "$TMP/smollm2"
 kubectl cp "$TMP/smollm2" "$NS/kubetune-copy:/model/smollm2"
 kubectl cp examples/data/dates "$NS/kubetune-copy:/data/dates"
+kubectl delete -n "$NS" pod kubetune-copy --wait  # ReadWriteOnce claims: free them for the workers
 
-step "the example FinetuneJob (20 steps, to keep CI short)"
-"$PY" - <<'PYEOF' | kubectl apply -n "$NS" -f -
+step "the example FinetuneJob (20 steps, to keep CI short) and one named at the limit (2 steps, no merge)"
+LONG=$(printf 'l%.0s' $(seq 1 63))
+"$PY" - "$LONG" <<'PYEOF' | kubectl apply -n "$NS" -f -
 import sys, yaml
 job = yaml.safe_load(open("examples/k8s/finetunejob-cpu.yaml"))
 job["spec"]["training"]["training"]["max_steps"] = 20
-job["spec"]["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
-yaml.safe_dump(job, sys.stdout)
+long = yaml.safe_load(yaml.safe_dump(job))
+long["metadata"]["name"] = sys.argv[1]
+long["spec"]["training"]["training"]["max_steps"] = 2
+long["spec"]["merge"] = {"enabled": False}
+long["spec"]["storage"]["output"]["subPath"] = "long"
+yaml.safe_dump_all([job, long], sys.stdout)
 PYEOF
+if kubectl apply -n "$NS" --dry-run=server -f - >/dev/null 2>&1 <<YAMLEOF
+apiVersion: kubetune.dev/v1alpha1
+kind: FinetuneJob
+metadata: {name: "1-${LONG}"}
+spec: {storage: {model: {claimName: models}, data: {claimName: data}, output: {claimName: runs}}}
+YAMLEOF
+then echo "the API server admitted a name its children could not have" >&2; exit 1; fi
 kubectl get ftj -n "$NS"
 if ! kubectl wait -n "$NS" ftj/dates-cpu --for=jsonpath='{.status.phase}'=Succeeded --timeout=1500s; then
     kubectl describe ftj -n "$NS" dates-cpu || true
@@ -56,7 +71,16 @@ if ! kubectl wait -n "$NS" ftj/dates-cpu --for=jsonpath='{.status.phase}'=Succee
     exit 1
 fi
 kubectl get ftj -n "$NS" dates-cpu -o jsonpath='{.status.mergedPath}{"\n"}'
+kubectl wait -n "$NS" "ftj/$LONG" --for=jsonpath='{.status.phase}'=Succeeded --timeout=900s
 
 step "the merged model is on the output volume"
+kubectl apply -n "$NS" -f examples/k8s/copy-pod.yaml
+kubectl wait -n "$NS" pod/kubetune-copy --for=condition=Ready --timeout=300s
 kubectl exec -n "$NS" kubetune-copy -- ls /runs/dates/merged/config.json /runs/dates/adapter/adapter_config.json
+
+step "no finalizer: a FinetuneJob goes while no operator runs, and helm uninstall leaves nothing stuck"
+kubectl scale -n kubetune-system deploy/kubetune --replicas=0
+kubectl delete -n "$NS" ftj dates-cpu --timeout=60s
+helm uninstall kubetune -n kubetune-system --wait
+kubectl delete -n "$NS" ftj --all --timeout=60s
 echo "e2e: OK"

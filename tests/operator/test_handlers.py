@@ -10,77 +10,9 @@ import json
 from typing import Any
 
 import yaml
-from kube import Cluster, eventually, operator
+from kube import NAMES, Cluster, condition, eventually, finetunejob, job_status, operator, phase_is, pod, terminated
 
 from kubetune.api import TrainConfig
-from kubetune.operator.render import Names
-
-NAMES = Names.of("quotes")
-
-
-def finetunejob(name: str = "quotes", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FinetuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "storage": {
-                "model": {"claimName": "models", "subPath": "smollm2"},
-                "data": {"claimName": "data"},
-                "output": {"claimName": "runs", "subPath": name},
-            },
-            "training": {"data": {"path": ["quotes.jsonl"]}, "training": {"max_steps": 5}},
-            **spec,
-        },
-    }
-
-
-async def pod(api: Cluster, index: int, phase: str, suffix: str = "a", exit_code: int | None = None,
-              message: str = "", created: str = "2026-11-22T10:00:00Z") -> str:  # fmt: skip
-    name = f"{NAMES.workers}-{index}-{suffix}"
-    status: dict[str, Any] = {"phase": phase}
-    if exit_code is not None:
-        status["containerStatuses"] = [
-            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
-        ]
-    await api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "creationTimestamp": created,
-                "labels": {
-                    "kubetune.dev/finetunejob": "quotes",
-                    "kubetune.dev/role": "worker",
-                    "batch.kubernetes.io/job-completion-index": str(index),
-                },
-            },
-            "status": status,
-        }
-    )
-    return name
-
-
-def terminated(phase: str, exit_code: int, message: str) -> dict[str, Any]:
-    state = {"terminated": {"exitCode": exit_code, "message": message}}
-    return {"status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}}
-
-
-async def job_status(api: Cluster, name: str, **status: Any) -> None:
-    await api.patch("Job", name, {"status": status}, sub="status")
-
-
-def condition(type_: str, reason: str = "", message: str = "") -> list[dict[str, str]]:
-    return [{"type": type_, "status": "True", "reason": reason, "message": message}]
-
-
-async def phase_is(api: Cluster, phase: str, name: str = "quotes") -> dict[str, Any] | None:
-    async def probe() -> dict[str, Any] | None:
-        obj = await api.get("FinetuneJob", name)
-        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
-
-    return await eventually(probe, what=f"phase {phase}")
 
 
 async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:

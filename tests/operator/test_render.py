@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from kubetune.api import load_config
+from kubetune.api import backends, load_config
 from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator.render import (
     EXIT_PREEMPTED,
@@ -73,7 +74,10 @@ def test_indexed_job_shape_and_failure_policy():
     spec = SPEC.model_copy(update={"run_policy": SPEC.run_policy.model_copy(update={"active_deadline_seconds": 3600})})
     job = render_worker_job(META, spec, Settings())["spec"]
     assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 2, 2)
-    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600 and job["suspend"] is False
+    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600
+    assert job["suspend"] is True  # queued (scheduling.queueName): created suspended, Kueue admits it
+    unqueued = spec.model_copy(update={"scheduling": spec.scheduling.model_copy(update={"queue_name": None})})
+    assert render_worker_job(META, unqueued, Settings())["spec"]["suspend"] is False
     rules = job["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}} in rules
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
@@ -104,7 +108,7 @@ def test_pods_meet_the_restricted_pod_security_standard(render):
 
 
 @pytest.mark.parametrize(
-    ("backend", "key", "value"), [("cpu", "cpu", "2"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
+    ("backend", "key", "value"), [("cpu", "cpu", "1"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
 )
 def test_resources_and_image_per_backend(backend, key, value):
     spec = SPEC.model_copy(update={"backend": backend})
@@ -150,10 +154,8 @@ def test_names_stay_within_kubernetes_limits():
     assert Names.of("short").workers == "short-workers"
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cpu-ccl", "xpu", "cuda"])
+@pytest.mark.parametrize("backend", backends.NAMES)
 def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
-    import kubernetes_validate
-
     spec = SPEC.model_copy(update={"backend": backend})
     for manifest in (
         render_configmap(META, spec),
@@ -162,3 +164,34 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
         render_merge_job(META, spec, Settings()),
     ):
         kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("name", ["q" * 63, "a", "x-" * 31 + "y"])
+def test_names_at_the_limits_give_children_the_api_server_accepts(name: str):
+    # The server's rules (tests/support/kube.py, written from the Kubernetes docs), not the renderer's own.
+    from kube import object_problems
+
+    meta = {**META, "name": name}
+    spec = SPEC.model_copy(update={"nodes": 256})  # the largest index: pod hostnames <workers>-255
+    for manifest in (render_configmap(meta, spec), render_service(meta), render_worker_job(meta, spec, Settings()),
+                     render_merge_job(meta, spec, Settings())):  # fmt: skip
+        assert object_problems(manifest) == [], manifest["kind"]
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def test_the_rules_refuse_what_the_api_server_refuses():
+    from kube import object_problems
+
+    service = render_service({**META, "name": "quotes"})
+    assert object_problems({**service, "metadata": {**service["metadata"], "name": "1quotes"}})  # RFC 1035
+    assert object_problems({**service, "metadata": {**service["metadata"], "labels": {"a": "v" * 64}}})
+    job = render_worker_job({**META, "name": "q" * 70}, SPEC, Settings())
+    too_long = {**job, "metadata": {**job["metadata"], "name": "q" * 64}}
+    assert any("no more than 63" in p for p in object_problems(too_long))
+
+
+def test_trainer_pods_get_the_pull_secrets():
+    settings = Settings(image_pull_secrets=("regcred",))
+    for job in (render_worker_job(META, SPEC, settings), render_merge_job(META, SPEC, settings)):
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "imagePullSecrets" not in render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]

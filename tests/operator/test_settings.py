@@ -39,3 +39,22 @@ def test_watch_scope_comes_from_the_environment_unless_given():
         "--standalone",
     ]
     assert command(["-n", "x"], {"KUBETUNE_WATCH_NAMESPACES": "a"}) == [*base, "-n", "x"]
+
+
+def test_replicas_get_distinct_peering_priorities():
+    # kopf pauses every operator that sees a live peer of its own priority: equal priorities freeze them all.
+    def prio(args: list[str]) -> str | None:
+        return next((a for a in args if a.startswith("--priority=")), None)
+
+    a = command(["--peering=kubetune"], {"KUBETUNE_POD_NAME": "kubetune-7d9f-abcde"})
+    b = command(["--peering=kubetune"], {"KUBETUNE_POD_NAME": "kubetune-7d9f-fghij"})
+    assert prio(a) and prio(b) and prio(a) != prio(b)
+    assert prio(a) == prio(command(["--peering=kubetune"], {"KUBETUNE_POD_NAME": "kubetune-7d9f-abcde"}))
+    assert prio(command(["--standalone"], {"KUBETUNE_POD_NAME": "x"})) is None
+    assert prio(command(["--peering=p", "--priority=5"], {})) == "--priority=5"  # an explicit one is kept
+
+
+def test_pull_secrets_and_namespaces_are_lists():
+    config = from_env({"KUBETUNE_IMAGE_PULL_SECRETS": "regcred, other", "KUBETUNE_WATCH_NAMESPACES": "a,b"})
+    assert config.render.image_pull_secrets == ("regcred", "other") and config.watch_namespaces == ("a", "b")
+    assert from_env({}).render.image_pull_secrets == ()

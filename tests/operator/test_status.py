@@ -10,9 +10,11 @@ from kubetune.operator.render import Names, Settings
 from kubetune.operator.status import (
     Observed,
     PodView,
+    checked,
     decide,
     parse_progress,
     parse_termination,
+    refused,
     set_condition,
     spec_problems,
     status_patch,
@@ -249,3 +251,67 @@ def test_pod_view_reads_index_and_termination():
         },
     }
     assert PodView.of(raw) == PodView("w-0-x", 0, "Failed", "2026-11-22T11:00:00Z", 75, "m")
+
+
+def test_a_name_the_api_server_would_refuse_for_a_child_fails_up_front():
+    plan = decide({**META, "name": "1.quotes"}, SPEC, {}, Observed(now=NOW), Settings())
+    assert plan.status["phase"] == "Failed" and plan.create == [] and plan.done
+    assert "metadata.name must be at most 63 characters" in plan.status["message"]
+
+
+def test_deadline_during_merging_never_creates_and_deletes_the_merge_job_at_once():
+    spec = {**SPEC, "runPolicy": {"activeDeadlineSeconds": 60}}
+    status = {"phase": "Merging", "startTime": "2026-11-22T11:00:00Z"}
+    plan = run(spec, status, seen(workers=job(condition="Complete")))  # the merge Job is missing
+    assert plan.status["phase"] == "Failed" and plan.create == []
+    assert ("Job", NAMES.merge) in plan.delete
+
+
+def test_the_previous_runs_job_is_waited_for_not_taken_as_foreign():
+    old_run = {"ownerReferences": [{"kind": "FinetuneJob", "name": "quotes", "uid": "uid-0", "controller": True}]}
+    leftover = {**job(), "metadata": {"name": NAMES.workers, **old_run}}
+    plan = run(observed=seen(workers=leftover))
+    assert plan.status["phase"] == "Pending" and plan.create == [] and not plan.done
+    assert "garbage-collected" in plan.status["message"]
+    stranger = run(observed=Observed(now=NOW, not_ours=(("foreign", "ConfigMap", NAMES.config),)))
+    assert stranger.status["phase"] == "Failed" and stranger.status["message"].startswith("ConfigMap quotes-config")
+
+
+def test_refusals_fail_or_report_with_the_servers_words():
+    invalid = refused({}, NOW, "Job", NAMES.workers, 422, 'Job "x" is invalid: metadata.labels: bad')
+    assert invalid.status["phase"] == "Failed"
+    assert (
+        invalid.status["message"]
+        == f'creating Job {NAMES.workers} was refused (422): Job "x" is invalid: metadata.labels: bad'
+    )
+    forbidden = refused({"phase": "Pending"}, NOW, "Job", NAMES.workers, 403, "jobs is forbidden")
+    assert forbidden.status["phase"] == "Pending" and not forbidden.done
+    assert [e.reason for e in forbidden.events] == ["Forbidden"]
+    again = refused(forbidden.status, NOW, "Job", NAMES.workers, 403, "jobs is forbidden")
+    assert again.events == [] and status_patch(forbidden.status, again.status) == {}
+
+
+def test_a_queued_job_is_left_to_kueue():
+    spec = {**SPEC, "scheduling": {"queueName": "team-a"}}
+    created = run(spec, observed=Observed(now=NOW))
+    assert next(m for m in created.create if m["kind"] == "Job")["spec"]["suspend"] is True
+    waiting = run(spec, created.status, seen(workers=job(suspend=True)))
+    assert waiting.suspend_workers is None and "waiting for admission" in waiting.status["message"]
+    admitted = run(spec, waiting.status, seen(workers=job(active=1), worker_pods=(pod("w-0"),)))
+    assert admitted.suspend_workers is None and admitted.status["phase"] == "Running"
+    both = run({**spec, "runPolicy": {"suspend": True}}, observed=Observed(now=NOW))
+    assert both.status["phase"] == "Failed" and "Kueue owns the suspension" in both.status["message"]
+
+
+def test_status_goes_through_the_model():
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError):
+        checked({"phase": "Running", "progres": {}})  # a misspelled key is an error, not silently pruned
+    assert checked({"phase": "Running"}) == {"phase": "Running"}  # nothing defaulted in
+
+
+def test_a_garbled_progress_line_is_skipped_not_fatal():
+    bad = json.dumps({"event": "progress", "step": "three", "total_steps": 10})
+    assert parse_progress(progress_line(2) + "\n" + bad + "\n")["step"] == 2

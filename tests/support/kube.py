@@ -12,18 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import kmock
 import pytest
 from kopf.testing import KopfRunner
 
 from kubetune.operator.main import command
+from kubetune.operator.render import Names
 
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 RESOURCES = {
@@ -34,7 +38,9 @@ RESOURCES = {
     "v1/services": ("Service", set()),
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
+    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", {"status"}),  # replicas (charts/.../peering.yaml)
 }
+CLUSTER_SCOPED = {"Namespace", "ClusterKopfPeering"}
 PATHS = {
     "FinetuneJob": "/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
@@ -42,23 +48,214 @@ PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
 }
 NAMESPACE = "ml"
 
 
+# --- what the real API server checks (k8s.io/apimachinery/pkg/util/validation; docs: "Object Names and IDs",
+# "Labels and Selectors"). Written from the documented rules, not from the operator's code, so that rendered
+# names are checked against the server's rules and not against themselves. -------------------------------------
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # <= 63: most names, pod hostnames
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # <= 63: Service names
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # <= 253
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")  # <= 63
+LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")  # <= 63, after an optional "<subdomain>/"
+
+
+def _bad(regex: re.Pattern[str], limit: int, value: str) -> bool:
+    return len(value) > limit or not regex.fullmatch(value)
+
+
+def label_problems(labels: dict[str, str] | None, where: str) -> list[str]:
+    problems = []
+    for key, value in (labels or {}).items():
+        prefix, _, name = key.rpartition("/")
+        if (prefix and _bad(DNS1123_SUBDOMAIN, 253, prefix)) or _bad(LABEL_NAME, 63, name):
+            problems.append(f"{where}: Invalid value: {key!r}: not a qualified label name")
+        if _bad(LABEL_VALUE, 63, str(value)):
+            problems.append(f"{where}: Invalid value: {value!r}: a valid label must be 63 characters or less, "
+                            "start and end with an alphanumeric character, with '-', '_' or '.' between")  # fmt: skip
+    return problems
+
+
+def pod_spec_problems(spec: dict[str, Any], where: str) -> list[str]:
+    """A pod's hostname and subdomain are DNS-1123 labels (an Indexed Job's pods get hostname <job>-<index>)."""
+    return [
+        f"{where}.{key}: Invalid value: {spec[key]!r}: a lowercase RFC 1123 label of at most 63 characters"
+        for key in ("hostname", "subdomain")
+        if spec.get(key) and _bad(DNS1123_LABEL, 63, spec[key])
+    ]
+
+
+def object_problems(obj: dict[str, Any]) -> list[str]:
+    """Why the API server would answer 422 to creating `obj` (the subset of rules kubetune's objects meet)."""
+    kind, meta = obj.get("kind", ""), obj.get("metadata") or {}
+    name = meta.get("name", "")
+    problems = label_problems(meta.get("labels"), "metadata.labels")
+    if kind == "Service" and _bad(DNS1035_LABEL, 63, name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a DNS-1035 label must consist of lower case "
+                        "alphanumeric characters or '-', start with an alphabetic character, and end with an "
+                        "alphanumeric character")  # fmt: skip
+    elif _bad(DNS1123_SUBDOMAIN, 253, name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    if kind == "Job":
+        # The Job controller labels its pods job-name=<name>: the server refuses names over 63 characters.
+        if len(name) > 63:
+            problems.append(f"metadata.name: Invalid value: {name!r}: must be no more than 63 characters")
+        template = (obj.get("spec") or {}).get("template") or {}
+        problems += label_problems((template.get("metadata") or {}).get("labels"), "spec.template.metadata.labels")
+        pod = template.get("spec") or {}
+        problems += pod_spec_problems(pod, "spec.template.spec")
+        if (obj.get("spec") or {}).get("completionMode") == "Indexed":
+            last = f"{name}-{int(obj['spec'].get('completions') or 1) - 1}"
+            problems += pod_spec_problems({"hostname": last}, "(pod of this Indexed Job)")
+    if kind == "Pod":
+        problems += pod_spec_problems(obj.get("spec") or {}, "spec")
+    return problems
+
+
+@attrs.frozen
+class Refused(kmock.KubernetesError):
+    """An error answered the way the API server does: a Status object with code, reason and message."""
+
+    status: int
+    reason: str
+    message: str
+    details: Any = attrs.field(factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    api_groups: frozenset[str]
+    resources: frozenset[str]
+    verbs: frozenset[str]
+    namespace: str | None  # None: a ClusterRole's rule (every namespace and cluster-scoped objects)
+
+
+@dataclass
+class RBAC:
+    """The rights of one service account, as Kubernetes' RBAC authorizer grants them (no wildcards: the chart
+    uses none, and its test forbids them). OwnerReferencesPermissionEnforcement (on in OpenShift) is applied
+    too: setting blockOwnerDeletion needs `update` on the owner's finalizers subresource."""
+
+    rules: list[Rule]
+    user: str = "system:serviceaccount:kubetune-system:kubetune"
+
+    @staticmethod
+    def from_manifests(docs: list[dict[str, Any]]) -> RBAC:
+        rules = []
+        for doc in docs:
+            if doc["kind"] in ("Role", "ClusterRole"):
+                namespace = doc["metadata"].get("namespace") if doc["kind"] == "Role" else None
+                rules += [Rule(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]), namespace)
+                          for r in doc["rules"]]  # fmt: skip
+        return RBAC(rules)
+
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+        return any(
+            verb in r.verbs and group in r.api_groups and resource in r.resources
+            and (r.namespace is None or r.namespace == namespace)
+            for r in self.rules
+        )  # fmt: skip
+
+    def check(self, verb: str, group: str, resource: str, namespace: str | None) -> None:
+        if not self.allows(verb, group, resource, namespace):
+            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            raise Refused(403, "Forbidden", f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
+                          f'"{resource}" in API group "{group}"{where}')  # fmt: skip
+
+
+OPERATOR_TOKEN = "kubetune-operator"  # the operator's kubeconfig user; RBAC applies to it
+VERB = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}
+PLURALS = {"FinetuneJob": ("kubetune.dev", "finetunejobs")}
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+@attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus what the API server fills in on create: generateName (kopf's events), uid
-    (ownerReferences), creationTimestamp and a resourceVersion (kopf's JSON patches test it)."""
+    """kmock's emulator plus what the API server does that kubetune meets:
+
+    - fills in on create: generateName (kopf's events), uid (ownerReferences), creationTimestamp, resourceVersion;
+    - 422 for a name or label the server refuses (`object_problems`), 403 where `rbac` (when set) forbids;
+    - `kueue`: Kueue's mutating webhook, which creates every Job labelled with a queue name suspended
+      (kueue.sigs.k8s.io/docs/tasks/run/jobs); the test admits it by unsuspending;
+    - garbage collection: children of a deleted owner (ownerReferences uid) go `gc_delay` seconds later, as
+      the real collector does in the background (kubernetes.io/docs/concepts/architecture/garbage-collection).
+    """
+
+    rbac: RBAC | None = None
+    kueue: bool = False
+    gc_delay: float = 0.0
+    _collecting: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     async def _handle(self, request: Any) -> Any:
+        if request.resource is not None:
+            self._authorize(request)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("resourceVersion", "1")
-            meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        return await super()._handle(request)
+            self._admit(request.data)
+        key = (request.resource, request.namespace, request.name)
+        deleting = request.action == kmock.action.DELETE and request.resource is not None and request.name
+        uid = self._uid(key) if deleting else None
+        response = await super()._handle(request)
+        if uid and key in self._objects and self._objects[key].deleted:
+            task = asyncio.create_task(self._collect(uid))
+            self._collecting.add(task)
+            task.add_done_callback(self._collecting.discard)
+        return response
+
+    def _uid(self, key: Any) -> str | None:
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return (self._objects[key].raw.get("metadata") or {}).get("uid")
+
+    def _authorize(self, request: Any) -> None:
+        """RBAC applies to the operator (authenticated by its token); tests and the local node act as admin."""
+        if self.rbac is None or request.headers.get("Authorization") != f"Bearer {OPERATOR_TOKEN}":
+            return
+        if not request.resource.plural:
+            return  # discovery (/api, /apis/<group>/<version>): every authenticated user may read it
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        verb = VERB.get(request.action.value if request.action else "", "")
+        if request.action == kmock.action.UPDATE:
+            verb = "patch" if str(request.method).upper().endswith("PATCH") else "update"
+        self.rbac.check(verb, request.resource.group or "", resource, request.namespace)
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            for ref in (request.data.get("metadata") or {}).get("ownerReferences") or []:
+                if ref.get("blockOwnerDeletion") and ref.get("kind") in PLURALS:
+                    group, plural = PLURALS[ref["kind"]]
+                    self.rbac.check("update", group, f"{plural}/finalizers", request.namespace)
+
+    def _admit(self, obj: dict[str, Any]) -> None:
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        problems = object_problems(obj)
+        if problems:
+            raise Refused(422, "Invalid", f'{obj.get("kind")} "{meta.get("name")}" is invalid: ' + "; ".join(problems))
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("resourceVersion", "1")
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if self.kueue and obj.get("kind") == "Job" and KUEUE_LABEL in (meta.get("labels") or {}):
+            obj.setdefault("spec", {})["suspend"] = True
+
+    async def _collect(self, owner_uid: str) -> None:
+        """Background deletion of the dependents of a deleted owner (and theirs, in turn)."""
+        await asyncio.sleep(self.gc_delay)
+        async with self._lock:
+            doomed = [
+                key for key, obj in self._objects.items()
+                if not obj.deleted
+                and any(r.get("uid") == owner_uid for r in (obj.raw.get("metadata") or {}).get("ownerReferences") or [])
+            ]  # fmt: skip
+            uids = []
+            for key in doomed:
+                raw = self._objects[key].raw
+                uids.append((raw.get("metadata") or {}).get("uid"))
+                self._objects[key].delete()
+                await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+        for uid in filter(None, uids):
+            await self._collect(uid)
 
 
 class Cluster:
@@ -121,7 +318,7 @@ async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 15, w
 async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     for resource, (kind, subresources) in RESOURCES.items():
         kmock.resources[resource] = kmock.ResourceInfo(
-            kind=kind, namespaced=kind != "Namespace", verbs=VERBS, subresources=subresources
+            kind=kind, namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS, subresources=subresources
         )
     async with aiohttp.ClientSession(base_url=str(kmock.url)) as session:
         api = Cluster(session, kmock)
@@ -136,8 +333,8 @@ async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-                    "users": [{"name": "test", "user": {}}],
-                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+                    "users": [{"name": "operator", "user": {"token": OPERATOR_TOKEN}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "operator"}}],
                     "current-context": "kmock",
                 }
             )
@@ -148,9 +345,91 @@ async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         yield api
 
 
+# --- a FinetuneJob and the Job controller's and kubelet's part, played by hand ------------------------------
+NAMES = Names.of("quotes")
+
+
+def finetunejob(name: str = "quotes", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FinetuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "storage": {
+                "model": {"claimName": "models", "subPath": "smollm2"},
+                "data": {"claimName": "data"},
+                "output": {"claimName": "runs", "subPath": name},
+            },
+            "training": {"data": {"path": ["quotes.jsonl"]}, "training": {"max_steps": 5}},
+            **spec,
+        },
+    }
+
+
+async def pod(api: Cluster, index: int, phase: str, suffix: str = "a", exit_code: int | None = None,
+              message: str = "", created: str = "2026-11-22T10:00:00Z") -> str:  # fmt: skip
+    name = f"{NAMES.workers}-{index}-{suffix}"
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+        ]
+    await api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "creationTimestamp": created,
+                "labels": {
+                    "kubetune.dev/finetunejob": "quotes",
+                    "kubetune.dev/role": "worker",
+                    "batch.kubernetes.io/job-completion-index": str(index),
+                },
+            },
+            "status": status,
+        }
+    )
+    return name
+
+
+def terminated(phase: str, exit_code: int, message: str) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": exit_code, "message": message}}
+    return {"status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+async def job_status(api: Cluster, name: str, **status: Any) -> None:
+    await api.patch("Job", name, {"status": status}, sub="status")
+
+
+def condition(type_: str, reason: str = "", message: str = "") -> list[dict[str, str]]:
+    return [{"type": type_, "status": "True", "reason": reason, "message": message}]
+
+
+async def phase_is(api: Cluster, phase: str, name: str = "quotes") -> dict[str, Any] | None:
+    async def probe() -> dict[str, Any] | None:
+        obj = await api.get("FinetuneJob", name)
+        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+
+    return await eventually(probe, what=f"phase {phase}")
+
+
 @contextlib.contextmanager
-def operator() -> Iterator[KopfRunner]:
-    """The real operator (kubetune-operator's own command line) in a background thread."""
-    with KopfRunner(command(["--standalone"], {}), timeout=30) as runner:
+def operator(*args: str, env: dict[str, str] | None = None) -> Iterator[KopfRunner]:
+    """The real operator (kubetune-operator's own command line) in a background thread. `env` is what the
+    chart would set (the operator also reads it from os.environ: set it there too with monkeypatch)."""
+    with KopfRunner(command(list(args) or ["--standalone"], env or {}), timeout=30) as runner:
         yield runner
     assert runner.exception is None, runner.exception
+
+
+def chart_rbac(values: dict[str, Any] | None = None) -> RBAC:
+    """The operator's rights as the chart grants them (rendered with Helm's Go SDK)."""
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's Go SDK as a wheel) is not installed")
+    import yaml
+
+    chart = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
+    with helm.Chart.load(str(chart)) as loaded:
+        files = loaded.render(values or {}, name="kubetune", namespace="kubetune-system")
+    docs = [d for path, text in files.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    return RBAC.from_manifests(docs)

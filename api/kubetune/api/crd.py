@@ -13,7 +13,10 @@ from typing import Any
 from kubetune.api.finetunejob import (
     GROUP,
     KIND,
+    NAME_MESSAGE,
+    NAME_RULE,
     PLURAL,
+    QUEUED_SUSPEND_MESSAGE,
     SHORT_NAMES,
     VERSION,
     FinetuneJobSpec,
@@ -100,18 +103,35 @@ def model_schema(model: type) -> dict[str, Any]:
     return to_structural(raw, raw.get("$defs", {}))
 
 
-# Fields fixed once a job exists: the workers already run with them (the ConfigMap and the Job template are
+# Fields fixed once a job exists: the workers already run with them (the ConfigMap and the Job templates are
 # rendered once). The API server refuses the change instead of the operator silently ignoring it. runPolicy
-# (suspend) and merge stay mutable.
-IMMUTABLE = ("backend", "image", "nodes", "procsPerNode", "storage", "training")
+# (suspend, deadline, TTL) and merge are read at every poll and stay mutable.
+IMMUTABLE = ("backend", "image", "nodes", "procsPerNode", "resources", "storage", "training", "scheduling",
+             "hfTokenSecret")  # fmt: skip
+MUTABLE = ("runPolicy", "merge")
+
+
+def immutable_rule(field: str) -> dict[str, str]:
+    """A transition rule on `spec` (always present), not on the field itself: Kubernetes skips a field's own
+    transition rule when the old object lacks the field, so adding an omitted `image` would slip through."""
+    present = f"has(self.{field}) == has(oldSelf.{field})"
+    return {
+        "rule": f"{present} && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"spec.{field} cannot change once the job exists",
+    }
+
+
+# Kueue suspends and unsuspends the Jobs of a LocalQueue itself; a second owner of spec.suspend would fight it.
+QUEUED_SUSPEND = {
+    "rule": "!(has(self.scheduling) && has(self.scheduling.queueName) && has(self.runPolicy) && "
+    "has(self.runPolicy.suspend) && self.runPolicy.suspend)",
+    "message": QUEUED_SUSPEND_MESSAGE,
+}
 
 
 def spec_schema() -> dict[str, Any]:
     spec = model_schema(FinetuneJobSpec)
-    for name in IMMUTABLE:
-        spec["properties"][name]["x-kubernetes-validations"] = [
-            {"rule": "self == oldSelf", "message": f"spec.{name} cannot change once the job exists"}
-        ]
+    spec["x-kubernetes-validations"] = [immutable_rule(name) for name in IMMUTABLE] + [QUEUED_SUSPEND]
     return spec
 
 
@@ -156,6 +176,7 @@ def finetunejob_crd() -> dict[str, Any]:
                                 "status": status,
                             },
                             "required": ["spec"],
+                            "x-kubernetes-validations": [{"rule": NAME_RULE, "message": NAME_MESSAGE}],
                         }
                     },
                 }

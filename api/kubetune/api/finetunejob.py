@@ -9,11 +9,13 @@ the same keys as its YAML file.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.backends import BackendName
 from kubetune.api.config import TrainConfig
 
 GROUP = "kubetune.dev"
@@ -22,9 +24,34 @@ KIND = "FinetuneJob"
 PLURAL = "finetunejobs"
 SHORT_NAMES = ["ftj"]
 
-Backend = Literal["cpu", "cpu-ccl", "xpu", "cuda"]
+Backend = BackendName  # the rows of kubetune.api.backends.TABLE
 Phase = Literal["Pending", "Running", "Merging", "Succeeded", "Failed", "Suspended"]
 Quantity = int | str  # Kubernetes quantities: 4, "500m", "16Gi"
+
+# A FinetuneJob's name becomes a label value (at most 63 characters) and the start of its Service's name
+# (an RFC 1035 label: lowercase letters, digits and '-', starting with a letter); worker pod hostnames are
+# <name>...-<index>, so no dots either. The API server would accept any DNS subdomain as the name of a
+# custom object; the CRD narrows it to this (a CEL rule on metadata.name) so that no child is refused later.
+NAME_MAX = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE = f"size(self.metadata.name) <= {NAME_MAX} && self.metadata.name.matches('{NAME_PATTERN}')"
+NAME_MESSAGE = (
+    f"metadata.name must be at most {NAME_MAX} characters of lowercase letters, digits and '-', start with a "
+    "letter and end with a letter or digit (it names the job's Service and labels its pods)"
+)
+
+
+QUEUED_SUSPEND_MESSAGE = (
+    "spec.runPolicy.suspend cannot be set with spec.scheduling.queueName: Kueue owns the suspension of queued "
+    "Jobs (deactivate the job's Workload instead: spec.active=false)"
+)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a FinetuneJob's name, or None (the same rule the CRD enforces)."""
+    if len(name) <= NAME_MAX and re.fullmatch(NAME_PATTERN.strip("^$"), name):
+        return None
+    return f"{NAME_MESSAGE}; got {name!r}"
 
 
 class K8sModel(BaseModel):

@@ -40,6 +40,11 @@ app.kubernetes.io/component: operator
   - apiGroups: [kubetune.dev]
     resources: [finetunejobs]
     verbs: [get, list, watch, patch]
+  # Children carry ownerReferences with blockOwnerDeletion: true; where OwnerReferencesPermissionEnforcement
+  # is on (OpenShift) setting it needs update on the owner's finalizers subresource.
+  - apiGroups: [kubetune.dev]
+    resources: [finetunejobs/finalizers]
+    verbs: [update]
   # Their status: phase, conditions, progress.
   - apiGroups: [kubetune.dev]
     resources: [finetunejobs/status]

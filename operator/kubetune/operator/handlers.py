@@ -10,6 +10,7 @@ never creates anything twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator import k8s
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.settings import SettingsError, from_env
-from kubetune.operator.status import decide, status_patch
+from kubetune.operator.status import Plan, decide, not_ours, refused, status_patch
 
 
 @kopf.on.startup()
@@ -36,6 +37,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Watching given namespaces: no cluster-wide scans of namespaces and CRDs (a namespaced Role forbids them).
+    settings.scanning.disabled = bool(memo.config.watch_namespaces)
     k8s.configure()
     memo.cluster = k8s.Cluster()
     memo.metrics = Metrics()
@@ -60,33 +63,65 @@ def reconciles(memo: kopf.Memo, **_: Any) -> int:
     return int(getattr(memo, "reconciles", 0))
 
 
-async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any) -> bool:
-    """One pass; True when the job needs no more watching."""
+# Refusals that retrying the same request cannot cure: shown on the FinetuneJob (status.refused).
+REFUSED = (400, 403, 422)
+
+
+async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid: str | None = None) -> bool:
+    """One pass (observe, decide, act, report); True when the job needs no more watching: it is gone, being
+    deleted, or replaced by a new FinetuneJob of the same name (that one has a daemon of its own)."""
     cluster: k8s.Cluster = memo.cluster
     ftj = await asyncio.to_thread(cluster.get_finetunejob, namespace, name)
-    if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+    if ftj is None or ftj["metadata"].get("deletionTimestamp") or (uid and ftj["metadata"].get("uid") != uid):
         return True
     meta, old = ftj["metadata"], ftj.get("status") or {}
-    seen = await asyncio.to_thread(cluster.observe, meta, datetime.now(UTC))
+    now = datetime.now(UTC)
+    seen = await asyncio.to_thread(cluster.observe, meta, now)
     plan = decide(meta, ftj.get("spec") or {}, old, seen, memo.config.render)
+    instead = await _create(cluster, meta, old, now, plan, logger)
+    if instead is None:
+        await _act_on_jobs(cluster, namespace, seen, plan, logger)
+    else:
+        plan = instead
+    await _report(cluster, ftj, old, plan, memo)
+    return plan.done
+
+
+async def _create(cluster: k8s.Cluster, meta: dict[str, Any], old: dict[str, Any], now: datetime, plan: Plan,
+                  logger: Any) -> Plan | None:  # fmt: skip
+    """Create the plan's children; a refusal or someone else's object ends the pass with the plan to report."""
     for manifest in plan.create:
-        if await asyncio.to_thread(cluster.create, manifest):
-            logger.info("created %s %s", manifest["kind"], manifest["metadata"]["name"])
-        else:
-            logger.info("adopted existing %s %s", manifest["kind"], manifest["metadata"]["name"])
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            outcome = await asyncio.to_thread(cluster.create, manifest, meta)
+        except ApiException as exc:
+            if exc.status not in REFUSED:
+                raise
+            logger.warning("creating %s %s refused: %s %s", kind, child, exc.status, k8s.server_message(exc))
+            return refused(old, now, kind, child, exc.status, k8s.server_message(exc))
+        if outcome in ("previous", "foreign"):
+            return not_ours(old, now, outcome, kind, child)
+        logger.info("%s %s %s", outcome, kind, child)
+    return None
+
+
+async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Any, plan: Plan, logger: Any) -> None:
     if plan.suspend_workers is not None:
         await asyncio.to_thread(cluster.suspend_job, namespace, seen.workers["metadata"]["name"], plan.suspend_workers)
     for kind, child in plan.delete:
         if await asyncio.to_thread(cluster.delete, namespace, kind, child):
             logger.info("deleted %s %s", kind, child)
+
+
+async def _report(cluster: k8s.Cluster, ftj: dict[str, Any], old: dict[str, Any], plan: Plan, memo: kopf.Memo) -> None:
+    meta = ftj["metadata"]
     patch = status_patch(old, plan.status)
     if patch:
-        await asyncio.to_thread(cluster.patch_status, namespace, name, patch)
+        await asyncio.to_thread(cluster.patch_status, meta["namespace"], meta["name"], patch)
     for event in plan.events:
         kopf.event(ftj, type=event.type, reason=event.reason, message=event.message[:1000])
-    memo.metrics.phase((namespace, name), plan.status.get("phase"))
+    memo.metrics.phase((meta["namespace"], meta["name"]), plan.status.get("phase"))
     memo.reconciles += 1
-    return plan.done
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=5)
@@ -95,7 +130,7 @@ async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, log
     while not stopped:
         started = time.perf_counter()
         try:
-            if await reconcile(namespace, name, memo, logger):
+            if await reconcile(namespace, name, memo, logger, meta.get("uid")):
                 logger.info("finished: nothing more to watch")
                 return
         except ApiException as exc:
@@ -106,6 +141,23 @@ async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, log
         finally:
             memo.metrics.reconciles.observe(time.perf_counter() - started)
         await stopped.wait(memo.config.poll_seconds)
+
+
+def _without_finalizer(registry: Any, fn: Any) -> None:
+    """kopf gives every daemon a finalizer, so that it can stop the daemon before the object goes. Ours needs
+    none (children go through ownerReferences; the loop ends itself once the FinetuneJob is gone), and the
+    finalizer would make deleting a FinetuneJob or its namespace hang whenever no operator runs: after
+    `helm uninstall` (the CRD stays) or during an outage. kopf has no public switch for it, so the registered
+    handler is replaced by a copy without; kopf also removes the finalizer older versions left on objects.
+    tests/operator proves both (a deletion with the operator stopped, and no finalizer on a running job)."""
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if getattr(h, "fn", None) is fn else h
+        for h in spawning._handlers
+    ]
+
+
+_without_finalizer(kopf.get_default_registry(), run)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
-from kubetune.operator.status import Observed, PodView, job_condition
+from kubetune.operator.status import Observed, PodView, job_condition, ownership
 
 log = logging.getLogger("kubetune.operator")
 LOG_TAIL_LINES = 40
@@ -39,6 +39,15 @@ def _data(response: Any) -> dict[str, Any]:
 
 def _missing(exc: ApiException) -> bool:
     return exc.status == 404
+
+
+def server_message(exc: ApiException) -> str:
+    """The API server's own words (its Status object's message), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or exc.status)
 
 
 class Cluster:
@@ -110,10 +119,14 @@ class Cluster:
             (p for p in worker_pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")),
             key=lambda p: p.created,
         )
+        config, service = self._read("ConfigMap", ns, names.config), self._read("Service", ns, names.service)
+        not_ours = [(ownership(o, meta), kind, o["metadata"]["name"]) for kind, o in (("ConfigMap", config),
+                    ("Service", service)) if o is not None]  # fmt: skip
         return Observed(
             now=now,
-            has_config=self._read("ConfigMap", ns, names.config) is not None,
-            has_service=self._read("Service", ns, names.service) is not None,
+            has_config=config is not None,
+            has_service=service is not None,
+            not_ours=tuple(n for n in not_ours if n[0] != "ours"),
             workers=workers,
             merge=merge,
             worker_pods=worker_pods,
@@ -123,16 +136,20 @@ class Cluster:
 
     # --- writing --------------------------------------------------------------------------------------
 
-    def create(self, manifest: dict[str, Any]) -> bool:
-        """Create; an object that already exists is adopted (False). Never creates a duplicate."""
-        ns, kind = manifest["metadata"]["namespace"], manifest["kind"]
+    def create(self, manifest: dict[str, Any], owner: dict[str, Any]) -> str:
+        """Create a child of `owner` (its metadata). On 409 the existing object is looked at, never taken blindly:
+        "created", "adopted" (ours: a restart or a lost response), "previous" (a deleted FinetuneJob of the same
+        name, awaiting garbage collection) or "foreign" (someone else's). Other refusals raise ApiException."""
+        ns, kind, name = manifest["metadata"]["namespace"], manifest["kind"], manifest["metadata"]["name"]
         try:
             self._call("create", kind)(ns, manifest, _preload_content=False)
         except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+            if exc.status != 409:
+                raise
+            existing = self._read(kind, ns, name)
+            found = "previous" if existing is None else ownership(existing, owner)  # gone meanwhile: next poll
+            return "adopted" if found == "ours" else found
+        return "created"
 
     def delete(self, namespace: str, kind: str, name: str) -> bool:
         """Delete with background propagation: pods get SIGTERM and their grace period."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.api import backends
 from kubetune.api.config import TrainConfig
 from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec
 
@@ -24,23 +25,16 @@ CONTAINER = "trainer"
 MOUNTS = {"model": "/model", "data": "/data", "output": "/output"}
 LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
-DEFAULT_RESOURCES: dict[str, dict[str, dict[str, Any]]] = {
-    "cpu": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
-    "cpu-ccl": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
-    "xpu": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"gpu.intel.com/i915": 1, "memory": "64Gi"}},
-    "cuda": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"nvidia.com/gpu": 1, "memory": "64Gi"}},
-}
 
 
 @dataclass(frozen=True)
 class Settings:
     """The operator's configuration (Helm values), passed in explicitly."""
 
-    images: dict[str, str] = field(
-        default_factory=lambda: {b: f"kubetune/trainer:{b}-0.1.0" for b in ("cpu", "cpu-ccl", "xpu", "cuda")}
-    )
+    images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
     shm_size: str = "2Gi"  # dataloader shared memory
     termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
 
 
 def short_name(name: str, suffix: str, limit: int = 63) -> str:
@@ -141,15 +135,12 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def _pod_spec(
-    meta: dict[str, Any],
-    spec: FinetuneJobSpec,
-    settings: Settings,
-    args: list[str],
-    env: list[dict[str, Any]],
-    mounts: list[str],
-) -> dict[str, Any]:
+def _volumes(
+    meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings, mounts: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes, the container's mounts, and the env the mounts bring (the HF token file)."""
     names = Names.of(meta["name"])
+    env: list[dict[str, Any]] = []
     read_only = {"model": True, "data": True, "output": False}
     volumes: list[dict[str, Any]] = [
         {
@@ -183,8 +174,20 @@ def _pod_spec(
             }
         )
         volume_mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env = [*env, {"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"}]
-    resources = spec.resources.model_dump() if spec.resources else DEFAULT_RESOURCES[spec.backend]
+        env.append({"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"})
+    return volumes, volume_mounts, env
+
+
+def _pod_spec(
+    meta: dict[str, Any],
+    spec: FinetuneJobSpec,
+    settings: Settings,
+    args: list[str],
+    env: list[dict[str, Any]],
+    mounts: list[str],
+) -> dict[str, Any]:
+    volumes, volume_mounts, mount_env = _volumes(meta, spec, settings, mounts)
+    resources = spec.resources.model_dump() if spec.resources else backends.get(spec.backend).resources()
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
@@ -205,6 +208,7 @@ def _pod_spec(
                     {"name": "KUBETUNE_CONFIG", "value": "/config/config.yaml"},
                     {"name": "KUBETUNE_PROGRESS", "value": "json"},
                     *env,
+                    *mount_env,
                 ],
                 "resources": resources,
                 "volumeMounts": volume_mounts,
@@ -214,6 +218,13 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
+    return _place(pod, spec, settings)
+
+
+def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """Where and how the pod may run: pull secrets and the FinetuneJob's scheduling."""
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     sched = spec.scheduling
     if sched.node_selector:
         pod["nodeSelector"] = sched.node_selector
@@ -259,7 +270,8 @@ def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Set
                 },
             ]
         },
-        "suspend": spec.run_policy.suspend,
+        # Queued: created suspended, as Kueue's webhook would make it anyway; Kueue unsuspends it on admission.
+        "suspend": spec.run_policy.suspend or bool(spec.scheduling.queue_name),
         "template": {"metadata": {"labels": _labels(meta, spec, "worker")}, "spec": pod},
     }
     if spec.run_policy.active_deadline_seconds:

@@ -5,46 +5,70 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubetune.api import backends
 from kubetune.api.sources import env_number
 from kubetune.operator.render import Settings
-
-BACKENDS = ("cpu", "cpu-ccl", "xpu", "cuda")
 
 
 class SettingsError(ValueError):
     """One line naming the variable that is wrong."""
 
 
-def image_var(backend: str) -> str:
-    return "KUBETUNE_IMAGE_" + backend.upper().replace("-", "_")
+@dataclass(frozen=True)
+class Knob:
+    """One numeric setting: its variable, default and bounds. The chart's values schema is generated from
+    these (tools/gen_chart.py), so `helm install` refuses exactly what the operator would refuse."""
+
+    env: str
+    default: float
+    kind: type
+    minimum: float
+    maximum: float | None = None
+
+    def read(self, env: Mapping[str, str]) -> float:
+        try:
+            value = env_number(env, self.env, self.default, self.kind, self.minimum)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if self.maximum is not None and value > self.maximum:
+            raise SettingsError(f"env {self.env}: must be <= {self.maximum}, got {env[self.env]}")
+        return value
+
+
+POLL_SECONDS = Knob("KUBETUNE_POLL_SECONDS", 10.0, float, 0.05, 3600)
+TERMINATION_GRACE_SECONDS = Knob("KUBETUNE_TERMINATION_GRACE_SECONDS", Settings().termination_grace_seconds, int, 1)
+METRICS_PORT = Knob("KUBETUNE_METRICS_PORT", 9090, int, 0, 65535)
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     render: Settings = field(default_factory=Settings)
-    poll_seconds: float = 10.0  # how often each running FinetuneJob is reconciled and its progress read
-    metrics_port: int = 9090  # Prometheus /metrics; 0 turns it off
+    poll_seconds: float = POLL_SECONDS.default  # how often each running FinetuneJob is reconciled and its progress read
+    metrics_port: int = int(METRICS_PORT.default)  # Prometheus /metrics; 0 turns it off
+    watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
-    try:
-        return env_number(env, name, default, kind, minimum)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+def watch_namespaces(env: Mapping[str, str]) -> tuple[str, ...]:
+    """KUBETUNE_WATCH_NAMESPACES (comma-separated, the chart's namespaced mode); empty means all."""
+    return _csv(env, "KUBETUNE_WATCH_NAMESPACES")
+
+
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in env.get(name, "").split(",") if v.strip())
 
 
 def from_env(env: Mapping[str, str]) -> OperatorConfig:
     defaults = Settings()
-    images = {b: env.get(image_var(b)) or defaults.images[b] for b in BACKENDS}
+    images = {b.name: env.get(b.image_var) or defaults.images[b.name] for b in backends.TABLE.values()}
     render = Settings(
         images=images,
         shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,
-        termination_grace_seconds=int(
-            _number(env, "KUBETUNE_TERMINATION_GRACE_SECONDS", defaults.termination_grace_seconds, int, 1)
-        ),
+        image_pull_secrets=_csv(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
+        termination_grace_seconds=int(TERMINATION_GRACE_SECONDS.read(env)),
     )
     return OperatorConfig(
         render=render,
-        poll_seconds=float(_number(env, "KUBETUNE_POLL_SECONDS", 10.0, float, 0.05)),
-        metrics_port=int(_number(env, "KUBETUNE_METRICS_PORT", 9090, int, 0)),
+        poll_seconds=float(POLL_SECONDS.read(env)),
+        metrics_port=int(METRICS_PORT.read(env)),
+        watch_namespaces=watch_namespaces(env),
     )

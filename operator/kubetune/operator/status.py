@@ -11,13 +11,22 @@ same observation: that is what makes it idempotent.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.api import backends
+from kubetune.api.finetunejob import (
+    KIND,
+    QUEUED_SUSPEND_MESSAGE,
+    FinetuneJobSpec,
+    FinetuneJobStatus,
+    Progress,
+    name_problem,
+)
 from kubetune.operator.render import (
     CONTAINER,
     EXIT_PREEMPTED,
@@ -32,13 +41,6 @@ from kubetune.operator.render import (
 TERMINAL = ("Succeeded", "Failed")
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
-# Collectives each backend's image cannot run (ccl needs the cpu-ccl image; nccl a CUDA GPU; xccl an XPU).
-UNAVAILABLE_COLLECTIVES = {
-    "cpu": {"ccl", "nccl", "xccl"},
-    "cpu-ccl": {"nccl", "xccl"},
-    "xpu": {"nccl", "ccl"},
-    "cuda": {"ccl", "xccl"},
-}
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Observed:
     worker_pods: tuple[PodView, ...] = ()
     merge_pods: tuple[PodView, ...] = ()
     rank0_log: str | None = None  # the tail of the newest rank-0 pod's log
+    not_ours: tuple[tuple[str, str, str], ...] = ()  # (ownership, kind, name) of a ConfigMap/Service not ours
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,16 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
             problems.append(f"{where}: {err['msg']}")
         return None, problems
     problems = []
-    if spec.training.distributed.backend in UNAVAILABLE_COLLECTIVES[spec.backend]:
+    if spec.scheduling.queue_name and spec.run_policy.suspend:
+        problems.append(QUEUED_SUSPEND_MESSAGE)
+    backend = backends.get(spec.backend)
+    collective = spec.training.distributed.backend
+    if collective != "auto" and collective not in backend.collectives:
         problems.append(
             f"spec.training.distributed.backend: {spec.training.distributed.backend!r} does not run on backend "
             f"{spec.backend!r} (leave it 'auto')"
         )
-    if spec.backend in ("xpu", "cuda") and spec.training.training.device not in ("auto", spec.backend):
+    if backend.device and spec.training.training.device not in ("auto", spec.backend):
         problems.append(
             f"spec.training.training.device: {spec.training.training.device!r} on backend {spec.backend!r} "
             "would leave the requested accelerator idle"
@@ -136,7 +143,7 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
 
 
 def parse_progress(log: str | None) -> dict[str, Any] | None:
-    """The last `{"event": "progress", ...}` line of a log tail (other lines are ignored)."""
+    """The last well-formed `{"event": "progress", ...}` line of a log tail (other lines are ignored)."""
     for line in reversed((log or "").splitlines()):
         line = line.strip()
         if not line.startswith("{"):
@@ -145,9 +152,17 @@ def parse_progress(log: str | None) -> dict[str, Any] | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("event") == "progress":
+        if isinstance(record, dict) and record.get("event") == "progress" and _valid_progress(record):
             return record
     return None
+
+
+def _valid_progress(record: dict[str, Any]) -> bool:
+    try:
+        Progress.model_validate(progress_status(record))
+    except ValidationError:
+        return False  # a garbled line must not stop the reconcile (status goes through the model)
+    return True
 
 
 def parse_termination(message: str | None) -> dict[str, Any] | None:
@@ -222,11 +237,14 @@ class _Status:
     """A mutable copy of status that records a transition (and its event) when the phase changes."""
 
     def __init__(self, old: dict[str, Any], now: datetime):
-        self.old_phase = old.get("phase")
         self.data = dict(old)
         self.data.setdefault("conditions", [])
         self.now = now
         self.events: list[Event] = []
+
+    @property
+    def current(self) -> str | None:
+        return self.data.get("phase")
 
     def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
         self.data["conditions"] = set_condition(self.data["conditions"], type_, status, reason, message, self.now)
@@ -238,128 +256,236 @@ class _Status:
         self.data["message"] = message
 
 
+@dataclass
+class _Pass:
+    """One reconcile pass: what every step reads, and the plan and status they build."""
+
+    meta: dict[str, Any]
+    spec: FinetuneJobSpec
+    seen: Observed
+    settings: Settings
+    st: _Status
+    plan: Plan = field(default_factory=Plan)
+
+    @property
+    def names(self) -> Names:
+        return Names.of(self.meta["name"])
+
+
+Step = Callable[[_Pass], Plan | None]  # a Plan ends the pass, None goes on to the next step
+
+
 def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed,
            settings: Settings) -> Plan:  # fmt: skip
-    now = seen.now
-    st = _Status(status or {}, now)
-    plan = Plan()
-    names = Names.of(meta["name"])
-
+    """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
+    the pass. The deadline comes before the children, so a job past it never gets a child created."""
+    st = _Status(status or {}, seen.now)
     spec, problems = spec_problems(raw_spec)
-    if spec is None:
-        message = "; ".join(problems)
-        st.condition("Failed", "True", "InvalidSpec", message)
-        st.phase("Failed", "InvalidSpec", message, warning=True)
-        st.data.setdefault("completionTime", iso(now))
-        return _finish(plan, st, done=True)
+    name = name_problem(meta["name"])
+    if spec is None or name:
+        return _invalid(Plan(), st, [name] if name else problems)
+    run = _Pass(meta, spec, seen, settings, st)
+    if st.current in TERMINAL:
+        return _expire(run)
+    steps: tuple[Step, ...] = (_ownership, _deadline, _ensure_children, _restarts, _merging, _suspension,
+                               _observe_workers)  # fmt: skip
+    for step in steps:
+        plan = step(run)
+        if plan is not None:
+            return plan
+    return _finish(run.plan, st)
 
-    phase = st.data.get("phase")
-    if phase in TERMINAL:
-        return _expire(plan, st, spec, seen, names)
 
-    # Someone else's object under our name: never adopt it.
-    for job in (seen.workers, seen.merge):
-        if job is not None and meta.get("uid") and not _owned_by(job, meta["uid"]):
-            message = f"Job {job['metadata']['name']} exists and is not owned by this FinetuneJob"
-            st.condition("Failed", "True", "NameConflict", message)
-            st.phase("Failed", "NameConflict", message, warning=True)
-            st.data["completionTime"] = iso(now)
-            return _finish(plan, st, done=True)
+def _invalid(plan: Plan, st: _Status, problems: list[str]) -> Plan:
+    message = "; ".join(problems)
+    st.condition("Failed", "True", "InvalidSpec", message)
+    st.phase("Failed", "InvalidSpec", message, warning=True)
+    st.data.setdefault("completionTime", iso(st.now))
+    return _finish(plan, st, done=True)
 
-    # Children. Creating an existing one adopts it (the handler treats 409 as success).
-    if not seen.has_config:
-        plan.create.append(render_configmap(meta, spec))
-    if not seen.has_service:
-        plan.create.append(render_service(meta))
-    if phase == "Merging" and seen.merge is None:
-        plan.create.append(render_merge_job(meta, spec, settings))  # deleted by hand: the merge runs again
-    if phase != "Merging" and seen.workers is None:
-        plan.create.append(render_worker_job(meta, spec, settings))
-        if phase is None:
-            st.condition("Created", "True", "ChildrenCreated", f"ConfigMap, Service and Job {names.workers}")
-            st.phase("Pending", "Created", f"waiting for {spec.nodes} worker pod(s)")
 
-    # Deadline over the whole run (training and merge); the worker Job also carries it as a backstop.
-    deadline = spec.run_policy.active_deadline_seconds
-    started = parse_time(st.data.get("startTime"))
-    job_failed = job_condition(seen.workers, "Failed")
-    if deadline and (
-        (started and now - started > timedelta(seconds=deadline))
+def owner_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The controller (or first) ownerReference of an object."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+
+
+def ownership(obj: dict[str, Any], meta: dict[str, Any]) -> str:
+    """ours | previous (a deleted FinetuneJob of the same name, awaiting garbage collection) | foreign."""
+    if _owned_by(obj, meta.get("uid", "")):
+        return "ours"
+    ref = owner_of(obj) or {}
+    same_name = ref.get("kind") == KIND and ref.get("name") == meta["name"]
+    if same_name or obj.get("metadata", {}).get("deletionTimestamp"):
+        return "previous"
+    return "foreign"
+
+
+def _ownership(run: _Pass) -> Plan | None:
+    """Someone else's object under our name is never adopted; the previous run's is waited for (GC)."""
+    st = run.st
+    if run.seen.not_ours:
+        return _not_ours(run.plan, st, *run.seen.not_ours[0])
+    for job in (run.seen.workers, run.seen.merge):
+        if job is None or not run.meta.get("uid"):
+            continue
+        found = ownership(job, run.meta)
+        if found != "ours":
+            return _not_ours(run.plan, st, found, "Job", job["metadata"]["name"])
+    return None
+
+
+def not_ours(old: dict[str, Any], now: datetime, found: str, kind: str, name: str) -> Plan:
+    """A create met an existing object that is not ours (Cluster.create's "previous" or "foreign")."""
+    return _not_ours(Plan(), _Status(old, now), found, kind, name)
+
+
+def _not_ours(plan: Plan, st: _Status, found: str, kind: str, name: str) -> Plan:
+    if found == "previous":  # delete + re-apply at once: the old children are still being collected
+        message = f"{kind} {name} of a deleted FinetuneJob with this name is still being garbage-collected"
+        st.phase(st.current if st.current in ("Pending", "Suspended") else "Pending", "WaitingForCleanup", message)
+        return _finish(plan, st)
+    message = f"{kind} {name} exists and is not owned by this FinetuneJob"
+    st.condition("Failed", "True", "NameConflict", message)
+    st.phase("Failed", "NameConflict", message, warning=True)
+    st.data["completionTime"] = iso(st.now)
+    return _finish(plan, st, done=True)
+
+
+def refused(old: dict[str, Any], now: datetime, kind: str, name: str, code: int, message: str) -> Plan:
+    """The API server refused to create a child. 400/422 (invalid) will not change: the job fails with the
+    server's words. 403 (RBAC, quota, admission) may be fixed by an admin: reported, and retried."""
+    st = _Status(old, now)
+    text = f"creating {kind} {name} was refused ({code}): {message}"
+    if code == 403:
+        st.condition("Created", "False", "Forbidden", text)
+        if st.data.get("message") != text:
+            st.events.append(Event("Warning", "Forbidden", text))
+        st.data["phase"], st.data["message"] = st.current or "Pending", text
+        return _finish(Plan(), st)
+    return _fail(Plan(), st, "Invalid" if code in (400, 422) else "CreateRefused", text)
+
+
+def _deadline(run: _Pass) -> Plan | None:
+    """Over the whole run (training and merge); the worker Job also carries it as a backstop."""
+    deadline = run.spec.run_policy.active_deadline_seconds
+    started = parse_time(run.st.data.get("startTime"))
+    job_failed = job_condition(run.seen.workers, "Failed")
+    if not deadline or not (
+        (started and run.seen.now - started > timedelta(seconds=deadline))
         or (job_failed and job_failed.get("reason") == "DeadlineExceeded")
     ):
-        message = f"activeDeadlineSeconds={deadline} passed before the job finished"
-        plan.delete += [("Job", names.workers), ("Job", names.merge)]
-        return _fail(plan, st, "DeadlineExceeded", message)
+        return None
+    run.plan.delete += [("Job", run.names.workers), ("Job", run.names.merge)]
+    return _fail(run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job "
+                 "finished")  # fmt: skip
 
-    _count_restarts(st, seen.worker_pods)
 
-    if phase == "Merging":
-        return _merging(plan, st, spec, seen, names)
+def _ensure_children(run: _Pass) -> None:
+    """Create what is missing. An existing one is adopted only when it is ours (Cluster.create checks)."""
+    seen, phase, plan = run.seen, run.st.current, run.plan
+    if not seen.has_config:
+        plan.create.append(render_configmap(run.meta, run.spec))
+    if not seen.has_service:
+        plan.create.append(render_service(run.meta))
+    if phase == "Merging" and seen.merge is None:
+        plan.create.append(render_merge_job(run.meta, run.spec, run.settings))  # deleted by hand: merge again
+    if phase != "Merging" and seen.workers is None:
+        plan.create.append(render_worker_job(run.meta, run.spec, run.settings))
+        if phase is None:
+            run.st.condition("Created", "True", "ChildrenCreated", f"ConfigMap, Service and Job {run.names.workers}")
+            run.st.phase("Pending", "Created", f"waiting for {run.spec.nodes} worker pod(s)")
 
-    # Suspend / resume: the Job controller removes the pods (SIGTERM -> checkpoint) and recreates them.
-    want_suspend = spec.run_policy.suspend
-    if seen.workers is not None and bool((seen.workers.get("spec") or {}).get("suspend")) != want_suspend:
-        plan.suspend_workers = want_suspend
-    if want_suspend:
+
+def _restarts(run: _Pass) -> None:
+    _count_restarts(run.st, run.seen.worker_pods)
+
+
+def _suspension(run: _Pass) -> Plan | None:
+    """runPolicy.suspend: the Job controller removes the pods (SIGTERM -> checkpoint) and recreates them.
+
+    A queued job's suspension is Kueue's (it creates the Job suspended and unsuspends it on admission):
+    the operator never writes spec.suspend then, and reports the wait instead."""
+    st, seen, spec = run.st, run.seen, run.spec
+    job_suspended = bool(((seen.workers or {}).get("spec") or {}).get("suspend"))
+    queue = spec.scheduling.queue_name
+    if queue:
+        if seen.workers is not None and job_suspended:
+            st.phase("Pending", "Queued", f"queued in Kueue LocalQueue {queue}: waiting for admission")
+            return _finish(run.plan, st)
+        return None
+    want = spec.run_policy.suspend
+    if seen.workers is not None and job_suspended != want:
+        run.plan.suspend_workers = want
+    if want:
         active = [p for p in seen.worker_pods if p.phase in ("Pending", "Running")]
         st.condition("Running", "False", "Suspended", "")
         st.condition("Suspended", "True", "Suspended", "runPolicy.suspend is true")
         st.phase("Suspended", "Suspended", f"suspended; {len(active)} worker pod(s) still stopping"
                  if active else "suspended; checkpoints are kept on the output volume")  # fmt: skip
         st.data.pop("startTime", None)  # like a Job: the deadline restarts on resume
-        return _finish(plan, st)
-    if phase == "Suspended":
+        return _finish(run.plan, st)
+    if st.current == "Suspended":
         st.condition("Suspended", "False", "Resumed", "")
         st.phase("Pending", "Resumed", "resuming from the last checkpoint")
+    return None
 
+
+def _observe_workers(run: _Pass) -> Plan | None:
+    """The worker Job's outcome, progress from the rank-0 log, and Running once a pod runs."""
+    st, seen, spec = run.st, run.seen, run.spec
     if seen.workers is None:
-        return _finish(plan, st)
-
+        return None
+    job_failed = job_condition(seen.workers, "Failed")
     if job_failed:
         fallback = f"{job_failed.get('reason', 'Failed')}: {job_failed.get('message', '')}".strip(": ")
-        return _fail(
-            plan, st, job_failed.get("reason") or "WorkersFailed", _failure_message(seen.worker_pods, fallback)
-        )
-
+        reason = job_failed.get("reason") or "WorkersFailed"
+        return _fail(run.plan, st, reason, _failure_message(seen.worker_pods, fallback))
     record = parse_progress(seen.rank0_log)
     if record:
         st.data["progress"] = progress_status(record)
         if record.get("step") is not None and record.get("total_steps"):
             st.data["progressSummary"] = f"{record['step']}/{record['total_steps']}"
-
     if job_condition(seen.workers, "Complete"):
-        summary = _summary(seen.worker_pods)
-        if summary:
-            _apply_summary(st, summary)
-        st.data["adapterPath"] = volume_path(spec.storage.output, "adapter")
-        st.condition("Running", "False", "TrainingSucceeded", "")
-        done_msg = _trained_message(summary)
-        if spec.merge.enabled:
-            if seen.merge is None:
-                plan.create.append(render_merge_job(meta, spec, settings))
-            st.phase("Merging", "TrainingSucceeded", f"{done_msg}; merging the adapter into the base model")
-            return _finish(plan, st)
-        return _succeed(plan, st, done_msg)
-
+        return _trained(run)
     running = [p for p in seen.worker_pods if p.phase == "Running"]
     active = int(((seen.workers.get("status") or {}).get("active")) or 0)
     if running or active:
-        st.data.setdefault("startTime", iso(now))
+        st.data.setdefault("startTime", iso(seen.now))
         st.condition("Running", "True", "WorkersRunning", f"{len(running) or active}/{spec.nodes} worker pod(s)")
         progress = st.data.get("progressSummary")
         st.phase("Running", "Running", f"training{' step ' + progress if progress else ''}")
-    return _finish(plan, st)
+    return None
 
 
-def _merging(plan: Plan, st: _Status, spec: FinetuneJobSpec, seen: Observed, names: Names) -> Plan:
+def _trained(run: _Pass) -> Plan:
+    st, spec = run.st, run.spec
+    summary = _summary(run.seen.worker_pods)
+    if summary:
+        _apply_summary(st, summary)
+    st.data["adapterPath"] = volume_path(spec.storage.output, "adapter")
+    st.condition("Running", "False", "TrainingSucceeded", "")
+    done_msg = _trained_message(summary)
+    if not spec.merge.enabled:
+        return _succeed(run.plan, st, done_msg)
+    if run.seen.merge is None:
+        run.plan.create.append(render_merge_job(run.meta, spec, run.settings))
+    st.phase("Merging", "TrainingSucceeded", f"{done_msg}; merging the adapter into the base model")
+    return _finish(run.plan, st)
+
+
+def _merging(run: _Pass) -> Plan | None:
+    if run.st.current != "Merging":
+        return None
+    plan, st, seen = run.plan, run.st, run.seen
     if seen.merge is None:
-        return _finish(plan, st)  # (re)created by this pass: see the children above
+        return _finish(plan, st)  # (re)created by this pass: see _ensure_children
     failed = job_condition(seen.merge, "Failed")
     if failed:
-        message = _failure_message(seen.merge_pods, f"merge Job {names.merge} failed: {failed.get('reason', '')}")
-        return _fail(plan, st, "MergeFailed", message)
+        fallback = f"merge Job {run.names.merge} failed: {failed.get('reason', '')}"
+        return _fail(plan, st, "MergeFailed", _failure_message(seen.merge_pods, fallback))
     if job_condition(seen.merge, "Complete"):
-        st.data["mergedPath"] = volume_path(spec.storage.output, "merged")
+        st.data["mergedPath"] = volume_path(run.spec.storage.output, "merged")
         return _succeed(plan, st, "adapter trained and merged")
     return _finish(plan, st)
 
@@ -379,9 +505,10 @@ def _fail(plan: Plan, st: _Status, reason: str, message: str) -> Plan:
     return _finish(plan, st)
 
 
-def _expire(plan: Plan, st: _Status, spec: FinetuneJobSpec, seen: Observed, names: Names) -> Plan:
+def _expire(run: _Pass) -> Plan:
     """ttlSecondsAfterFinished: remove the children of a finished job, keep the FinetuneJob and its status."""
-    ttl = spec.run_policy.ttl_seconds_after_finished
+    plan, st, seen, names = run.plan, run.st, run.seen, run.names
+    ttl = run.spec.run_policy.ttl_seconds_after_finished
     finished = parse_time(st.data.get("completionTime"))
     if ttl is None or finished is None:
         return _finish(plan, st, done=True)
@@ -455,8 +582,14 @@ def _trained_message(summary: dict[str, Any] | None) -> str:
     return f"trained {summary.get('steps')} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
 
 
+def checked(status: dict[str, Any]) -> dict[str, Any]:
+    """The status through FinetuneJobStatus: a misspelled or mistyped key fails here (and in the tests)
+    instead of being pruned silently by the API server. Keys stay as given; nothing is defaulted in."""
+    return FinetuneJobStatus.model_validate(status).model_dump(by_alias=True, exclude_unset=True)
+
+
 def _finish(plan: Plan, st: _Status, done: bool = False) -> Plan:
-    plan.status = st.data
+    plan.status = checked(st.data)
     plan.events = st.events
     plan.done = done
     return plan

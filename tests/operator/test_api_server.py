@@ -1,0 +1,182 @@
+"""The operator against what a real API server, Kueue and the garbage collector do (issue 11): the emulator
+refuses bad names (422) and what RBAC forbids (403), suspends queued Jobs like Kueue's webhook, and collects
+the children of deleted owners. Each test fails on an operator that ignores that behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from kube import (
+    NAMES,
+    RBAC,
+    Cluster,
+    chart_rbac,
+    condition,
+    eventually,
+    finetunejob,
+    job_status,
+    operator,
+    phase_is,
+    pod,
+)
+
+from kubetune.operator.render import Names
+
+
+async def warning_events(api: Cluster, reason: str) -> list[dict[str, Any]]:
+    return [e for e in await api.list("Event") if e.get("reason") == reason and e.get("type") == "Warning"]
+
+
+def without(rbac: RBAC, resource: str, verb: str) -> RBAC:
+    return RBAC([replace(r, verbs=r.verbs - {verb}) if resource in r.resources else r for r in rbac.rules])
+
+
+async def test_the_charts_rbac_is_enough_for_the_whole_flow(cluster: Cluster):
+    cluster.kmock.rbac = chart_rbac()
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Running")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+
+
+async def test_block_owner_deletion_needs_the_finalizers_right(cluster: Cluster):
+    # OwnerReferencesPermissionEnforcement: without update on finetunejobs/finalizers every create is refused.
+    cluster.kmock.rbac = without(chart_rbac(), "finetunejobs/finalizers", "update")
+    with operator():
+        await cluster.create(finetunejob())
+        obj = await eventually(lambda: _condition(cluster, "Created", "Forbidden"), what="Created=False/Forbidden")
+    assert "finetunejobs/finalizers" in obj["message"] and await cluster.get("ConfigMap", NAMES.config) is None
+
+
+async def _condition(api: Cluster, type_: str, reason: str, name: str = "quotes") -> dict[str, Any] | None:
+    obj = await api.get("FinetuneJob", name)
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_ and c["reason"] == reason), None)
+
+
+async def test_a_forbidden_create_is_reported_then_retried_once_allowed(cluster: Cluster):
+    rbac = chart_rbac()
+    cluster.kmock.rbac = without(rbac, "jobs", "create")
+    with operator():
+        await cluster.create(finetunejob())
+        cond = await eventually(lambda: _condition(cluster, "Created", "Forbidden"), what="Created=False/Forbidden")
+        assert 'cannot create resource "jobs" in API group "batch"' in cond["message"]
+        assert len(await warning_events(cluster, "Forbidden")) == 1  # once, not every poll
+        cluster.kmock.rbac = rbac  # the admin fixes the Role
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job once allowed")
+        await phase_is(cluster, "Pending")
+
+
+async def test_an_invalid_child_fails_the_job_with_the_servers_message(cluster: Cluster):
+    # A queue name that is not a valid label value: the API server answers 422 to the worker Job.
+    with operator():
+        await cluster.create(finetunejob(scheduling={"queueName": "team a!"}))
+        failed = await phase_is(cluster, "Failed")
+    assert failed["status"]["message"].startswith(f"creating Job {NAMES.workers} was refused (422): Job ")
+    assert "'team a!'" in failed["status"]["message"]
+    assert await warning_events(cluster, "Invalid")
+
+
+async def test_a_strangers_configmap_is_never_adopted(cluster: Cluster):
+    await cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAMES.config},
+                          "data": {"config.yaml": "someone else's"}})  # fmt: skip
+    with operator():
+        await cluster.create(finetunejob())
+        failed = await phase_is(cluster, "Failed")
+    assert failed["status"]["message"] == f"ConfigMap {NAMES.config} exists and is not owned by this FinetuneJob"
+    assert (await cluster.get("ConfigMap", NAMES.config))["data"]["config.yaml"] == "someone else's"
+
+
+async def test_a_name_at_the_limit_gets_children_the_server_accepts(cluster: Cluster):
+    name = "q" * 63  # the longest name the CRD admits
+    names = Names.of(name)
+    with operator():
+        await cluster.create(finetunejob(name=name))
+        job = await eventually(lambda: cluster.get("Job", names.workers), what="worker Job")
+        await phase_is(cluster, "Pending", name=name)
+    assert await cluster.get("Service", names.service) and await cluster.get("ConfigMap", names.config)
+    assert job["spec"]["template"]["metadata"]["labels"]["kubetune.dev/finetunejob"] == name
+
+
+async def test_kueue_owns_the_suspension_of_a_queued_job(cluster: Cluster):
+    cluster.kmock.kueue = True
+    with operator():
+        await cluster.create(finetunejob(scheduling={"queueName": "team-a"}))
+        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        assert job["spec"]["suspend"] is True
+        queued = await eventually(lambda: _message(cluster, "Kueue"), what="Queued")
+        assert "team-a" in queued
+        await phase_is(cluster, "Pending")
+        await eventually(lambda: _reconciled_since(cluster, 5), what="a few more polls")
+        assert (await cluster.get("Job", NAMES.workers))["spec"]["suspend"] is True  # quota not bypassed
+        assert cluster.requests("patch", "Job") == 0
+        await cluster.patch("Job", NAMES.workers, {"spec": {"suspend": False}})  # Kueue admits it
+        await pod(cluster, 0, "Running")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+
+
+async def _message(api: Cluster, part: str) -> str | None:
+    obj = await api.get("FinetuneJob", "quotes")
+    message = ((obj or {}).get("status") or {}).get("message") or ""
+    return message if part in message else None
+
+
+async def _reconciled_since(api: Cluster, polls: int) -> bool:
+    if not hasattr(api, "_mark"):
+        api._mark = api.requests("get", "FinetuneJob")  # type: ignore[attr-defined]
+    return api.requests("get", "FinetuneJob") - api._mark >= polls  # type: ignore[attr-defined]
+
+
+async def test_no_finalizer_so_deletion_never_waits_for_the_operator(cluster: Cluster):
+    with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await phase_is(cluster, "Pending")
+    obj = await cluster.get("FinetuneJob", "quotes")
+    assert not obj["metadata"].get("finalizers")
+    # The operator is gone (helm uninstall keeps the CRD): deleting still completes, children are collected.
+    assert await cluster.delete("FinetuneJob", "quotes")
+    assert await cluster.get("FinetuneJob", "quotes") is None
+    await eventually(lambda: _gone(cluster, "Job", NAMES.workers), what="the worker Job garbage-collected")
+
+
+async def _gone(api: Cluster, kind: str, name: str) -> bool:
+    return await api.get(kind, name) is None
+
+
+async def test_delete_and_reapply_waits_for_the_old_children(cluster: Cluster):
+    cluster.kmock.gc_delay = 1.0
+    with operator():
+        await cluster.create(finetunejob())
+        old = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await cluster.delete("FinetuneJob", "quotes")
+        new = await cluster.create(finetunejob())  # at once: the old Job is still there
+
+        async def new_job() -> dict[str, Any] | None:
+            job = await cluster.get("Job", NAMES.workers)
+            owner = ((job or {}).get("metadata") or {}).get("ownerReferences") or [{}]
+            return job if owner[0].get("uid") == new["metadata"]["uid"] else None
+
+        await eventually(new_job, what="the new run's worker Job")
+        await phase_is(cluster, "Pending")
+    assert old["metadata"]["uid"] != (await cluster.get("Job", NAMES.workers))["metadata"]["uid"]
+    assert not await warning_events(cluster, "NameConflict")
+
+
+@pytest.mark.parametrize("namespaced", [True])
+async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, monkeypatch, namespaced):
+    cluster.kmock.rbac = chart_rbac({"watch": {"namespaced": namespaced, "namespaces": ["ml"]}})
+    monkeypatch.setenv("KUBETUNE_WATCH_NAMESPACES", "ml")
+    with operator("--standalone", env={"KUBETUNE_WATCH_NAMESPACES": "ml"}):
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        await phase_is(cluster, "Merging")
+    seen = [r for method in ("get", "post", "patch", "delete") for r in cluster.kmock[method]]
+    cluster_scoped = [str(r.url) for r in seen if r.resource is not None and r.resource.plural and r.namespace is None]
+    assert cluster_scoped == []

@@ -163,3 +163,18 @@ def test_a_queued_job_cannot_be_suspended_through_the_spec():
     queued = ftj(scheduling={"queueName": "team-a"}, runPolicy={"suspend": True})
     assert cel_errors(queued) == [QUEUED_SUSPEND_MESSAGE]
     assert cel_errors(ftj(scheduling={"queueName": "team-a"}, runPolicy={"suspend": False})) == []
+
+
+def test_the_backend_table_is_the_one_list_of_backends():
+    from typing import get_args
+
+    from kubetune.api import backends
+    from kubetune.api.config import DistributedSection
+
+    assert get_args(backends.BackendName) == backends.NAMES  # the CRD enum and the table agree
+    assert ROOT["properties"]["spec"]["properties"]["backend"]["enum"] == list(backends.NAMES)
+    collectives = set(get_args(DistributedSection.model_fields["backend"].annotation)) - {"auto"}
+    for backend in backends.TABLE.values():
+        assert backend.collectives <= collectives and "gloo" in backend.collectives, backend.name
+        assert (backend.device is None) == (backend.name.startswith("cpu")), backend.name
+        assert backend.device is None or backend.limits.get(backend.device) == 1, backend.name

@@ -180,3 +180,17 @@ async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, m
     seen = [r for method in ("get", "post", "patch", "delete") for r in cluster.kmock[method]]
     cluster_scoped = [str(r.url) for r in seen if r.resource is not None and r.resource.plural and r.namespace is None]
     assert cluster_scoped == []
+
+
+async def test_a_finalizer_left_by_an_older_operator_is_removed(cluster: Cluster):
+    old = finetunejob()
+    old["metadata"]["finalizers"] = ["kubetune.dev/finalizer"]
+    with operator():
+        await cluster.create(old)
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+
+        async def released() -> bool:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return not obj["metadata"].get("finalizers")
+
+        await eventually(released, what="the old finalizer removed")

@@ -151,6 +151,8 @@ def _without_finalizer(registry: Any, fn: Any) -> None:
     handler is replaced by a copy without; kopf also removes the finalizer older versions left on objects.
     tests/operator proves both (a deletion with the operator stopped, and no finalizer on a running job)."""
     spawning = registry._spawning
+    if not any(getattr(h, "fn", None) is fn for h in spawning._handlers):
+        raise RuntimeError("kopf's registry changed: the reconcile daemon was not found")  # fail loud, not silently
     spawning._handlers = [
         dataclasses.replace(h, requires_finalizer=False) if getattr(h, "fn", None) is fn else h
         for h in spawning._handlers

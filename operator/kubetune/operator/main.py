@@ -20,9 +20,11 @@ from kubetune.operator.settings import watch_namespaces
 def priority(identity: str) -> int:
     """A peering priority of its own for each replica (from its pod name, stable for the pod's life).
 
-    kopf pauses every operator that sees a live peer of the same priority, itself included: replicas
-    sharing the default priority 0 would all stand still. With distinct priorities the highest one acts
-    and the others stand by, taking over when its keep-alives stop (kopf's peering lifetime, 60 s)."""
+    kopf pauses every operator that sees a live peer of the same priority, itself included ("If two
+    operators run with the same priority, all operators issue a warning and freeze": docs.kopf.dev,
+    Peering): replicas sharing the default priority 0 would all stand still. With distinct priorities
+    the highest one acts and the others stand by, taking over when its keep-alives stop (kopf's peering
+    lifetime, 60 s)."""
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big") % 1_000_000 + 1
 
 

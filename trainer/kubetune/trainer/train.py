@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from kubetune.api.config import TrainConfig
-from kubetune.trainer import checkpoints, launch
+from kubetune.trainer import checkpoints, launch, selection
 from kubetune.trainer import device as devices
+from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import prepare
 from kubetune.trainer.errors import Preempted, UsageError
@@ -53,9 +54,17 @@ def lora_config(cfg: TrainConfig) -> Any:
 
 
 def training_arguments(
-    cfg: TrainConfig, place: devices.Placement, has_eval: bool, no_bar: bool, backend: str | None = None
+    cfg: TrainConfig,
+    place: devices.Placement,
+    has_eval: bool,
+    no_bar: bool,
+    backend: str | None = None,
+    lr: float | None = None,
 ) -> Any:
-    """Map our config onto transformers' TrainingArguments (pure apart from the class)."""
+    """Map our config onto transformers' TrainingArguments (pure apart from the class).
+
+    `lr` is the resolved rate (lr.resolve); it is required when training.lr is auto.
+    """
     from transformers import TrainingArguments
 
     t = cfg.training
@@ -67,7 +76,7 @@ def training_arguments(
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.lr,
+        learning_rate=lr if lr is not None else t.lr,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
@@ -189,6 +198,9 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
         sum(len(r["input_ids"]) for r in data.train),
     )
 
+    if problem := selection.check(cfg.training.eval_metric, bool(data.eval), data.format):
+        raise UsageError(problem)
+
     # What a checkpoint must agree with to be resumed, and the checkpoint to resume from.
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
@@ -214,6 +226,11 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     elif place.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    try:
+        lr_choice = lrs.resolve(cfg.training.lr, model.config, cfg.lora.alpha)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
     model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
@@ -235,10 +252,11 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
         if resume_from is None:
             metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one appends
     # progress: json (lines on stdout), bar (tqdm), none (metrics.jsonl only; for embedding and benchmarks)
-    args = training_arguments(cfg, place, bool(data.eval), progress != "bar", backend)
+    args = training_arguments(cfg, place, bool(data.eval), progress != "bar", backend, lr_choice.lr)
     reporter = ProgressReporter(metrics_path, print_json=progress == "json")
     strip = [{k: v for k, v in row.items() if k != "where"} for row in data.train]
     strip_eval = [{k: v for k, v in row.items() if k != "where"} for row in data.eval]
+    best = selection.BestAdapter(cfg.training.eval_metric)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         trainer = CompletionTrainer(
@@ -248,8 +266,9 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             eval_dataset=strip_eval or None,
             data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
             processing_class=tokenizer,
-            callbacks=[reporter],
+            callbacks=[reporter, best],
             identity=identity,
+            extra_metrics=selection.extra_metrics(cfg.training.eval_metric, tokenizer, strip_eval),
         )
         trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
         trainer.add_callback(stopper)
@@ -269,6 +288,8 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             last = [h for h in trainer.state.log_history if "eval_loss" in h]
             at_end = last and last[-1].get("step") == trainer.state.global_step
             eval_loss = last[-1]["eval_loss"] if at_end else trainer.evaluate()["eval_loss"]
+        if best.restore(model):
+            log.info("adapter: the weights of step %s (best eval %s %.4g)", best.best_step, best.metric, best.best)
 
     # 5. Outputs (main process only): adapter, run.json, loss.png, termination message.
     summary: dict[str, Any] = {}
@@ -280,7 +301,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
 
         replace_dir_atomically(out / "adapter", save_adapter)
         metrics = read_metrics(metrics_path)
-        plot_loss(metrics, out / "loss.png")
+        plot_loss(metrics, out / "loss.png", best.best_step)
         tokens = trainer.state.num_input_tokens_seen
         losses = [m["loss"] for m in metrics if m.get("event") == "progress" and m.get("loss") is not None]
         summary = {
@@ -293,6 +314,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
             "eval_loss": eval_loss,
+            **best.summary(),
             "tokens": tokens,
             # This session's tokens over this session's time (a resumed run restores the earlier count).
             "tokens_per_second": (tokens - reporter.start_tokens) / train_seconds if train_seconds else None,
@@ -307,6 +329,8 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
                 "precision": place.precision,
                 "precision_reason": place.reason,
                 "threads": place.threads,
+                "lr": lr_choice.lr,
+                "lr_reason": lr_choice.reason,
                 "gradient_checkpointing": place.gradient_checkpointing,
                 "data_format": data.format,
                 "template": data.template,

@@ -12,6 +12,7 @@ them alike. No per-task settings: one configuration per contender.
 Contenders:
   kubetune      `kubetune train` defaults (training.lr: auto), epochs=1
   kubetune-old  the same with the old default training.lr=2e-4
+  kubetune-bf16 / kubetune-fp32 / trl-bf16   precision forced (for the speed comparison; --only)
   trl           TRL's SFTTrainer used plainly at the usual LoRA recipe's lr 2e-4 (its own default is 2e-5),
                 same LoRA (r=16, alpha=32, all-linear), batch 8, fp32
 
@@ -33,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "examples" / "data" / "tasks"
 TASKS = ["extract", "classify", "normalize", "style"]
-CONTENDERS = ["kubetune", "kubetune-old", "trl"]
+CONTENDERS = ["kubetune", "kubetune-old", "trl", "kubetune-bf16", "kubetune-fp32", "trl-bf16"]
+DEFAULT_CONTENDERS = ["kubetune", "kubetune-old", "trl"]
 MODEL = "builtin:smollm2-135m-instruct"
 
 
@@ -127,10 +129,14 @@ def child(name: str, task: str, n_train: int | None, n_test: int | None, lr: flo
     torch.set_num_threads(usable_cores())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if name == "trl":
-            model, tok, info = train_trl(task, Path(tmp), n_train)
+        if name.startswith("trl"):
+            model, tok, info = train_trl(task, Path(tmp), n_train, bf16=name == "trl-bf16")
         else:
-            sets = {"kubetune": [], "kubetune-old": ["training.lr=2e-4"]}.get(name, [])
+            sets = {
+                "kubetune-old": ["training.lr=2e-4"],
+                "kubetune-bf16": ["training.precision=bf16"],
+                "kubetune-fp32": ["training.precision=fp32"],
+            }.get(name, [])
             sets += [f"training.lr={lr}"] if lr is not None else []
             model, tok, info = train_kubetune(task, Path(tmp), sets, n_train)
         em = score(model, tok, read_rows(TASKS_DIR / task / "test.jsonl", n_test))
@@ -161,6 +167,12 @@ def table(results: dict[str, dict[str, dict]], tasks: list[str]) -> str:
     lines.append(f"{'worst':<10} " + " ".join(f"{m:>14.2f}" for m in mins))
     secs = [sum(results[n][t]["train_seconds"] for t in tasks) for n in names]
     lines.append(f"{'train s':<10} " + " ".join(f"{s:>14.0f}" for s in secs))
+    if "kubetune" in results and {"trl", "trl-bf16"} & set(results):
+        faster_trl = min(
+            sum(results[n][t]["train_seconds"] for t in tasks) for n in ("trl", "trl-bf16") if n in results
+        )
+        ours = sum(results["kubetune"][t]["train_seconds"] for t in tasks)
+        lines.append(f"kubetune is {faster_trl / ours:.2f}x the faster TRL setting in training wall time")
     lrs = [results[n][tasks[0]]["lr"] for n in names]
     lines.append(f"{'lr':<10} " + " ".join(f"{lr:>14.3g}" for lr in lrs))
     return "\n".join(lines)
@@ -169,7 +181,7 @@ def table(results: dict[str, dict[str, dict]], tasks: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
-    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=CONTENDERS)
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=DEFAULT_CONTENDERS)
     parser.add_argument("--lr", type=float, nargs="+", help="Sweep: kubetune at these fixed learning rates.")
     parser.add_argument("--train-records", type=int, default=320)
     parser.add_argument("--test-records", type=int, default=60)

@@ -63,3 +63,39 @@ def test_an_eval_without_the_metric_is_ignored():
         None, SimpleNamespace(global_step=1), None, model=torch.nn.Linear(1, 1), metrics={"eval_loss": 1}
     )
     assert keeper.best_step is None
+
+
+class Oracle(torch.nn.Module):
+    """Answers each prompt with a fixed continuation: isolates the scoring from a model's skill."""
+
+    def __init__(self, answers: dict[tuple[int, ...], list[int]], eos: int):
+        super().__init__()
+        self.answers, self.eos = answers, eos
+        self.device = torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            prompt = tuple(i for i, m in zip(ids, mask, strict=True) if m)
+            rows.append(ids + (self.answers[prompt] + [self.eos] * max_new_tokens)[:max_new_tokens])
+        return torch.tensor(rows)
+
+
+def test_exact_match_score_tokenizes_splits_and_compares(tokenizer):
+    from kubetune.trainer.data.formats import Example
+    from kubetune.trainer.data.render import tokenize_examples
+    from kubetune.trainer.selection import exact_match_score
+
+    pairs = [("Say hi", "hi"), ("Name a colour, a longer prompt", "blue"), ("Count", "one two three")]
+    examples = [Example(f"t:{i}", (("user", p), ("assistant", a))) for i, (p, a) in enumerate(pairs)]
+    rows, _ = tokenize_examples(examples, tokenizer, "chat", None, "completion", 256)
+    prompts = [tuple(prompt_and_reference(r["input_ids"], r["labels"])[0]) for r in rows]
+    say = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    right = Oracle({p: say(a) for p, (_, a) in zip(prompts, pairs, strict=True)}, tokenizer.eos_token_id)
+    assert exact_match_score(right, tokenizer, rows, batch_size=2) == 1.0
+    one_wrong = dict(right.answers)
+    one_wrong[prompts[1]] = say("red")
+    model = Oracle(one_wrong, tokenizer.eos_token_id)
+    model.train()
+    assert exact_match_score(model, tokenizer, rows, batch_size=2) == pytest.approx(2 / 3)
+    assert model.training  # the train/eval mode is restored

@@ -12,7 +12,7 @@ export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast e2e lint format bench chart images images-dry-run clean
+.PHONY: help setup demo test test-fast e2e lint format bench quality chart images images-dry-run clean
 
 # Trainer images: one per backend, built with docker or podman, whichever exists.
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -67,6 +67,9 @@ format: setup ## Apply ruff fixes and formatting
 
 bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL (minutes)
 	$(PY) bench/bench_train.py
+
+quality: setup ## Exact match after one epoch on each task of the suite: kubetune defaults vs old lr 2e-4 vs plain TRL (long)
+	$(PY) bench/quality.py
 
 chart: setup ## Regenerate the chart's CRD template and values.schema.json from their models
 	$(PY) tools/gen_chart.py

@@ -53,8 +53,10 @@ def test_defaults_and_bounds_reach_the_api_server():
     assert spec["nodes"]["minimum"] == 1 and spec["nodes"]["default"] == 1
     run_policy = spec["runPolicy"]["properties"]
     assert run_policy["backoffLimit"]["default"] == 3 and run_policy["activeDeadlineSeconds"]["nullable"] is True
-    lr = spec["training"]["properties"]["training"]["properties"]["lr"]
-    assert lr["minimum"] == 0 and lr["exclusiveMinimum"] is True
+    training = spec["training"]["properties"]["training"]["properties"]
+    assert training["epochs"]["minimum"] == 0 and training["epochs"]["exclusiveMinimum"] is True
+    # lr is a number or "auto": no structural type fits both, so the operator's pydantic parse checks it.
+    assert training["lr"]["x-kubernetes-preserve-unknown-fields"] is True and training["lr"]["default"] == "auto"
     assert spec["resources"]["properties"]["limits"]["additionalProperties"] == {"x-kubernetes-int-or-string": True}
 
 

@@ -43,6 +43,7 @@ def test_world_size_mismatch_is_named(monkeypatch):
 def _fitted(global_step=4, epoch=1.0, tokens=1000, start_tokens=200, seconds=8.0, training_loss=0.7, eval_loss=0.5):
     from types import SimpleNamespace
 
+    from kubetune.trainer.selection import BestAdapter
     from kubetune.trainer.train import Fitted
 
     state = SimpleNamespace(global_step=global_step, epoch=epoch, num_input_tokens_seen=tokens)
@@ -52,6 +53,7 @@ def _fitted(global_step=4, epoch=1.0, tokens=1000, start_tokens=200, seconds=8.0
         reporter=SimpleNamespace(start_tokens=start_tokens),
         train_seconds=seconds,
         eval_loss=eval_loss,
+        best=BestAdapter("loss"),
     )
 
 

@@ -133,6 +133,9 @@ class SummaryEvent(_Event):
     first_loss: float | None = None
     final_loss: float | None = None
     eval_loss: float | None = None
+    eval_metric: str = "loss"  # what chose the adapter: the step with the best value of this metric
+    best_step: int | None = None
+    best_value: float | None = None
     tokens: int = 0
     tokens_per_second: float | None = None
     train_seconds: float | None = None

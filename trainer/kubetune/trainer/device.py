@@ -5,11 +5,17 @@ tested without the hardware; `detect()` is the only part that looks at the
 machine. The rule that matters most: bf16 only where it is computed natively.
 On an AVX2-only CPU a bf16 matmul is ~170x slower than fp32, so the seeds'
 `bf16=True` on such a CPU is the slowest possible choice.
+
+Flags are not proof: a VM can advertise AMX/AVX512-BF16 that the hypervisor
+does not pass through, and a seccomp profile can refuse the AMX permission
+request, leaving oneDNN on a slower path. So where the flags say bf16, a short
+matmul probe (~0.3 s) checks that bf16 is in fact not slower than fp32.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +30,8 @@ class Hardware:
     xpu: bool = False
     cpu_flags: frozenset[str] = field(default_factory=frozenset)
     usable_cores: int = 1
+    # fp32 matmul time / bf16 matmul time on this CPU (>1: bf16 faster); None: not probed.
+    bf16_speedup: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,54 @@ class Placement:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
 
+# bf16 must be at least this fast relative to fp32 to be chosen: below it the flags lie or the
+# instructions are refused (an emulated bf16 matmul is 10-170x slower, far below this line).
+MIN_BF16_SPEEDUP = 0.8
+
+
 def cpu_has_native_bf16(flags: frozenset[str]) -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def cpu_bf16_decision(flags: frozenset[str], speedup: float | None) -> tuple[bool, str]:
+    """bf16 on this CPU or not, and why: the flags first, then the probe where there is one."""
+    if not cpu_has_native_bf16(flags):
+        return False, "CPU lacks AMX and AVX512-BF16: bf16 would be emulated (~170x slower)"
+    kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16"
+    if speedup is None:
+        return True, f"CPU has {kind}: bf16 matmuls run natively (not probed)"
+    if speedup < MIN_BF16_SPEEDUP:
+        return False, (
+            f"CPU flags say {kind} but a bf16 matmul ran {1 / max(speedup, 1e-9):.1f}x slower than fp32 "
+            "(instructions not usable here: a VM or a seccomp profile?); fp32"
+        )
+    return True, f"CPU has {kind} and a bf16 matmul ran {speedup:.1f}x as fast as fp32"
+
+
+def _seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    start = time.perf_counter()
+    a @ b
+    return time.perf_counter() - start
+
+
+def probe_bf16_speedup(size: int = 1024, repeats: int = 5) -> float:
+    """fp32 time / bf16 time for one square matmul on one thread; 0.0 when bf16 matmul fails.
+
+    One thread and the two dtypes interleaved, best of `repeats` each: other processes on
+    the machine then disturb both alike, and the best is the least disturbed sample.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        _seconds(a, b), _seconds(a16, b16)  # warm-up: first calls pick kernels and allocate
+        times = [(_seconds(a, b), _seconds(a16, b16)) for _ in range(repeats)]
+    except RuntimeError:
+        return 0.0
+    finally:
+        torch.set_num_threads(threads)
+    return min(t for t, _ in times) / min(t for _, t in times)
 
 
 def usable_cores() -> int:
@@ -72,13 +126,17 @@ def _cpu_flags() -> frozenset[str]:
 def detect() -> Hardware:
     cuda = torch.cuda.is_available()
     xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    flags = _cpu_flags()
+    # Probe only where it can change the answer: a CPU run whose flags claim native bf16.
+    speedup = probe_bf16_speedup() if not (cuda or xpu) and cpu_has_native_bf16(flags) else None
     return Hardware(
         cuda=cuda,
         cuda_capability=torch.cuda.get_device_capability() if cuda else None,
         cuda_name=torch.cuda.get_device_name() if cuda else "",
         xpu=xpu,
-        cpu_flags=_cpu_flags(),
+        cpu_flags=flags,
         usable_cores=usable_cores(),
+        bf16_speedup=speedup,
     )
 
 
@@ -109,14 +167,13 @@ def choose(
             )
         elif device == "xpu":
             precision, reason = "bf16", "Intel XPUs compute bf16 natively"
-        elif cpu_has_native_bf16(hw.cpu_flags):
-            precision, reason = "bf16", "CPU has AMX/AVX512-BF16: bf16 matmuls run natively"
         else:
-            precision, reason = "fp32", "CPU lacks AMX and AVX512-BF16: bf16 would be emulated (~170x slower)"
+            use_bf16, reason = cpu_bf16_decision(hw.cpu_flags, hw.bf16_speedup)
+            precision = "bf16" if use_bf16 else "fp32"
     else:
         reason = "set explicitly"
-        if device == "cpu" and precision == "bf16" and not cpu_has_native_bf16(hw.cpu_flags):
-            reason = "set explicitly; WARNING: this CPU emulates bf16 and will be much slower than fp32"
+        if device == "cpu" and precision == "bf16" and not cpu_bf16_decision(hw.cpu_flags, hw.bf16_speedup)[0]:
+            reason = "set explicitly; WARNING: bf16 matmuls on this CPU are slower than fp32 (emulated or refused)"
         if device == "cpu" and precision == "fp16":
             raise ValueError("training.precision: fp16 training is not supported on CPU (use fp32 or bf16)")
 

@@ -39,7 +39,7 @@ def exact_match(prediction: str, reference: str) -> bool:
     return prediction.strip() == reference.strip()
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch: int) -> list[str]:
+def generate_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch: int) -> list[str]:
     pad = tokenizer.pad_token_id
     out: list[str] = []
     for start in range(0, len(prompts), batch):
@@ -112,9 +112,9 @@ def compare(
         # Answers longer than the longest reference cannot be exact matches: stop early.
         longest = max(len(tokenizer(r, add_special_tokens=False).input_ids) for r in refs if r is not None)
         max_new_tokens = min(max_new_tokens, longest + 8)
-    tuned = _generate(model, tokenizer, encoded, max_new_tokens, batch_size)
+    tuned = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
     with model.disable_adapter():
-        plain = _generate(model, tokenizer, encoded, max_new_tokens, batch_size)
+        plain = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
 
     rows = []
     for (prompt, _, ref), b, f in zip(items, plain, tuned, strict=True):

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,15 @@ def _barrier() -> None:
 
 
 class CompletionTrainer(Trainer):
-    def __init__(self, *args: Any, identity: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        identity: dict[str, Any] | None = None,
+        extra_metrics: Callable[[Any], dict[str, float]] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self.extra_metrics = extra_metrics  # e.g. exact match by generation (selection.py)
         # Our loss is already divided by the whole accumulated batch's token count.
         self.loss_is_scaled_for_ga = True
         self.identity = identity or {}
@@ -51,6 +59,13 @@ class CompletionTrainer(Trainer):
         with torch.no_grad():
             loss_sum, count = selective_loss_sum(model, inputs)
         return (loss_sum / count.clamp(min=1)).detach(), None, None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.extra_metrics is not None:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            output.metrics.update({f"{prefix}_{k}": v for k, v in self.extra_metrics(self.model).items()})
+        return output
 
     # --- atomic checkpoints -------------------------------------------------------------------
 

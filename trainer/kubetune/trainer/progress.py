@@ -123,5 +123,6 @@ class ProgressReporter(TrainerCallback):
                     "step": state.global_step,
                     "epoch": round(logs.get("epoch", 0.0), 4),
                     "eval_loss": logs["eval_loss"],
+                    **({"eval_exact_match": logs["eval_exact_match"]} if "eval_exact_match" in logs else {}),
                 }
             )

@@ -114,8 +114,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss(metrics: list[dict[str, Any]], out: Path) -> bool:
-    """Train and eval loss against step; returns False when there is nothing to plot."""
+def plot_loss(metrics: list[dict[str, Any]], out: Path, best_step: int | None = None) -> bool:
+    """Train and eval loss (and eval exact match, if measured) against step, the kept step marked.
+
+    Returns False when there is nothing to plot.
+    """
     train = [(m["step"], m["loss"]) for m in metrics if m.get("event") == "progress" and m.get("loss") is not None]
     evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("event") == "eval"]
     if not train and not evals:
@@ -130,10 +133,19 @@ def plot_loss(metrics: list[dict[str, Any]], out: Path) -> bool:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    if best_step is not None:
+        ax.axvline(best_step, color="gray", linestyle="--", label=f"adapter (step {best_step})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    matches = [(m["step"], m["eval_exact_match"]) for m in metrics if m.get("eval_exact_match") is not None]
+    if matches:
+        em = ax.twinx()
+        em.plot(*zip(*matches, strict=True), marker="s", color="tab:green", label="eval exact match")
+        em.set_ylim(0, 1.05)
+        em.set_ylabel("exact match")
+        em.legend(loc="upper right")
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)

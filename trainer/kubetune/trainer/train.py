@@ -19,8 +19,9 @@ import torch
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import SummaryEvent
-from kubetune.trainer import checkpoints, launch
+from kubetune.trainer import checkpoints, launch, selection
 from kubetune.trainer import device as devices
+from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import PreparedData, prepare
 from kubetune.trainer.errors import Preempted, UsageError
@@ -55,9 +56,17 @@ def lora_config(cfg: TrainConfig) -> Any:
 
 
 def training_arguments(
-    cfg: TrainConfig, place: devices.Placement, has_eval: bool, no_bar: bool, backend: str | None = None
+    cfg: TrainConfig,
+    place: devices.Placement,
+    has_eval: bool,
+    no_bar: bool,
+    backend: str | None = None,
+    lr: float | None = None,
 ) -> Any:
-    """Map our config onto transformers' TrainingArguments (pure apart from the class)."""
+    """Map our config onto transformers' TrainingArguments (pure apart from the class).
+
+    `lr` is the resolved rate (lr.resolve); it is required when training.lr is auto.
+    """
     from transformers import TrainingArguments
 
     t = cfg.training
@@ -69,7 +78,7 @@ def training_arguments(
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.lr,
+        learning_rate=lr if lr is not None else t.lr,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
@@ -155,10 +164,11 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     _stop_if_requested(stopper, "while preparing data")
     model, loaded = setup_model(cfg, place)
     _stop_if_requested(stopper, "while loading the model")
-    fitted = fit(cfg, place, backend, model, tokenizer, data, resume, progress, stopper)
+    setup = Setup(place, backend, tokenizer, data, resume, model, loaded)
+    fitted = fit(cfg, setup, progress, stopper)
     if not fitted.trainer.is_world_process_zero():
         return {}
-    return write_outputs(cfg, place, data, resume, loaded, fitted, model, tokenizer, started)
+    return write_outputs(cfg, setup, fitted, started)
 
 
 # --- phases -----------------------------------------------------------------------------------
@@ -179,6 +189,20 @@ class Loaded:
     trainable: int
     total: int
     seconds: float
+    lr: lrs.LrChoice
+
+
+@dataclass
+class Setup:
+    """Everything the phases before training produced, which fitting and reporting use."""
+
+    place: devices.Placement
+    backend: str | None
+    tokenizer: Any
+    data: PreparedData
+    resume: Resume
+    model: Any
+    loaded: Loaded
 
 
 @dataclass
@@ -188,6 +212,7 @@ class Fitted:
     reporter: ProgressReporter
     train_seconds: float
     eval_loss: float | None
+    best: selection.BestAdapter
 
 
 def setup_hardware(cfg: TrainConfig) -> tuple[devices.Placement, str | None]:
@@ -235,6 +260,8 @@ def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
         len(data.skipped),
         sum(len(r["input_ids"]) for r in data.train),
     )
+    if problem := selection.check(cfg.training.eval_metric, bool(data.eval), data.format):
+        raise UsageError(problem)
     return tokenizer, data
 
 
@@ -264,10 +291,15 @@ def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded
     elif place.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    try:
+        lr_choice = lrs.resolve(cfg.training.lr, model.config, cfg.lora.alpha)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
     model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model, Loaded(trainable, total, time.time() - loaded_at)
+    return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice)
 
 
 def prepare_output(out: Path, resumed: bool) -> Path:
@@ -283,38 +315,31 @@ def prepare_output(out: Path, resumed: bool) -> Path:
     return metrics_path
 
 
-def build_trainer(
-    cfg: TrainConfig,
-    place: devices.Placement,
-    backend: str | None,
-    model: Any,
-    tokenizer: Any,
-    data: PreparedData,
-    resume: Resume,
-    progress: str,
-    stopper: Any,
-) -> tuple[Any, ProgressReporter]:
-    """transformers' Trainer with our loss, our progress lines and the graceful stop."""
+def build_trainer(cfg: TrainConfig, setup: Setup, progress: str, callbacks: list[Any]) -> tuple[Any, ProgressReporter]:
+    """transformers' Trainer with our loss, our progress lines and the caller's callbacks."""
     from transformers.trainer_callback import PrinterCallback
 
     from kubetune.trainer.hf_trainer import CompletionTrainer
 
-    metrics_path = prepare_output(Path(cfg.output_dir), resume.checkpoint is not None)
+    data, tokenizer = setup.data, setup.tokenizer
+    metrics_path = prepare_output(Path(cfg.output_dir), setup.resume.checkpoint is not None)
     # progress: json (lines on stdout), bar (tqdm), none (metrics.jsonl only; for embedding and benchmarks)
-    args = training_arguments(cfg, place, bool(data.eval), progress != "bar", backend)
+    no_bar = progress != "bar"
+    args = training_arguments(cfg, setup.place, bool(data.eval), no_bar, setup.backend, setup.loaded.lr.lr)
     reporter = ProgressReporter(metrics_path, print_json=progress == "json")
+    eval_rows = _without_where(data.eval)
     trainer = CompletionTrainer(
-        model=model,
+        model=setup.model,
         args=args,
         train_dataset=_without_where(data.train),
-        eval_dataset=_without_where(data.eval) or None,
+        eval_dataset=eval_rows or None,
         data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
         processing_class=tokenizer,
-        callbacks=[reporter],
-        identity=resume.identity,
+        callbacks=[reporter, *callbacks],
+        identity=setup.resume.identity,
+        extra_metrics=selection.extra_metrics(cfg.training.eval_metric, tokenizer, eval_rows),
     )
     trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
-    trainer.add_callback(stopper)
     return trainer, reporter
 
 
@@ -322,28 +347,22 @@ def _without_where(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "where"} for row in rows]
 
 
-def fit(
-    cfg: TrainConfig,
-    place: devices.Placement,
-    backend: str | None,
-    model: Any,
-    tokenizer: Any,
-    data: PreparedData,
-    resume: Resume,
-    progress: str,
-    stopper: Any,
-) -> Fitted:
+def fit(cfg: TrainConfig, setup: Setup, progress: str, stopper: Any) -> Fitted:
     """Train (resuming if planned); a SIGTERM becomes Preempted after its checkpoint is complete."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        trainer, reporter = build_trainer(cfg, place, backend, model, tokenizer, data, resume, progress, stopper)
+        best = selection.BestAdapter(cfg.training.eval_metric)
+        trainer, reporter = build_trainer(cfg, setup, progress, [best, stopper])
+        checkpoint = setup.resume.checkpoint
         train_started = time.time()
-        result = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - train_started
         if stopper.stopped_at is not None:
             _preempted(trainer, Path(cfg.output_dir) / "checkpoints", stopper.stopped_at)
-        eval_loss = final_eval_loss(trainer) if data.eval else None
-    return Fitted(trainer, result, reporter, train_seconds, eval_loss)
+        eval_loss = final_eval_loss(trainer) if setup.data.eval else None
+    if best.restore(setup.model):
+        log.info("adapter: the weights of step %s (best eval %s %.4g)", best.best_step, best.metric, best.best)
+    return Fitted(trainer, result, reporter, train_seconds, eval_loss, best)
 
 
 def _preempted(trainer: Any, ckpt_root: Path, step: int) -> None:
@@ -363,30 +382,20 @@ def final_eval_loss(trainer: Any) -> float:
     return trainer.evaluate()["eval_loss"]
 
 
-def write_outputs(
-    cfg: TrainConfig,
-    place: devices.Placement,
-    data: PreparedData,
-    resume: Resume,
-    loaded: Loaded,
-    fitted: Fitted,
-    model: Any,
-    tokenizer: Any,
-    started: float,
-) -> dict[str, Any]:
+def write_outputs(cfg: TrainConfig, setup: Setup, fitted: Fitted, started: float) -> dict[str, Any]:
     """Main process only: adapter (atomically), loss.png, run.json and the termination message."""
     out = Path(cfg.output_dir)
 
     def save_adapter(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        setup.model.save_pretrained(tmp)
+        setup.tokenizer.save_pretrained(tmp)
 
     replace_dir_atomically(out / "adapter", save_adapter)
     metrics = read_metrics(out / "metrics.jsonl")
-    plot_loss(metrics, out / "loss.png")
-    summary = summarize(fitted, metrics, out / "adapter", loaded.seconds, time.time() - started)
+    plot_loss(metrics, out / "loss.png", fitted.best.best_step)
+    summary = summarize(fitted, metrics, out / "adapter", setup.loaded.seconds, time.time() - started)
     world = fitted.trainer.args.world_size
-    write_json_atomic(out / "run.json", run_record(cfg, place, data, resume, loaded, world, summary))
+    write_json_atomic(out / "run.json", run_record(cfg, setup, world, summary))
     write_termination_message(summary)
     return summary
 
@@ -411,6 +420,7 @@ def summarize(
         first_loss=losses[0] if losses else None,
         final_loss=losses[-1] if losses else None,
         eval_loss=fitted.eval_loss,
+        **fitted.best.summary(),
         tokens=tokens,
         tokens_per_second=session_tokens / fitted.train_seconds if fitted.train_seconds else None,
         train_seconds=round(fitted.train_seconds, 2),
@@ -419,16 +429,9 @@ def summarize(
     ).model_dump(mode="json")
 
 
-def run_record(
-    cfg: TrainConfig,
-    place: devices.Placement,
-    data: PreparedData,
-    resume: Resume,
-    loaded: Loaded,
-    world_size: int,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
+def run_record(cfg: TrainConfig, setup: Setup, world_size: int, summary: dict[str, Any]) -> dict[str, Any]:
     """run.json: what ran, on what, with which inputs, and how it ended."""
+    place, data, resume, loaded = setup.place, setup.data, setup.resume, setup.loaded
     return {
         "config": cfg.model_dump(mode="json"),
         "resolved": {
@@ -436,6 +439,8 @@ def run_record(
             "precision": place.precision,
             "precision_reason": place.reason,
             "threads": place.threads,
+            "lr": loaded.lr.lr,
+            "lr_reason": loaded.lr.reason,
             "gradient_checkpointing": place.gradient_checkpointing,
             "data_format": data.format,
             "template": data.template,

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Quality benchmark: exact match after one epoch on every task of the suite, per contender.
+
+    make quality                                   # or: python bench/quality.py --tasks extract style
+
+The suite is examples/data/tasks (examples/make_tasks.py). Every contender
+trains one epoch on each task's training split and answers its held-out split
+greedily; one scoring function for all (kubetune's exact match). Contenders run
+interleaved (task by task), so load from other processes on the machine hits
+them alike. No per-task settings: one configuration per contender.
+
+Contenders:
+  kubetune      `kubetune train` defaults (training.lr: auto), epochs=1
+  kubetune-old  the same with the old default training.lr=2e-4
+  kubetune-bf16 / kubetune-fp32 / trl-bf16   precision forced (for the speed comparison; --only)
+  trl           TRL's SFTTrainer used plainly at the usual LoRA recipe's lr 2e-4 (its own default is 2e-5),
+                same LoRA (r=16, alpha=32, all-linear), batch 8, fp32
+
+`--lr` runs kubetune at fixed learning rates instead (the sweep behind lr: auto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS_DIR = ROOT / "examples" / "data" / "tasks"
+TASKS = ["extract", "classify", "normalize", "style"]
+CONTENDERS = ["kubetune", "kubetune-old", "trl", "kubetune-bf16", "kubetune-fp32", "trl-bf16"]
+DEFAULT_CONTENDERS = ["kubetune", "kubetune-old", "trl"]
+MODEL = "builtin:smollm2-135m-instruct"
+
+
+def read_rows(path: Path, n: int | None = None) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()[:n]]
+
+
+def score(model, tokenizer, rows: list[dict]) -> float:
+    """Greedy answers to the held-out prompts, exact match against the references."""
+    from kubetune.trainer.data.render import encode_prompt
+    from kubetune.trainer.generate import exact_match, generate_ids
+
+    prompts = [encode_prompt((("user", r["prompt"]),), "chat", tokenizer, None) for r in rows]
+    longest = max(len(tokenizer(r["completion"], add_special_tokens=False).input_ids) for r in rows)
+    model.eval()
+    answers = generate_ids(model, tokenizer, prompts, longest + 4, 16)
+    return sum(exact_match(a, r["completion"]) for a, r in zip(answers, rows, strict=True)) / len(rows)
+
+
+def train_kubetune(task: str, out: Path, sets: list[str], n_train: int | None) -> tuple[object, object, dict]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.api import load_config
+    from kubetune.trainer.models import resolve_path
+    from kubetune.trainer.train import run
+
+    data = out / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_rows(TASKS_DIR / task / "train.jsonl", n_train)))
+    cfg = load_config(
+        None, sets=[f"data.path={data}", f"output_dir={out}", "training.epochs=1", "training.save_steps=100000", *sets]
+    )
+    summary = run(cfg, progress="none")
+    resolved = json.loads((out / "run.json").read_text())["resolved"]
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(resolve_path(MODEL), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, out / "adapter")
+    info = {"train_seconds": summary["train_seconds"], "lr": resolved["lr"], "precision": resolved["precision"]}
+    return model, tok, info
+
+
+def train_trl(task: str, out: Path, n_train: int | None, bf16: bool = False) -> tuple[object, object, dict]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from kubetune.trainer.models import resolve_path
+
+    path = resolve_path(MODEL)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    rows = read_rows(TASKS_DIR / task / "train.jsonl", n_train)
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completion": [{"role": "assistant", "content": r["completion"]}],
+            }
+            for r in rows
+        ]
+    )
+    args = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=2e-4,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        seed=42,
+        bf16=bf16,
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+    start = time.perf_counter()
+    trainer.train()
+    info = {"train_seconds": time.perf_counter() - start, "lr": 2e-4, "precision": "bf16" if bf16 else "fp32"}
+    return trainer.model.float(), tok, info
+
+
+def child(name: str, task: str, n_train: int | None, n_test: int | None, lr: float | None) -> None:
+    import torch
+
+    from kubetune.trainer.device import usable_cores
+
+    torch.set_num_threads(usable_cores())
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if name.startswith("trl"):
+            model, tok, info = train_trl(task, Path(tmp), n_train, bf16=name == "trl-bf16")
+        else:
+            sets = {
+                "kubetune-old": ["training.lr=2e-4"],
+                "kubetune-bf16": ["training.precision=bf16"],
+                "kubetune-fp32": ["training.precision=fp32"],
+            }.get(name, [])
+            sets += [f"training.lr={lr}"] if lr is not None else []
+            model, tok, info = train_kubetune(task, Path(tmp), sets, n_train)
+        em = score(model, tok, read_rows(TASKS_DIR / task / "test.jsonl", n_test))
+    result = {"exact_match": em, **info, "process_seconds": time.perf_counter() - started}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(name: str, task: str, args: argparse.Namespace, lr: float | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--tasks", task]
+    cmd += [f"--train-records={args.train_records}", f"--test-records={args.test_records}"]
+    cmd += [f"--child-lr={lr}"] if lr is not None else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KUBETUNE_LOG_LEVEL": "WARNING"})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{name} on {task} failed (exit {proc.returncode})")
+    return json.loads(line[len("RESULT ") :])
+
+
+def table(results: dict[str, dict[str, dict]], tasks: list[str]) -> str:
+    names = list(results)
+    lines = [f"{'task':<10} " + " ".join(f"{n:>14}" for n in names), "-" * (11 + 15 * len(names))]
+    for task in tasks:
+        lines.append(f"{task:<10} " + " ".join(f"{results[n][task]['exact_match']:>14.2f}" for n in names))
+    means = [statistics.mean(results[n][t]["exact_match"] for t in tasks) for n in names]
+    mins = [min(results[n][t]["exact_match"] for t in tasks) for n in names]
+    lines.append(f"{'mean':<10} " + " ".join(f"{m:>14.3f}" for m in means))
+    lines.append(f"{'worst':<10} " + " ".join(f"{m:>14.2f}" for m in mins))
+    secs = [sum(results[n][t]["train_seconds"] for t in tasks) for n in names]
+    lines.append(f"{'train s':<10} " + " ".join(f"{s:>14.0f}" for s in secs))
+    if "kubetune" in results and {"trl", "trl-bf16"} & set(results):
+        faster_trl = min(
+            sum(results[n][t]["train_seconds"] for t in tasks) for n in ("trl", "trl-bf16") if n in results
+        )
+        ours = sum(results["kubetune"][t]["train_seconds"] for t in tasks)
+        lines.append(f"kubetune is {faster_trl / ours:.2f}x the faster TRL setting in training wall time")
+    lrs = [results[n][tasks[0]]["lr"] for n in names]
+    lines.append(f"{'lr':<10} " + " ".join(f"{lr:>14.3g}" for lr in lrs))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=DEFAULT_CONTENDERS)
+    parser.add_argument("--lr", type=float, nargs="+", help="Sweep: kubetune at these fixed learning rates.")
+    parser.add_argument("--train-records", type=int, default=320)
+    parser.add_argument("--test-records", type=int, default=60)
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-lr", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.tasks[0], args.train_records, args.test_records, args.child_lr)
+        return
+
+    from kubetune.trainer.models import resolve_path
+
+    resolve_path(MODEL)  # export the builtin model once, outside the children
+    runs = [(f"lr={lr:g}", lr) for lr in args.lr] if args.lr else [(n, None) for n in args.only]
+    results: dict[str, dict[str, dict]] = {name: {} for name, _ in runs}
+    for task in args.tasks:  # interleaved: each task runs every contender before the next task
+        for name, lr in runs:
+            print(f"{task}: {name} ...", file=sys.stderr, flush=True)
+            results[name][task] = run_child("sweep" if lr else name, task, args, lr)
+            print(f"  {json.dumps(results[name][task])}", file=sys.stderr, flush=True)
+    print(
+        f"\nSmolLM2-135M, one epoch on {args.train_records} records per task, exact match on "
+        f"{args.test_records} held-out records, {os.cpu_count()} CPUs\n"
+    )
+    print(table(results, args.tasks))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

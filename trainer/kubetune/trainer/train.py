@@ -21,10 +21,12 @@ from kubetune.trainer import checkpoints, launch
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import prepare
+from kubetune.trainer.divergence import DivergenceGuard
 from kubetune.trainer.errors import Preempted, UsageError
-from kubetune.trainer.models import load_model, load_tokenizer, resolve_path
+from kubetune.trainer.models import apply_lora, load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
 from kubetune.trainer.report import (
+    check_output_dir,
     hash_paths,
     model_fingerprint,
     plot_loss,
@@ -79,6 +81,7 @@ def training_arguments(
         use_cpu=place.device == "cpu",
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (DivergenceGuard), not averaged away
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -147,6 +150,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     if not cfg.data.path:
         raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
+    check_output_dir(out)
 
     # 1. Hardware: device, precision, threads, checkpointing, and why.
     try:
@@ -201,7 +205,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     _stop_if_requested(stopper, "while preparing data")
 
     # 3. Model: quantized base if asked, LoRA on top.
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     loaded_at = time.time()
     model = load_model(cfg.model, place.dtype, place.device)
@@ -214,7 +218,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     elif place.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, lora_config(cfg))
+    model = apply_lora(model, cfg.lora, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     load_seconds = time.time() - loaded_at
@@ -253,9 +257,12 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
         )
         trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
         trainer.add_callback(stopper)
+        guard = DivergenceGuard()
+        trainer.add_callback(guard)
         train_started = time.time()
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_seconds = time.time() - train_started
+        guard.raise_if_diverged(cfg.training.lr)
         if stopper.stopped_at is not None:
             if trainer.is_world_process_zero():
                 (ckpt_root / launch.PREEMPTED_MARKER).write_text(str(stopper.stopped_at))

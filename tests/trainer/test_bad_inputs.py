@@ -295,7 +295,7 @@ MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, st
             train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", '{"identity": {"model": "other"}}')))
         ),
         EXIT_CONFIG,
-        "model changed",
+        "{t}/ck/checkpoint-2 was written by a different run",
     ),
 ]
 

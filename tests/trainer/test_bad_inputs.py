@@ -418,3 +418,30 @@ def test_a_diverging_run_stops_at_once_with_its_own_code(tmp_path, monkeypatch):
     # The diverged state was not saved as a checkpoint or an adapter; the earlier outputs are intact.
     assert not list((out / "checkpoints").glob(f"checkpoint-{step}"))
     assert {k: v for k, v in snapshot(out).items() if k in kept} == kept
+
+
+@pytest.mark.slow
+def test_bad_data_in_a_two_process_run_keeps_its_code_and_line(tmp_path):
+    """Through torchrun: each worker's one line and exit 3, not torchrun's exit 1 and its traceback."""
+    import subprocess
+    import sys
+
+    data = write(tmp_path / "d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n")
+    out = tmp_path / "out"
+    previous_run(out)
+    before = snapshot(out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = precision_modes.child_env(MASTER_PORT=str(port), KUBETUNE_LOG_LEVEL="ERROR")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer.cli", *train(tmp_path, "--nproc-per-node", "2", data=data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == EXIT_DATA, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: [rank 0] {data}:2: expected a JSON object" in proc.stderr
+    assert snapshot(out) == before

@@ -149,9 +149,9 @@ def worker_environment(environ: Mapping[str, str], layout: Layout, cores_availab
 
 
 def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list[str]:
-    """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT. Pure."""
+    """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT (see torchrun.py). Pure."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "kubetune.trainer.torchrun",  # torchrun that keeps a worker's exit code
         f"--nnodes={layout.nnodes}",
         f"--nproc-per-node={layout.nproc_per_node}",
         f"--node-rank={layout.node_rank}",

@@ -173,11 +173,13 @@ def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
     result = kubetune(
         args(data, tmp_path / "lonely", "--max-steps", "2", "--set", "distributed.timeout_seconds=10"),
         env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
-        timeout=180,
+        timeout=600,
     )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert elapsed < 90
+    # Far below the 1800 s default: the configured 10 s applied. The rest is start-up, which a loaded
+    # CI machine can stretch, so the bound is loose (this is about which timeout, not about speed).
+    assert elapsed < 300
     assert f"127.0.0.1:{port}" in result.stderr and "node(s) never joined" in result.stderr
 
 

@@ -225,6 +225,26 @@ CASES: list[tuple[str, Build, int, str]] = [
         EXIT_MODEL,
         "no-such-org/no-such-model",
     ),
+    (
+        "export-gguf-garbage",
+        lambda t: on(["model", "export", write(t / "x.gguf", b"GGUF?"), str(t / "exp")]),
+        EXIT_MODEL,
+        "{t}/x.gguf",
+    ),
+    (
+        "export-onto-a-file",
+        lambda t: on(["model", "export", "builtin:smollm2-135m-instruct", write(t / "e", "x")]),
+        EXIT_CONFIG,
+        "{t}/e: exists and is not a directory",
+    ),
+    ("merge-no-adapter", lambda t: on(["merge", "--output-dir", str(t / "empty")]), EXIT_MODEL, "{t}/empty/adapter"),
+    ("generate-nothing-asked", lambda t: on(["generate", "--output-dir", str(t / "out")]), EXIT_CONFIG, "--prompt"),
+    (
+        "inspect-bad-data",
+        lambda t: on(["data", "inspect", "--data", write(t / "i.jsonl", "{x\n")]),
+        EXIT_DATA,
+        "{t}/i.jsonl:1",
+    ),
     # --- checkpoints named for resuming ---
     ("resume-not-a-checkpoint", with_set("training.resume=/nonexistent/ckpt"), EXIT_CONFIG, "/nonexistent/ckpt"),
 ]
@@ -243,6 +263,26 @@ def checkpoint(root: Path, marker: str, state: str = "{}") -> Path:
     write(ckpt / "COMPLETE", marker)
     write(ckpt / "trainer_state.json", state)
     return ckpt
+
+
+def broken_adapter(out: Path, builtin: str, weights: bytes = b"\x00" * 64, run: str | None = None) -> str:
+    """An adapter directory with a valid config and tokenizer, and damaged weights (or run.json)."""
+    adapter = out / "adapter"
+    config = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj"],
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": builtin,
+    }
+    write(adapter / "adapter_config.json", json.dumps(config))
+    write(adapter / "adapter_model.safetensors", weights)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(builtin) / name, adapter / name)
+    if run is not None:
+        write(out / "run.json", run)
+    return str(out)
 
 
 # Cases that need the builtin model's files: (id, build(t, builtin), code, culprit).
@@ -276,6 +316,30 @@ MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, st
         lambda t, b: on(train(t, "--set", "lora.modules_to_save=classifier")),
         EXIT_CONFIG,
         "lora.modules_to_save",
+    ),
+    (
+        "merge-adapter-without-tokenizer",
+        lambda t, b: on(["merge", "--output-dir", str(t / "out"), "--base", b]),
+        EXIT_MODEL,
+        "{t}/out/adapter",
+    ),
+    (
+        "merge-adapter-weights-garbage",
+        lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o2", b)]),
+        EXIT_MODEL,
+        "{t}/o2/adapter",
+    ),
+    (
+        "merge-run-json-garbage",
+        lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o3", b, run="{x")]),
+        EXIT_MODEL,
+        "{t}/o3/run.json:1",
+    ),
+    (
+        "generate-adapter-weights-garbage",
+        lambda t, b: on(["generate", "--output-dir", broken_adapter(t / "o4", b), "-p", "hi"]),
+        EXIT_MODEL,
+        "{t}/o4/adapter",
     ),
     (
         "checkpoint-marker-garbage",

@@ -259,6 +259,8 @@ def model_export(
     _setup_logging()
     from kubetune.trainer.models import builtin_gguf, export_gguf
 
+    if dest.exists() and not dest.is_dir():
+        _fail(f"{dest}: exists and is not a directory", EXIT_CONFIG)
     if dest.exists() and any(dest.iterdir()):
         _fail(f"{dest}: exists and is not empty; refusing to overwrite", EXIT_CONFIG)
     if dest.exists():
@@ -269,7 +271,13 @@ def model_export(
         gguf = Path(source)
     else:
         _fail(f"{source}: expected builtin:<name> or an existing .gguf file", EXIT_CONFIG)
-    export_gguf(gguf, dest)
+    try:
+        export_gguf(gguf, dest)
+    except Exception as exc:  # a file named .gguf that is not one fails inside the GGUF reader
+        from kubetune.trainer.errors import EXIT_MODEL
+        from kubetune.trainer.models import first_line
+
+        _fail(f"{source}: cannot export: {first_line(exc)}", EXIT_MODEL)
     typer.echo(f"exported {source} to {dest}")
 
 

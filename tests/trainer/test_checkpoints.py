@@ -22,6 +22,7 @@ def make(root, step, complete=True, identity=ID):
     d = root / f"checkpoint-{step}"
     d.mkdir(parents=True)
     (d / "adapter_model.safetensors").write_bytes(b"x")
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))  # as the Trainer writes it
     if complete:
         (d / MARKER).write_text(json.dumps({"step": step, "identity": identity}))
     return d
@@ -69,3 +70,12 @@ def test_changed_run_is_refused_unless_forced(tmp_path):
     with pytest.raises(UsageError, match=r"different run \(lora, data changed\)"):
         select_resume(tmp_path, "auto", changed, force=False)
     assert select_resume(tmp_path, "auto", changed, force=True).name == "checkpoint-5"
+
+
+def test_a_damaged_checkpoint_is_named_not_loaded(tmp_path):
+    (make(tmp_path, 2) / "trainer_state.json").write_text("{trunc")
+    with pytest.raises(UsageError, match=r"checkpoint-2/trainer_state.json is damaged"):
+        select_resume(tmp_path, "auto", ID, force=False)
+    (make(tmp_path, 4) / MARKER).write_text("[]")
+    with pytest.raises(UsageError, match=r"checkpoint-4/COMPLETE is damaged \(not a JSON object\)"):
+        select_resume(tmp_path, "auto", ID, force=False)

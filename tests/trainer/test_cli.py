@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import precision_modes
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +19,8 @@ def clean_env(monkeypatch):
     import os
 
     for k in list(os.environ):
-        if (k.startswith("KUBETUNE_") and k != "KUBETUNE_CACHE_DIR") or k in {"DATA_PATH", "OUTPUT_DIR"}:
+        keep = {"KUBETUNE_CACHE_DIR", precision_modes.ENV}  # the suite's forced precision, if any, stays
+        if (k.startswith("KUBETUNE_") and k not in keep) or k in {"DATA_PATH", "OUTPUT_DIR"}:
             monkeypatch.delenv(k)
 
 

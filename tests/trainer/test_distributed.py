@@ -6,7 +6,6 @@ Each test runs `kubetune train` as a subprocess on the embedded model for a few 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from precision_modes import LOSS_RTOL, child_env, needs_native_bf16
 from safetensors.torch import load_file
 
 from kubetune.trainer.errors import EXIT_PREEMPTED
@@ -33,9 +33,8 @@ def free_port() -> int:
 
 
 def env_for(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") or k == "KUBETUNE_CACHE_DIR"}
-    env.update({"MASTER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1", "KUBETUNE_LOG_LEVEL": "WARNING", **extra})
-    return env
+    base = {"MASTER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1", "KUBETUNE_LOG_LEVEL": "WARNING"}
+    return child_env(**{**base, **extra})
 
 
 def args(data: Path, out: Path, *more: str) -> list[str]:
@@ -66,17 +65,22 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
-    one = kubetune(args(data, tmp_path / "one", "--max-steps", "4", "--batch-size", "4"), env_for())
+# Pinned: the tolerance is the precision's. fp32 proves the DDP arithmetic (agreement to ~1e-6);
+# bf16 proves the bf16 CPU path keeps 2 processes on the 1-process trajectory within bf16's rounding.
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_native_bf16)])
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, precision):
+    pin = ("--precision", precision)
+    one = kubetune(args(data, tmp_path / "one", "--max-steps", "4", "--batch-size", "4", *pin), env_for())
     assert one.returncode == 0, one.stderr[-3000:]
-    two = kubetune(args(data, tmp_path / "two", "--max-steps", "4", "--batch-size", "2", "--nproc-per-node", "2"),
-                   env_for())  # fmt: skip
+    two = kubetune(args(data, tmp_path / "two", "--max-steps", "4", "--batch-size", "2", "--nproc-per-node", "2",
+                        *pin), env_for())  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert list(a) == list(b) == [1, 2, 3, 4]
     for step in a:  # same examples per step, split across ranks: only float summation order differs
-        assert b[step] == pytest.approx(a[step], rel=2e-3), (step, a, b)
+        assert b[step] == pytest.approx(a[step], rel=LOSS_RTOL[precision]), (step, a, b)
     run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["resolved"]["precision"] == precision
     assert run["resolved"]["world_size"] == 2 and run["resolved"]["global_batch"] == 4
     # Only rank 0 writes outputs: one adapter, one run.json, progress lines from one process.
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
@@ -169,11 +173,13 @@ def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
     result = kubetune(
         args(data, tmp_path / "lonely", "--max-steps", "2", "--set", "distributed.timeout_seconds=10"),
         env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
-        timeout=180,
+        timeout=600,
     )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert elapsed < 90
+    # Far below the 1800 s default: the configured 10 s applied. The rest is start-up, which a loaded
+    # CI machine can stretch, so the bound is loose (this is about which timeout, not about speed).
+    assert elapsed < 300
     assert f"127.0.0.1:{port}" in result.stderr and "node(s) never joined" in result.stderr
 
 

@@ -6,11 +6,11 @@ Kept short (a few steps on a few dozen records) so the suite stays in minutes on
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import precision_modes
 import pytest
 import torch
 
@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
             "training.logging_steps=1",
             "training.save_steps=4",
             "training.warmup_ratio=0",
+            *precision_modes.sets(),
         ],
     )
     summary = run(cfg, progress="json")
@@ -69,6 +70,7 @@ def test_run_json_is_complete(trained):
     run = json.loads((out / "run.json").read_text())
     assert run["config"] == cfg.model_dump(mode="json")
     assert run["resolved"]["device"] == "cpu" and run["resolved"]["precision"] in {"fp32", "bf16"}
+    assert run["resolved"]["precision"] == (precision_modes.forced() or run["resolved"]["precision"])
     assert run["resolved"]["template"] == "chat" and run["resolved"]["global_batch"] == 4
     assert len(run["data"]["hashes"]) == 2 and all(len(h) == 64 for h in run["data"]["hashes"].values())
     assert len(run["model"]["fingerprint"]) == 64
@@ -136,6 +138,7 @@ def test_qlora_4bit_trains_and_merges(tmp_path):
             "training.batch_size=4",
             "lora.r=4",
             "training.logging_steps=1",
+            *precision_modes.sets(),
         ],
     )
     summary = run(cfg, progress="json")
@@ -146,8 +149,7 @@ def test_qlora_4bit_trains_and_merges(tmp_path):
 
 
 def kubetune(*args, env=None, cwd=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") or k == "KUBETUNE_CACHE_DIR"}
-    full_env.update(env or {})
+    full_env = precision_modes.child_env(**(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "kubetune.trainer.cli", *args],
         capture_output=True,

@@ -71,7 +71,7 @@ def test_worker_environment_threads_and_ccl():
 
 def test_torchrun_command_static_rendezvous():
     cmd = torchrun_command(Layout(2, 3, 1, "h0", 1234), ["train", "--config", "c.yaml"], rdzv_timeout=60)
-    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert cmd[1:3] == ["-m", "kubetune.trainer.torchrun"]
     for arg in ["--nnodes=3", "--nproc-per-node=2", "--node-rank=1", "--master-addr=h0", "--master-port=1234",
                 "--rdzv-conf=timeout=60", "--max-restarts=0"]:  # fmt: skip
         assert arg in cmd

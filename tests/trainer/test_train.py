@@ -33,6 +33,7 @@ def test_lora_config_mapping():
 
 
 def test_world_size_mismatch_is_named(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as in a torchrun worker
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("KUBETUNE_NPROC_PER_NODE", "2")
     monkeypatch.setenv("KUBETUNE_NNODES", "1")

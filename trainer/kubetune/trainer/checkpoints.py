@@ -67,6 +67,23 @@ def mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [key for key in current if saved.get(key) != current[key]]
 
 
+def _readable(checkpoint: Path) -> dict[str, Any]:
+    """The identity a checkpoint was written with; a damaged checkpoint is named, not loaded into a traceback."""
+    for name in (MARKER, "trainer_state.json"):
+        try:
+            value = json.loads((checkpoint / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(
+                f"training.resume: {checkpoint / name} is damaged ({getattr(exc, 'msg', None) or exc}); "
+                "delete that checkpoint or set training.resume=never"
+            ) from None
+        if not isinstance(value, dict):
+            raise UsageError(f"training.resume: {checkpoint / name} is damaged (not a JSON object)")
+        if name == MARKER:
+            identity = value.get("identity", {})
+    return identity
+
+
 def select_resume(root: Path, resume: str, current: dict[str, Any], force: bool) -> Path | None:
     """The checkpoint to resume from, refusing one that would make resuming wrong."""
     if resume == "never":
@@ -80,7 +97,7 @@ def select_resume(root: Path, resume: str, current: dict[str, Any], force: bool)
         chosen = Path(resume)
         if not (chosen / MARKER).is_file():
             raise UsageError(f"training.resume: {chosen} is not a complete kubetune checkpoint (no {MARKER} marker)")
-    saved = json.loads((chosen / MARKER).read_text()).get("identity", {})
+    saved = _readable(chosen)
     changed = mismatches(saved, current)
     if changed and not force:
         raise UsageError(

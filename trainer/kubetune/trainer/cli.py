@@ -94,6 +94,8 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             _fail(f"{path}: cannot read config: {exc.strerror}", EXIT_CONFIG)
+        except UnicodeDecodeError as exc:
+            _fail(f"{path}: cannot read config: not UTF-8 text (byte offset {exc.start})", EXIT_CONFIG)
     given = {FLAG_PATHS[k]: v for k, v in flags.items() if v is not None and v is not False}
     names = {FLAG_PATHS[k]: "--" + k.replace("_", "-") for k in flags}
     try:
@@ -183,11 +185,9 @@ def train(
     mode = progress_mode(os.environ.get("KUBETUNE_PROGRESS") or progress)
     summary = _guard(run, cfg, mode)
     if summary:
-        typer.echo(
-            f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
-            f"{summary['tokens_per_second']:.0f} tokens/s; adapter in {summary['adapter_path']}",
-            err=True,
-        )
+        from kubetune.trainer.report import summary_line
+
+        typer.echo(summary_line(summary), err=True)
 
 
 @app.command()
@@ -259,6 +259,8 @@ def model_export(
     _setup_logging()
     from kubetune.trainer.models import builtin_gguf, export_gguf
 
+    if dest.exists() and not dest.is_dir():
+        _fail(f"{dest}: exists and is not a directory", EXIT_CONFIG)
     if dest.exists() and any(dest.iterdir()):
         _fail(f"{dest}: exists and is not empty; refusing to overwrite", EXIT_CONFIG)
     if dest.exists():
@@ -269,7 +271,13 @@ def model_export(
         gguf = Path(source)
     else:
         _fail(f"{source}: expected builtin:<name> or an existing .gguf file", EXIT_CONFIG)
-    export_gguf(gguf, dest)
+    try:
+        export_gguf(gguf, dest)
+    except Exception as exc:  # a file named .gguf that is not one fails inside the GGUF reader
+        from kubetune.trainer.errors import EXIT_MODEL
+        from kubetune.trainer.models import first_line
+
+        _fail(f"{source}: cannot export: {first_line(exc)}", EXIT_MODEL)
     typer.echo(f"exported {source} to {dest}")
 
 

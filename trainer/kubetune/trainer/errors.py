@@ -8,6 +8,7 @@ EXIT_UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
 EXIT_CONFIG = 2  # bad config, flag, env var or usage
 EXIT_DATA = 3  # bad data file or record
 EXIT_MODEL = 4  # model or adapter cannot be loaded, merged or verified
+EXIT_DIVERGED = 5  # training diverged (non-finite loss); stopped early, no adapter or checkpoint written
 EXIT_PREEMPTED = 75  # stopped by SIGTERM (or Ctrl-C) after writing a checkpoint: retry me (EX_TEMPFAIL)
 
 
@@ -27,6 +28,12 @@ class ModelError(KubetuneError):
 
 class UsageError(KubetuneError):
     exit_code = EXIT_CONFIG
+
+
+class Diverged(KubetuneError):
+    """The loss became NaN or infinite: every later step would be wasted, so the run stops at once."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class Preempted(KubetuneError):

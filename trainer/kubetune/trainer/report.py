@@ -75,6 +75,34 @@ def model_fingerprint(location: str, edge: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_output_dir(out: Path) -> None:
+    """Fail before any work if `out` cannot become the output directory (nothing is created here)."""
+    from kubetune.trainer.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir: {out} exists and is not a directory")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"output_dir: {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output_dir: {out}: {existing} is not writable")
+
+
+def format_loss(value: float | None) -> str:
+    """A loss for people: 4 decimals, or `n/a` when none was logged (or it was not finite)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line `kubetune train` ends with; every figure may be missing."""
+    tps = summary.get("tokens_per_second")
+    speed = f"{tps:.0f} tokens/s" if isinstance(tps, (int, float)) else "speed n/a"
+    return (
+        f"done: {summary.get('steps')} steps, loss {format_loss(summary.get('first_loss'))} -> "
+        f"{format_loss(summary.get('final_loss'))}, {speed}; adapter in {summary.get('adapter_path')}"
+    )
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Readers never see a half-written file: write a temp file, then rename over."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,12 @@ from kubetune.trainer import device as devices
 from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import PreparedData, prepare
+from kubetune.trainer.divergence import DivergenceGuard
 from kubetune.trainer.errors import Preempted, UsageError
-from kubetune.trainer.models import load_model, load_tokenizer, resolve_path
+from kubetune.trainer.models import apply_lora, load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
 from kubetune.trainer.report import (
+    check_output_dir,
     hash_paths,
     model_fingerprint,
     plot_loss,
@@ -90,6 +92,7 @@ def training_arguments(
         use_cpu=place.device == "cpu",
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (DivergenceGuard), not averaged away
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -158,6 +161,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     started = time.time()
     if not cfg.data.path:
         raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
+    check_output_dir(Path(cfg.output_dir))
     place, backend = setup_hardware(cfg)
     tokenizer, data = setup_data(cfg)
     resume = plan_resume(cfg)
@@ -278,7 +282,7 @@ def plan_resume(cfg: TrainConfig) -> Resume:
 
 def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded]:
     """The base (quantized if asked), made trainable for checkpointing, with LoRA on top."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     loaded_at = time.time()
     model = load_model(cfg.model, place.dtype, place.device)
@@ -296,7 +300,7 @@ def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
-    model = get_peft_model(model, lora_config(cfg))
+    model = apply_lora(model, cfg.lora, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice)
@@ -351,12 +355,13 @@ def fit(cfg: TrainConfig, setup: Setup, progress: str, stopper: Any) -> Fitted:
     """Train (resuming if planned); a SIGTERM becomes Preempted after its checkpoint is complete."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        best = selection.BestAdapter(cfg.training.eval_metric)
-        trainer, reporter = build_trainer(cfg, setup, progress, [best, stopper])
+        best, guard = selection.BestAdapter(cfg.training.eval_metric), DivergenceGuard()
+        trainer, reporter = build_trainer(cfg, setup, progress, [best, stopper, guard])
         checkpoint = setup.resume.checkpoint
         train_started = time.time()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - train_started
+        guard.raise_if_diverged(setup.loaded.lr.lr)
         if stopper.stopped_at is not None:
             _preempted(trainer, Path(cfg.output_dir) / "checkpoints", stopper.stopped_at)
         eval_loss = final_eval_loss(trainer) if setup.data.eval else None

@@ -117,7 +117,10 @@ def normalize_all(records: list[Record], fmt: str, text_field: str, bad: list[Ba
     if not records:
         raise DataError("the data files contain no records")
     if fmt == "auto":
-        fmt = detect_format(set(records[0].values), text_field)
+        try:
+            fmt = detect_format(set(records[0].values), text_field)
+        except DataError as exc:
+            raise DataError(f"{records[0].where}: {exc}") from None
     examples = []
     for record in records:
         try:

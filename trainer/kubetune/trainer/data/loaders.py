@@ -34,11 +34,17 @@ class BadRecord:
 
 
 def _jsonl(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    # Bytes, decoded per line: one bad byte spoils one record (named by line), not the whole file.
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad.append(BadRecord(where, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"))
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -52,7 +58,7 @@ def _jsonl(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
 
 def _json(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
     if isinstance(value, dict):
@@ -71,16 +77,19 @@ def _json(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
 
 
 def _csv(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise DataError(f"{path}:1: CSV file has no header row")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row or any(v is None for v in row.values()):
-                bad.append(BadRecord(where, f"expected {len(reader.fieldnames)} columns"))
-                continue
-            yield Record(dict(row), where)
+        try:
+            if not reader.fieldnames:
+                raise DataError(f"{path}:1: CSV file has no header row")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row or any(v is None for v in row.values()):
+                    bad.append(BadRecord(where, f"expected {len(reader.fieldnames)} columns"))
+                    continue
+                yield Record(dict(row), where)
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: unreadable CSV: {exc}") from None
 
 
 def _parquet(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
@@ -143,5 +152,17 @@ def read_records(paths: list[str], bad: list[BadRecord]) -> list[Record]:
                     f"{path}: unsupported data file type '{path.suffix}' (use .jsonl, .json, .csv, .parquet "
                     "or a saved dataset directory)"
                 )
-        records.extend(reader(path, bad))
+        records.extend(_read_file(reader, path, bad))
     return records
+
+
+def _read_file(reader: Any, path: Path, bad: list[BadRecord]) -> list[Record]:
+    """One file's records; undecodable or unreadable files become one line naming the file, not a traceback."""
+    try:
+        return list(reader(path, bad))
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None

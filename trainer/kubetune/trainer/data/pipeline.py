@@ -40,6 +40,10 @@ def raise_bad_records(bad: list[BadRecord]) -> None:
 
 def load_examples(paths: list[str], cfg: DataSection, bad: list[BadRecord]) -> tuple[str, list]:
     records = read_records(paths, bad)
+    if not records:
+        if bad:  # every line was bad: say which and why, not "no records"
+            raise_bad_records(bad)
+        raise DataError(f"{', '.join(paths)}: no records (empty data file)")
     return normalize_all(records, cfg.format, cfg.text_field, bad)
 
 
@@ -53,7 +57,7 @@ def prepare(cfg: DataSection, tokenizer: Any, seed: int) -> PreparedData:
     if bad and not cfg.skip_bad_records:
         raise_bad_records(bad)
     if not examples:
-        raise DataError("no usable training records")
+        raise DataError(f"{', '.join(cfg.path)}: no usable training records ({len(bad)} bad record(s) skipped)")
     template = resolve_template(cfg.template, tokenizer)
     if cfg.eval_split and not eval_examples:
         shuffled = examples[:]

@@ -1,0 +1,511 @@
+"""A battery of bad inputs, as a new user would make them: each ends in one line, a documented code, nothing lost.
+
+Every case runs the real `kubetune` command line (typer's runner, in this process) against an output
+directory that already holds a previous run's outputs, and asserts:
+
+- the exit code (README "Exit codes") and that no traceback escaped;
+- the culprit (file, line, field or variable) is named in the error line;
+- the same line and code went to the termination log, which the operator shows in status;
+- the previous run's files are byte-for-byte unchanged.
+
+The cases are grouped by where the fault enters: config, environment and process layout, data,
+output directory, model, adapter and checkpoint. Most fail before the model loads, so the table
+costs seconds; the few that need the real model say so in their names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import precision_modes
+import pytest
+from typer.testing import CliRunner
+
+from kubetune.trainer.cli import app
+from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_MODEL
+
+# A case builds its inputs under a temporary directory T (the output directory is T/out) and returns
+# (argv, env). Its culprit is formatted with T, so it can name the very file the case wrote.
+Build = Callable[[Path], tuple[list[str], dict[str, str]]]
+GOOD = [{"prompt": f"Say {i}", "completion": f"{i}"} for i in range(4)]
+
+
+def write(path: Path, content: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(path)
+
+
+def jsonl(rows: list) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def train(t: Path, *more: str, data: str | None = None) -> list[str]:
+    data = data or write(t / "good.jsonl", jsonl(GOOD))
+    return ["train", "--data", data, "--output-dir", str(t / "out"), "--max-steps", "1", "--batch-size", "2", *more]
+
+
+def on(argv: list[str], **env: str) -> tuple[list[str], dict[str, str]]:
+    return argv, env
+
+
+def with_data(name: str, content: str | bytes, *more: str) -> Build:
+    return lambda t: on(train(t, *more, data=write(t / name, content)))
+
+
+def with_config(text: str | bytes) -> Build:
+    return lambda t: on(train(t, "--config", write(t / "c.yaml", text)))
+
+
+def with_set(*pairs: str) -> Build:
+    return lambda t: on(train(t, *[x for p in pairs for x in ("--set", p)]))
+
+
+def with_env(**env: str) -> Build:
+    return lambda t: on(train(t), **env)
+
+
+def parquet(path: Path) -> str:
+    return write(path, b"PAR1 this is not a parquet file PAR1")
+
+
+def busy_port(t: Path) -> tuple[list[str], dict[str, str]]:
+    sock = socket.socket()
+    sock.bind(("", 0))
+    sock.listen()
+    BUSY.append(sock)  # closed after the case
+    return on(train(t, "--nproc-per-node", "2"), MASTER_PORT=str(sock.getsockname()[1]))
+
+
+BUSY: list[socket.socket] = []
+
+# (id, build, exit code, culprit). Fast: no model weights are loaded.
+CASES: list[tuple[str, Build, int, str]] = [
+    # --- config: YAML, env, --set, flags ---
+    ("yaml-syntax", with_config("training:\n  lr: [1\n"), EXIT_CONFIG, "{t}/c.yaml:"),
+    ("yaml-unknown-key", with_config("training:\n  epoch: 3\n"), EXIT_CONFIG, "{t}/c.yaml:2: training.epoch"),
+    ("yaml-wrong-type", with_config("training:\n  lr: fast\n"), EXIT_CONFIG, "{t}/c.yaml:2: training.lr"),
+    ("yaml-out-of-range", with_config("lora:\n  r: 0\n"), EXIT_CONFIG, "{t}/c.yaml:2: lora.r"),
+    ("yaml-not-a-mapping", with_config("- a\n- b\n"), EXIT_CONFIG, "{t}/c.yaml"),
+    ("yaml-not-utf8", with_config(b"training:\n  lr: \xff\xfe\n"), EXIT_CONFIG, "{t}/c.yaml"),
+    ("config-missing", lambda t: on(train(t, "--config", str(t / "nope.yaml"))), EXIT_CONFIG, "{t}/nope.yaml"),
+    ("config-is-dir", lambda t: on(train(t, "--config", str(t))), EXIT_CONFIG, "{t}: cannot read config"),
+    ("env-config-missing", with_env(KUBETUNE_CONFIG="/nonexistent/c.yaml"), EXIT_CONFIG, "/nonexistent/c.yaml"),
+    ("env-wrong-type", with_env(KUBETUNE_TRAINING__LR="fast"), EXIT_CONFIG, "KUBETUNE_TRAINING__LR"),
+    ("env-unknown-key", with_env(KUBETUNE_TRAINING__EPOCH="3"), EXIT_CONFIG, "KUBETUNE_TRAINING__EPOCH"),
+    ("set-unknown-key", with_set("training.epoch=3"), EXIT_CONFIG, "training.epoch"),
+    ("set-without-value", with_set("training.lr"), EXIT_CONFIG, "training.lr"),
+    ("set-bad-choice", with_set("data.train_on=everything"), EXIT_CONFIG, "data.train_on"),
+    ("flag-bad-precision", lambda t: on(train(t, "--precision", "fp64")), EXIT_CONFIG, "--precision"),
+    ("fp16-on-cpu", lambda t: on(train(t, "--precision", "fp16")), EXIT_CONFIG, "training.precision"),
+    ("cuda-not-there", lambda t: on(train(t, "--device", "cuda")), EXIT_CONFIG, "training.device"),
+    ("no-data", lambda t: on(["train", "--output-dir", str(t / "out")]), EXIT_CONFIG, "data.path"),
+    # --- environment: the process layout and the rendezvous ---
+    ("nproc-not-int", with_env(KUBETUNE_NPROC_PER_NODE="two"), EXIT_CONFIG, "KUBETUNE_NPROC_PER_NODE"),
+    ("nproc-zero", with_env(KUBETUNE_NPROC_PER_NODE="0"), EXIT_CONFIG, "KUBETUNE_NPROC_PER_NODE"),
+    ("nnodes-zero", with_env(KUBETUNE_NNODES="0"), EXIT_CONFIG, "KUBETUNE_NNODES"),
+    ("node-rank-too-big", with_env(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="2"), EXIT_CONFIG, "KUBETUNE_NODE_RANK"),
+    ("node-rank-negative", with_env(KUBETUNE_NODE_RANK="-1"), EXIT_CONFIG, "KUBETUNE_NODE_RANK"),
+    ("job-index-too-big", with_env(KUBETUNE_NNODES="2", JOB_COMPLETION_INDEX="5"), EXIT_CONFIG, "JOB_COMPLETION_INDEX"),
+    ("port-not-int", with_env(MASTER_PORT="http"), EXIT_CONFIG, "MASTER_PORT"),
+    ("port-too-big", with_env(MASTER_PORT="70000"), EXIT_CONFIG, "MASTER_PORT"),
+    ("port-zero", with_env(MASTER_PORT="0"), EXIT_CONFIG, "MASTER_PORT"),
+    ("addr-is-url", with_env(MASTER_ADDR="http://10.0.0.1"), EXIT_CONFIG, "MASTER_ADDR"),
+    ("addr-with-port", with_env(MASTER_ADDR="10.0.0.1:29500"), EXIT_CONFIG, "MASTER_ADDR"),
+    ("flag-nproc-zero", lambda t: on(train(t, "--nproc-per-node", "0")), EXIT_CONFIG, "--nproc-per-node"),
+    ("flag-nnodes-negative", lambda t: on(train(t, "--nnodes", "-1")), EXIT_CONFIG, "--nnodes"),
+    ("world-size-outside-torchrun", with_env(WORLD_SIZE="2", RANK="0"), EXIT_CONFIG, "RANK, WORLD_SIZE"),
+    ("local-rank-outside-torchrun", with_env(LOCAL_RANK="1"), EXIT_CONFIG, "LOCAL_RANK"),
+    ("master-port-busy", busy_port, EXIT_CONFIG, "MASTER_PORT"),
+    # --- data files and records ---
+    ("data-missing", lambda t: on(train(t, data=str(t / "nope.jsonl"))), EXIT_DATA, "{t}/nope.jsonl"),
+    ("data-unsupported-type", with_data("d.txt", "hello\n"), EXIT_DATA, "{t}/d.txt"),
+    ("jsonl-malformed", with_data("d.jsonl", jsonl(GOOD[:1]) + "{oops\n"), EXIT_DATA, "{t}/d.jsonl:2"),
+    ("jsonl-not-object", with_data("d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n"), EXIT_DATA, "{t}/d.jsonl:2"),
+    ("jsonl-only-non-objects", with_data("d.jsonl", '"a"\n3\n'), EXIT_DATA, "{t}/d.jsonl:1"),
+    (
+        "jsonl-not-utf8",
+        with_data("d.jsonl", jsonl(GOOD[:2]).encode() + b'{"prompt": "\xff"}\n'),
+        EXIT_DATA,
+        "{t}/d.jsonl:3",
+    ),
+    (
+        "jsonl-latin1-file",
+        with_data("d.jsonl", '{"prompt": "café", "completion": "x"}\n'.encode("latin-1")),
+        EXIT_DATA,
+        "{t}/d.jsonl:1",
+    ),
+    ("jsonl-empty", with_data("d.jsonl", ""), EXIT_DATA, "{t}/d.jsonl"),
+    ("jsonl-blank-lines", with_data("d.jsonl", "\n  \n"), EXIT_DATA, "{t}/d.jsonl"),
+    ("jsonl-missing-field", with_data("d.jsonl", jsonl([*GOOD[:1], {"prompt": "a"}])), EXIT_DATA, "{t}/d.jsonl:2"),
+    ("jsonl-wrong-type", with_data("d.jsonl", jsonl([{"prompt": 5, "completion": "x"}])), EXIT_DATA, "{t}/d.jsonl:1"),
+    ("jsonl-unknown-columns", with_data("d.jsonl", jsonl([{"q": "a", "a": "b"}])), EXIT_DATA, "{t}/d.jsonl:1"),
+    (
+        "messages-bad-role",
+        with_data("d.jsonl", jsonl([{"messages": [{"role": "bot", "content": "x"}]}])),
+        EXIT_DATA,
+        "{t}/d.jsonl:1",
+    ),
+    (
+        "messages-no-assistant",
+        with_data("d.jsonl", jsonl([{"messages": [{"role": "user", "content": "x"}]}])),
+        EXIT_DATA,
+        "{t}/d.jsonl:1",
+    ),
+    ("format-mismatch", with_data("d.jsonl", jsonl(GOOD), "--set", "data.format=alpaca"), EXIT_DATA, "{t}/d.jsonl:1"),
+    ("csv-unknown-columns", with_data("d.csv", "question,answer\na,b\n"), EXIT_DATA, "{t}/d.csv"),
+    ("csv-ragged-row", with_data("d.csv", "prompt,completion\na,b\nc\n"), EXIT_DATA, "{t}/d.csv:3"),
+    ("csv-header-only", with_data("d.csv", "prompt,completion\n"), EXIT_DATA, "{t}/d.csv"),
+    ("csv-not-utf8", with_data("d.csv", b"prompt,completion\n\xff\xfe,b\n"), EXIT_DATA, "{t}/d.csv"),
+    ("json-malformed", with_data("d.json", '[{"prompt": "a",\n'), EXIT_DATA, "{t}/d.json:"),
+    ("json-not-a-list", with_data("d.json", "42"), EXIT_DATA, "{t}/d.json"),
+    ("json-two-lists", with_data("d.json", '{"a": [], "b": []}'), EXIT_DATA, "{t}/d.json"),
+    ("json-non-object-item", with_data("d.json", json.dumps([*GOOD[:1], 7])), EXIT_DATA, "{t}/d.json:record 2"),
+    ("json-not-utf8", with_data("d.json", b'[{"prompt": "\xff"}]'), EXIT_DATA, "{t}/d.json"),
+    ("parquet-corrupt", lambda t: on(train(t, data=parquet(t / "d.parquet"))), EXIT_DATA, "{t}/d.parquet"),
+    (
+        "dir-without-data",
+        lambda t: on(train(t, data=write(t / "dd" / "x.txt", "x") and str(t / "dd"))),
+        EXIT_DATA,
+        "{t}/dd",
+    ),
+    (
+        "eval-file-bad",
+        lambda t: on(train(t, "--set", f"data.eval_path={write(t / 'e.jsonl', '{bad')}")),
+        EXIT_DATA,
+        "{t}/e.jsonl:1",
+    ),
+    (
+        "nothing-left-after-truncation",
+        with_data("d.jsonl", jsonl([{"prompt": "word " * 64, "completion": "x"}]), "--set", "data.max_length=16"),
+        EXIT_DATA,
+        "data.max_length",
+    ),
+    # --- the output directory ---
+    (
+        "output-is-a-file",
+        lambda t: on([*train(t)[:-6], "--output-dir", write(t / "o.txt", "x")]),
+        EXIT_CONFIG,
+        "output_dir: {t}/o.txt",
+    ),
+    (
+        "output-under-a-file",
+        lambda t: on([*train(t)[:-6], "--output-dir", write(t / "f", "x") + "/sub"]),
+        EXIT_CONFIG,
+        "output_dir: {t}/f/sub",
+    ),
+    # --- the model (tokenizer and files checked before the weights load) ---
+    ("model-missing", lambda t: on(train(t, "--model", str(t / "nomodel"))), EXIT_MODEL, "{t}/nomodel"),
+    (
+        "model-dir-no-config",
+        lambda t: on(train(t, "--model", str((t / "m").mkdir() or t / "m"))),
+        EXIT_MODEL,
+        "{t}/m",
+    ),
+    ("model-is-a-plain-file", lambda t: on(train(t, "--model", write(t / "m.bin", "x"))), EXIT_MODEL, "{t}/m.bin"),
+    (
+        "model-gguf-garbage",
+        lambda t: on(train(t, "--model", write(t / "m.gguf", b"not gguf"))),
+        EXIT_MODEL,
+        "{t}/m.gguf",
+    ),
+    ("model-unknown-builtin", lambda t: on(train(t, "--model", "builtin:nope")), EXIT_MODEL, "builtin"),
+    (
+        "model-hub-offline",
+        lambda t: on(train(t, "--model", "no-such-org/no-such-model"), HF_HUB_OFFLINE="1"),
+        EXIT_MODEL,
+        "no-such-org/no-such-model",
+    ),
+    (
+        "export-gguf-garbage",
+        lambda t: on(["model", "export", write(t / "x.gguf", b"GGUF?"), str(t / "exp")]),
+        EXIT_MODEL,
+        "{t}/x.gguf",
+    ),
+    (
+        "export-onto-a-file",
+        lambda t: on(["model", "export", "builtin:smollm2-135m-instruct", write(t / "e", "x")]),
+        EXIT_CONFIG,
+        "{t}/e: exists and is not a directory",
+    ),
+    ("merge-no-adapter", lambda t: on(["merge", "--output-dir", str(t / "empty")]), EXIT_MODEL, "{t}/empty/adapter"),
+    ("generate-nothing-asked", lambda t: on(["generate", "--output-dir", str(t / "out")]), EXIT_CONFIG, "--prompt"),
+    (
+        "inspect-bad-data",
+        lambda t: on(["data", "inspect", "--data", write(t / "i.jsonl", "{x\n")]),
+        EXIT_DATA,
+        "{t}/i.jsonl:1",
+    ),
+    # --- checkpoints named for resuming ---
+    ("resume-not-a-checkpoint", with_set("training.resume=/nonexistent/ckpt"), EXIT_CONFIG, "/nonexistent/ckpt"),
+]
+
+
+def fake_model(t: Path, builtin: str, break_it: Callable[[Path], None]) -> str:
+    """A copy of the builtin model directory with one thing wrong with it."""
+    dest = t / "model"
+    shutil.copytree(builtin, dest)
+    break_it(dest)
+    return str(dest)
+
+
+def checkpoint(root: Path, marker: str, state: str = "{}") -> Path:
+    ckpt = root / "checkpoint-2"
+    write(ckpt / "COMPLETE", marker)
+    write(ckpt / "trainer_state.json", state)
+    return ckpt
+
+
+def broken_adapter(out: Path, builtin: str, weights: bytes = b"\x00" * 64, run: str | None = None) -> str:
+    """An adapter directory with a valid config and tokenizer, and damaged weights (or run.json)."""
+    adapter = out / "adapter"
+    config = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj"],
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": builtin,
+    }
+    write(adapter / "adapter_config.json", json.dumps(config))
+    write(adapter / "adapter_model.safetensors", weights)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(builtin) / name, adapter / name)
+    if run is not None:
+        write(out / "run.json", run)
+    return str(out)
+
+
+# Cases that need the builtin model's files: (id, build(t, builtin), code, culprit).
+MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, str]]], int, str]] = [
+    (
+        "model-config-garbage",
+        lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "config.json", "{not json")))),
+        EXIT_MODEL,
+        "{t}/model",
+    ),
+    (
+        "model-weights-garbage",
+        lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "model.safetensors", b"\x00" * 64)))),
+        EXIT_MODEL,
+        "{t}/model",
+    ),
+    (
+        "model-tokenizer-garbage",
+        lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "tokenizer.json", "[1, 2]")))),
+        EXIT_MODEL,
+        "{t}/model",
+    ),
+    (
+        "lora-unknown-target",
+        lambda t, b: on(train(t, "--set", "lora.target_modules=q_proj,qkv")),
+        EXIT_CONFIG,
+        "lora.target_modules",
+    ),
+    (
+        "lora-unknown-modules-to-save",
+        lambda t, b: on(train(t, "--set", "lora.modules_to_save=classifier")),
+        EXIT_CONFIG,
+        "lora.modules_to_save",
+    ),
+    (
+        "merge-adapter-without-tokenizer",
+        lambda t, b: on(["merge", "--output-dir", str(t / "out"), "--base", b]),
+        EXIT_MODEL,
+        "{t}/out/adapter",
+    ),
+    (
+        "merge-adapter-weights-garbage",
+        lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o2", b)]),
+        EXIT_MODEL,
+        "{t}/o2/adapter",
+    ),
+    (
+        "merge-run-json-garbage",
+        lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o3", b, run="{x")]),
+        EXIT_MODEL,
+        "{t}/o3/run.json:1",
+    ),
+    (
+        "generate-adapter-weights-garbage",
+        lambda t, b: on(["generate", "--output-dir", broken_adapter(t / "o4", b), "-p", "hi"]),
+        EXIT_MODEL,
+        "{t}/o4/adapter",
+    ),
+    (
+        "checkpoint-marker-garbage",
+        lambda t, b: on(train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", "{oops")))),
+        EXIT_CONFIG,
+        "{t}/ck/checkpoint-2/COMPLETE",
+    ),
+    (
+        "checkpoint-state-garbage",
+        lambda t, b: on(train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", '{"identity": {}}', "nope")))),
+        EXIT_CONFIG,
+        "{t}/ck/checkpoint-2/trainer_state.json",
+    ),
+    (
+        "checkpoint-of-another-run",
+        lambda t, b: on(
+            train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", '{"identity": {"model": "other"}}')))
+        ),
+        EXIT_CONFIG,
+        "{t}/ck/checkpoint-2 was written by a different run",
+    ),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library_loggers():
+    """Libraries bind their log handlers to sys.stderr on first use: let that be the real one, not a runner's."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    import os
+
+    keep = {"KUBETUNE_CACHE_DIR", precision_modes.ENV}
+    layout = {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "JOB_COMPLETION_INDEX",
+        "TORCHELASTIC_RUN_ID",
+        "DATA_PATH",
+        "OUTPUT_DIR",
+        "BASE_MODEL_PATH",
+    }
+    for k in list(os.environ):
+        if (k.startswith("KUBETUNE_") and k not in keep) or k in layout:
+            monkeypatch.delenv(k)
+    # The pod's last words: the operator puts this file's message in the FinetuneJob's status.
+    write(tmp_path / "termination-log", "")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    handlers = logging.root.handlers[:]
+    yield
+    # The CLI's logging.basicConfig bound a handler to this invocation's (now closed) stderr.
+    logging.root.handlers[:] = handlers
+    while BUSY:
+        BUSY.pop().close()
+
+
+def previous_run(out: Path) -> None:
+    """What an earlier successful run left in the output directory (a user re-running in the same place)."""
+    write(out / "adapter" / "adapter_config.json", '{"r": 8}')
+    write(out / "adapter" / "adapter_model.safetensors", b"earlier weights")
+    write(out / "run.json", '{"metrics": {"steps": 100}}')
+    write(out / "metrics.jsonl", '{"event": "progress", "step": 1, "loss": 1.0}\n')
+    write(out / "merged" / "model.safetensors", b"earlier merged model")
+    write(out / "eval.json", "{}")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def check(t: Path, argv: list[str], env: dict[str, str], code: int, culprit: str, monkeypatch) -> str:
+    previous_run(t / "out")
+    before = snapshot(t / "out")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    result = CliRunner().invoke(app, argv)
+    output = result.output
+    assert result.exit_code == code, output[-3000:] + "".join(traceback.format_exception(result.exception))
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # typer.Exit, not an escaped error
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    want = culprit.format(t=t)
+    assert errors and any(want in line for line in errors), (want, output[-3000:])
+    last = json.loads((t / "termination-log").read_text())
+    assert (last["event"], last["exit_code"]) == ("error", code) and want in last["message"]
+    assert snapshot(t / "out") == before  # the earlier run's outputs survive, byte for byte
+    return output
+
+
+@pytest.mark.parametrize(("build", "code", "culprit"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(tmp_path, monkeypatch, build, code, culprit):
+    argv, env = build(tmp_path)
+    check(tmp_path, argv, env, code, culprit, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("build", "code", "culprit"), [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
+def test_bad_model_adapter_or_checkpoint(tmp_path, monkeypatch, builtin_path, build, code, culprit):
+    argv, env = build(tmp_path, builtin_path)
+    check(tmp_path, argv, env, code, culprit, monkeypatch)
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_at_once_with_its_own_code(tmp_path, monkeypatch):
+    # Adam moves every LoRA weight by ~lr per step: at 1e30 the activations overflow to inf/NaN at once.
+    argv = [
+        *train(tmp_path)[:-4],
+        "--max-steps",
+        "20",
+        "--lr",
+        "1e30",
+        "--set",
+        "training.logging_steps=1",
+        "--set",
+        "training.save_steps=1",
+        "--set",
+        "training.warmup_ratio=0",
+        "--progress",
+        "json",
+    ]
+    out = tmp_path / "out"
+    previous_run(out)
+    kept = {k: v for k, v in snapshot(out).items() if k != "metrics.jsonl"}  # metrics.jsonl is this run's record
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == EXIT_DIVERGED, result.output[-3000:]
+    assert "Traceback" not in result.output
+    error = next(line for line in result.output.splitlines() if line.startswith("error: "))
+    assert "training diverged" in error and "training.lr" in error
+    step = int(error.split(" at step ")[1].split(";")[0])
+    assert step < 20  # stopped early, not after the whole schedule
+    assert json.loads((tmp_path / "termination-log").read_text())["exit_code"] == EXIT_DIVERGED
+    # The diverged state was not saved as a checkpoint or an adapter; the earlier outputs are intact.
+    assert not list((out / "checkpoints").glob(f"checkpoint-{step}"))
+    assert {k: v for k, v in snapshot(out).items() if k in kept} == kept
+
+
+@pytest.mark.slow
+def test_bad_data_in_a_two_process_run_keeps_its_code_and_line(tmp_path):
+    """Through torchrun: each worker's one line and exit 3, not torchrun's exit 1 and its traceback."""
+    import subprocess
+    import sys
+
+    data = write(tmp_path / "d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n")
+    out = tmp_path / "out"
+    previous_run(out)
+    before = snapshot(out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = precision_modes.child_env(MASTER_PORT=str(port), KUBETUNE_LOG_LEVEL="ERROR")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer.cli", *train(tmp_path, "--nproc-per-node", "2", data=data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == EXIT_DATA, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: [rank 0] {data}:2: expected a JSON object" in proc.stderr
+    assert snapshot(out) == before

@@ -1,22 +1,28 @@
-"""The whole flow on a local node: FinetuneJob -> operator -> Jobs -> real trainer processes -> merge.
+"""The whole flow on a local node: FinetuneJob -> operator -> Jobs -> trainer containers -> merge.
 
 The seams under test: the operator's pod template against the trainer's entrypoint and env contract
 (mounts at /model, /data, /output, /config; MASTER_ADDR through the headless Service's hostnames;
 the termination log), real rendezvous between worker processes, progress flowing from real logs into
-status, SIGTERM -> checkpoint -> exit 75 -> a new pod that resumes. tests/support/localnode.py says
-what the local node does and does not emulate.
+status, SIGTERM -> checkpoint -> exit 75 -> a new pod that resumes. Each pod runs in a real container from
+the image its Job names, where an engine works and the images are built (else as a host process; the test
+output says which). tests/support/localnode.py says what the local node does and does not emulate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from kube import Cluster, eventually, operator
-from localnode import LocalNode, available, dump
+from localnode import LocalNode, available, dump, mode
+from operatorpod import OperatorPod, operator_container
 
 from kubetune.operator.render import Names
 
@@ -180,11 +186,12 @@ async def _exited(node: LocalNode, job: str) -> bool:
 async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
     name, names = "dates2", Names.of("dates2")
     watch = Watcher(cluster, name)
-    async with LocalNode(cluster, claims, tmp_path / "node") as node:
-        with operator():
-            # Two pods on a 2-core machine: one thread each, or they fight over the cores.
-            await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
-            done = await watch.phase("Succeeded", node, timeout=300)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator_in_its_image() as pod:
+        # Two pods on a 2-core machine: one thread each, or they fight over the cores.
+        await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
+        done = await watch.phase("Succeeded", node, timeout=300)
+        if pod is not None:
+            await _serves(pod)
     assert sorted(node.exits(names.workers)) == [0, 0] and node.exits(names.merge) == [0], dump(node)
     logs = "".join(node.cluster.logs[p] for p in worker_pods(node, names.workers))
     assert "launching 1 process(es) on node 1 of 2 (world size 2)" in logs, dump(node)
@@ -195,6 +202,30 @@ async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: di
     assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
     assert len(set(watch.steps)) >= 2, watch.steps  # progress was seen to advance
     assert {"Created", "Running", "Succeeded"} <= {e["reason"] for e in await cluster.list("Event")}
+
+
+@contextlib.asynccontextmanager
+async def operator_in_its_image() -> AsyncIterator[OperatorPod | None]:
+    """The operator in its own container where pods are containers; else in this process (kopf's runner)."""
+    if mode() != "container":
+        with operator():
+            yield None
+        return
+    async with operator_container(Path(os.environ["KUBECONFIG"])) as pod:
+        try:
+            yield pod
+        except BaseException:
+            print(f"--- operator container log ---\n{pod.log[-5000:]}")
+            raise
+
+
+async def _serves(pod: OperatorPod) -> None:
+    """The operator's liveness and Prometheus endpoints answer from inside its container."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(pod.health_url) as r:
+            assert r.status == 200, await r.text()
+        async with http.get(pod.metrics_url) as r:
+            assert r.status == 200 and "kubetune_" in await r.text(), pod.log[-3000:]
 
 
 async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster, claims: dict[str, Path],

@@ -23,6 +23,8 @@ import pytest
 from kube import Cluster, eventually
 from operatorpod import operator_container
 
+from kubetune.trainer.checkpoints import complete_checkpoints, step_of
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER, OPERATOR = engine.TRAINER_IMAGE, engine.OPERATOR_IMAGE
 needs_trainer = pytest.mark.skipif(engine.unavailable(TRAINER) is not None, reason=str(engine.unavailable(TRAINER)))
@@ -191,11 +193,10 @@ def test_stop_checkpoints_exits_75_and_the_next_run_resumes(exported, mounts):
         if proc.poll() is None:
             proc.kill()
     assert code == 75, proc.stderr.read()[-3000:] if proc.stderr else code
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert checkpoints, list(out.iterdir())
-    stopped_at = int(checkpoints[-1].name.split("-")[1])
-    assert (checkpoints[-1] / "adapter_model.safetensors").is_file()
-    assert (checkpoints[-1] / "trainer_state.json").is_file()
+    checkpoints = complete_checkpoints(out / "checkpoints")  # with the COMPLETE marker: loadable
+    assert checkpoints, sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    stopped_at = step_of(checkpoints[-1])
+    assert stopped_at is not None and stopped_at >= 2
     resume = run(*readme_run(exported, data, out, env={**env, "KUBETUNE_TRAINING__MAX_STEPS": str(stopped_at + 2)}))
     assert resume.returncode == 0, resume.stderr[-3000:]
     steps = [json.loads(x)["step"] for x in resume.stdout.splitlines() if x.startswith('{"event": "progress"')]

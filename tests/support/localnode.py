@@ -441,7 +441,7 @@ class LocalNode:
         user, group = sec.get("runAsUser", pod_sec.get("runAsUser")), sec.get("runAsGroup", pod_sec.get("runAsGroup"))
         fs_group = pod_sec.get("fsGroup")
         argv = ["--rm", "--pull", "never", "--name", CONTAINER_PREFIX + name, "--network", "host"]
-        argv += ["--hostname", prepared.hostname, *(f"--add-host={h}:127.0.0.1" for h in prepared.hosts[1:])]
+        argv += ["--hostname", prepared.hostname, *(f"--add-host={h}:127.0.0.1" for h in prepared.hosts)]
         if user is not None:
             argv += ["--user", f"{user}:{group}" if group is not None else str(user)]
         if fs_group is not None:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +74,9 @@ def readme_run(model: Path, data: Path, out: Path, *args: str, env: dict[str, st
     return [*argv, TRAINER, *args]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """README's first step, `kubetune model export`, with the default umask: what users mount at /model."""
-    dest = tmp_path_factory.mktemp("export") / "model"
-    kubetune = Path(sys.executable).parent / "kubetune"
-    subprocess.run(
-        [str(kubetune), "model", "export", "builtin:smollm2-135m-instruct", str(dest)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return dest
+    return engine.exported_model(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

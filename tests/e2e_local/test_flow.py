@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import engine
 import pytest
 from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump, mode
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def claims(tmp_path: Path, builtin_path: str) -> dict[str, Path]:
+def claims(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The three PVCs: the embedded model (exported once), a little data, an empty output volume."""
     data = tmp_path / "claims" / "data"
     data.mkdir(parents=True)
@@ -47,7 +48,7 @@ def claims(tmp_path: Path, builtin_path: str) -> dict[str, Path]:
     for p in (tmp_path, tmp_path / "claims", data, runs):
         p.chmod(0o755)
     runs.chmod(0o777)
-    return {"models": Path(builtin_path), "data": data, "runs": runs}
+    return {"models": engine.exported_model(tmp_path_factory.getbasetemp()), "data": data, "runs": runs}
 
 
 def finetunejob(name: str, max_steps: int, nodes: int = 1, merge: bool = True, data: str = "train.jsonl",

@@ -14,6 +14,8 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 TRAINER_IMAGE = "kubetune/trainer:cpu-0.1.0"
 OPERATOR_IMAGE = "kubetune/operator:0.1.0"
@@ -69,3 +71,16 @@ def run_argv(*args: str) -> list[str]:
     exe = engine()
     assert exe, "no container engine"
     return [exe, "run", *flags(), *args]
+
+
+@functools.cache
+def exported_model(base: Path) -> Path:
+    """README's first step, `kubetune model export`, once per test session: what users mount at /model.
+
+    Not the builtin's cache: an export made by an older kubetune there may not be readable by UID 10001.
+    """
+    dest = base / "exported-model"
+    kubetune = Path(sys.executable).parent / "kubetune"
+    argv = [str(kubetune), "model", "export", "builtin:smollm2-135m-instruct", str(dest)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=900)
+    return dest

@@ -454,7 +454,7 @@ class LocalNode:
         for mount in container.get("volumeMounts", []):
             if mount["name"] in prepared.tmpfs:
                 size = prepared.tmpfs[mount["name"]]
-                argv += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777" + (f",size={size}" if size else "")]
+                argv += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777" + (f",size={_bytes(size)}" if size else "")]
                 continue
             src = self._subpath(prepared, mount, fs_group)
             argv += ["-v", f"{src}:{mount['mountPath']}" + (":ro" if mount.get("readOnly") else "")]
@@ -552,6 +552,15 @@ class LocalNode:
 
     def exits(self, job: str) -> list[int | None]:
         return [h["exit_code"] for h in self.history if h["job"] == job]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity ("2Gi", "512M", "1000") in bytes, for a tmpfs size."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(float(quantity))
 
 
 def _ignored(job: dict[str, Any], exit_code: int | None) -> bool:

@@ -156,13 +156,13 @@ async def test_one_node_with_operator_restart_suspend_and_resume(cluster: Cluste
             await watch.step_at_least(watch.steps[-1] + 2, node)
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
             await watch.phase("Suspended", node)
-            await eventually(lambda: _exited(node, names.workers), what="the worker stopped")
+            await eventually(lambda: _exited(node, names.workers), timeout=180, what="the worker stopped")
             assert node.exits(names.workers) == [75], dump(node)  # SIGTERM -> checkpoint -> retryable exit
 
             async def settled() -> bool:
                 return "checkpoints are kept" in (await watch.status()).get("message", "")
 
-            await eventually(settled, what="Suspended with no worker left")
+            await eventually(settled, timeout=60, what="Suspended with no worker left")
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
             done = await watch.phase("Succeeded", node)
     out = claims["runs"] / name

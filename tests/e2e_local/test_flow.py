@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
 ]
 ROOT = Path(__file__).resolve().parents[2]
+# Waits are generous: each pod is a container that starts Python and torch, on 2 cores shared with other jobs.
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ class Watcher:
             self.phases.append(status["phase"])
         return status
 
-    async def phase(self, phase: str, node: LocalNode, timeout: float = 240) -> dict[str, Any]:
+    async def phase(self, phase: str, node: LocalNode, timeout: float = 600) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             status = await self.status()
             if status.get("phase") == "Failed" and phase != "Failed":
@@ -112,7 +113,7 @@ class Watcher:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{dump(node)}") from None
 
-    async def step_at_least(self, step: int, node: LocalNode, timeout: float = 180) -> None:
+    async def step_at_least(self, step: int, node: LocalNode, timeout: float = 420) -> None:
         async def probe() -> bool:
             await self.status()
             return bool(self.steps) and self.steps[-1] >= step
@@ -190,7 +191,7 @@ async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: di
     async with LocalNode(cluster, claims, tmp_path / "node") as node, operator_in_its_image() as pod:
         # Two pods on a 2-core machine: one thread each, or they fight over the cores.
         await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
-        done = await watch.phase("Succeeded", node, timeout=300)
+        done = await watch.phase("Succeeded", node, timeout=600)
         if pod is not None:
             await _serves(pod)
     assert sorted(node.exits(names.workers)) == [0, 0] and node.exits(names.merge) == [0], dump(node)
@@ -237,7 +238,7 @@ async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster
         with operator():
             await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
             first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
-            await eventually(lambda: _at(node, first, 3), timeout=180, what="step 3 in the log")
+            await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
             await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
             done = await watch.phase("Succeeded", node)
             job = await cluster.get("Job", names.workers)
@@ -264,7 +265,7 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
         with operator():
             await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
-            failed = await watch.phase("Failed", node, timeout=180)
+            failed = await watch.phase("Failed", node, timeout=420)
     assert node.exits(names.workers) == [3, 3], dump(node)  # tried, retried once, then given up
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
     assert condition["reason"] == "BackoffLimitExceeded"

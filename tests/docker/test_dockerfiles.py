@@ -1,4 +1,10 @@
-"""Every trainer Dockerfile: lint-clean, multi-stage, non-root, exec-form entrypoint, pinned backend."""
+"""Every Dockerfile is lint-clean; the ones not built here are checked for their structure.
+
+The cpu and operator images are built by CI here, so what they are is tested on the images themselves
+(tests/docker/test_images.py: user, entrypoint, labels, no build state, runs). The cpu-ccl, xpu and cuda
+images are not built here (their bases or indexes are unreachable, no GPU); their Dockerfiles' structure
+is checked instead: multi-stage, non-root, exec-form entrypoint, labels, pinned torch.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ["cpu", "cpu-ccl", "xpu", "cuda"]
+NOT_BUILT_HERE = ["cpu-ccl", "xpu", "cuda"]
 TORCH_PIN = {"cpu": r"torch==2\.13\.0\+cpu", "cpu-ccl": r"torch==2\.8\.0\+cpu", "xpu": r"torch==2\.13\.0\+xpu",
              "cuda": r"torch==2\.13\.0$"}  # fmt: skip
 
@@ -35,7 +42,7 @@ def final_stage(path: Path) -> list[tuple[str, str]]:
     return ins[last_from:]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "operator"])
 def test_hadolint_clean(backend):
     beside_python = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
@@ -45,7 +52,7 @@ def test_hadolint_clean(backend):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", NOT_BUILT_HERE)
 def test_structure(backend):
     path = ROOT / "docker" / f"Dockerfile.{backend}"
     assert sum(op == "FROM" for op, _ in instructions(path)) >= 2, "multi-stage: build tools stay out"
@@ -64,7 +71,7 @@ def test_structure(backend):
     assert ops["WORKDIR"] == "/output"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", NOT_BUILT_HERE)
 def test_no_secrets_or_proxies_baked_in(backend):
     for op, args in instructions(ROOT / "docker" / f"Dockerfile.{backend}"):
         if op in {"ENV", "ARG", "LABEL"}:
@@ -80,8 +87,7 @@ def test_backend_constraints_pin_torch(backend):
     assert "-c common.txt" in pins
     assert any(re.fullmatch(TORCH_PIN[backend], x) for x in pins), pins
     if backend == "cpu-ccl":
-        assert "oneccl_bind_pt==2.8.0+cpu" in pins and "intel-extension-for-pytorch==2.8.0" in pins
-        assert "END OF LIFE" in dockerfile
+        assert "oneccl_bind_pt==2.8.0+cpu" in pins and not any("intel-extension" in x for x in pins)
 
 
 def test_common_constraints_are_exact_pins():
@@ -98,23 +104,3 @@ def test_every_trainer_dependency_is_pinned_for_the_images():
     pinned = {line.split("==")[0].lower() for line in (ROOT / "docker/constraints/common.txt").read_text().splitlines()
               if "==" in line}  # fmt: skip
     assert names <= pinned, names - pinned
-
-
-def test_dockerignore_keeps_local_state_out_of_the_context():
-    text = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines() if x.strip() and x[0] != "#"]
-    assert text[0] == "*" and {"!api/", "!trainer/", "!docker/"} <= set(text)
-
-
-def test_operator_dockerfile():
-    path = ROOT / "docker" / "Dockerfile.operator"
-    beside_python = Path(sys.executable).parent / "hadolint"
-    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
-    proc = subprocess.run([hadolint, "--failure-threshold", "style", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    final = final_stage(path)
-    ops = {op: args for op, args in final}
-    assert re.fullmatch(r"(\d+):(\d+)", ops["USER"]) and not ops["USER"].startswith("0:")
-    assert json.loads(ops["ENTRYPOINT"]) == ["kubetune-operator"]
-    text = path.read_text()
-    assert "trainer/" not in text.replace("# ", "") and "torch" not in ops.get("RUN", "")
-    assert "find_spec('torch') is None" in text  # the build fails if torch sneaks in

@@ -1,22 +1,29 @@
-"""The whole flow on a local node: FinetuneJob -> operator -> Jobs -> real trainer processes -> merge.
+"""The whole flow on a local node: FinetuneJob -> operator -> Jobs -> trainer containers -> merge.
 
 The seams under test: the operator's pod template against the trainer's entrypoint and env contract
 (mounts at /model, /data, /output, /config; MASTER_ADDR through the headless Service's hostnames;
 the termination log), real rendezvous between worker processes, progress flowing from real logs into
-status, SIGTERM -> checkpoint -> exit 75 -> a new pod that resumes. tests/support/localnode.py says
-what the local node does and does not emulate.
+status, SIGTERM -> checkpoint -> exit 75 -> a new pod that resumes. Each pod runs in a real container from
+the image its Job names, where an engine works and the images are built (else as a host process; the test
+output says which). tests/support/localnode.py says what the local node does and does not emulate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import engine
 import pytest
 from kube import Cluster, eventually, operator
-from localnode import LocalNode, available, dump
+from localnode import LocalNode, available, dump, mode
+from operatorpod import OperatorPod, operator_container
 
 from kubetune.operator.render import Names
 
@@ -25,10 +32,11 @@ pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
 ]
 ROOT = Path(__file__).resolve().parents[2]
+# Waits are generous: each pod is a container that starts Python and torch, on 2 cores shared with other jobs.
 
 
 @pytest.fixture
-def claims(tmp_path: Path, builtin_path: str) -> dict[str, Path]:
+def claims(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The three PVCs: the embedded model (exported once), a little data, an empty output volume."""
     data = tmp_path / "claims" / "data"
     data.mkdir(parents=True)
@@ -41,7 +49,7 @@ def claims(tmp_path: Path, builtin_path: str) -> dict[str, Path]:
     for p in (tmp_path, tmp_path / "claims", data, runs):
         p.chmod(0o755)
     runs.chmod(0o777)
-    return {"models": Path(builtin_path), "data": data, "runs": runs}
+    return {"models": engine.exported_model(tmp_path_factory.getbasetemp()), "data": data, "runs": runs}
 
 
 def finetunejob(name: str, max_steps: int, nodes: int = 1, merge: bool = True, data: str = "train.jsonl",
@@ -93,7 +101,7 @@ class Watcher:
             self.phases.append(status["phase"])
         return status
 
-    async def phase(self, phase: str, node: LocalNode, timeout: float = 240) -> dict[str, Any]:
+    async def phase(self, phase: str, node: LocalNode, timeout: float = 600) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             status = await self.status()
             if status.get("phase") == "Failed" and phase != "Failed":
@@ -105,7 +113,7 @@ class Watcher:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{dump(node)}") from None
 
-    async def step_at_least(self, step: int, node: LocalNode, timeout: float = 180) -> None:
+    async def step_at_least(self, step: int, node: LocalNode, timeout: float = 420) -> None:
         async def probe() -> bool:
             await self.status()
             return bool(self.steps) and self.steps[-1] >= step
@@ -149,13 +157,13 @@ async def test_one_node_with_operator_restart_suspend_and_resume(cluster: Cluste
             await watch.step_at_least(watch.steps[-1] + 2, node)
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
             await watch.phase("Suspended", node)
-            await eventually(lambda: _exited(node, names.workers), what="the worker stopped")
+            await eventually(lambda: _exited(node, names.workers), timeout=180, what="the worker stopped")
             assert node.exits(names.workers) == [75], dump(node)  # SIGTERM -> checkpoint -> retryable exit
 
             async def settled() -> bool:
                 return "checkpoints are kept" in (await watch.status()).get("message", "")
 
-            await eventually(settled, what="Suspended with no worker left")
+            await eventually(settled, timeout=60, what="Suspended with no worker left")
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
             done = await watch.phase("Succeeded", node)
     out = claims["runs"] / name
@@ -180,11 +188,12 @@ async def _exited(node: LocalNode, job: str) -> bool:
 async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
     name, names = "dates2", Names.of("dates2")
     watch = Watcher(cluster, name)
-    async with LocalNode(cluster, claims, tmp_path / "node") as node:
-        with operator():
-            # Two pods on a 2-core machine: one thread each, or they fight over the cores.
-            await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
-            done = await watch.phase("Succeeded", node, timeout=300)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator_in_its_image() as pod:
+        # Two pods on a 2-core machine: one thread each, or they fight over the cores.
+        await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
+        done = await watch.phase("Succeeded", node, timeout=600)
+        if pod is not None:
+            await _serves(pod)
     assert sorted(node.exits(names.workers)) == [0, 0] and node.exits(names.merge) == [0], dump(node)
     logs = "".join(node.cluster.logs[p] for p in worker_pods(node, names.workers))
     assert "launching 1 process(es) on node 1 of 2 (world size 2)" in logs, dump(node)
@@ -197,6 +206,30 @@ async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: di
     assert {"Created", "Running", "Succeeded"} <= {e["reason"] for e in await cluster.list("Event")}
 
 
+@contextlib.asynccontextmanager
+async def operator_in_its_image() -> AsyncIterator[OperatorPod | None]:
+    """The operator in its own container where pods are containers; else in this process (kopf's runner)."""
+    if mode() != "container":
+        with operator():
+            yield None
+        return
+    async with operator_container(Path(os.environ["KUBECONFIG"])) as pod:
+        try:
+            yield pod
+        except BaseException:
+            print(f"--- operator container log ---\n{pod.log[-5000:]}")
+            raise
+
+
+async def _serves(pod: OperatorPod) -> None:
+    """The operator's liveness and Prometheus endpoints answer from inside its container."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(pod.health_url) as r:
+            assert r.status == 200, await r.text()
+        async with http.get(pod.metrics_url) as r:
+            assert r.status == 200 and "kubetune_" in await r.text(), pod.log[-3000:]
+
+
 async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster, claims: dict[str, Path],
                                                                 tmp_path: Path):  # fmt: skip
     name, names = "preempted", Names.of("preempted")
@@ -205,7 +238,7 @@ async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster
         with operator():
             await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
             first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
-            await eventually(lambda: _at(node, first, 3), timeout=180, what="step 3 in the log")
+            await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
             await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
             done = await watch.phase("Succeeded", node)
             job = await cluster.get("Job", names.workers)
@@ -232,7 +265,7 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
         with operator():
             await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
-            failed = await watch.phase("Failed", node, timeout=180)
+            failed = await watch.phase("Failed", node, timeout=420)
     assert node.exits(names.workers) == [3, 3], dump(node)  # tried, retried once, then given up
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
     assert condition["reason"] == "BackoffLimitExceeded"

@@ -1,24 +1,30 @@
 """A local node for tests: the kubelet and the Job controller, played against kmock's API.
 
-It sees the Jobs the operator creates, makes their pods, and runs each pod's container as a local
-process: the image's entrypoint (docker/entrypoint.sh) with the container's args, the image's ENV
-(read from docker/Dockerfile.cpu) plus the pod's env, in a private mount namespace where every
-volumeMount is bind-mounted at its mountPath (PVC claims and subPaths -> host directories,
-ConfigMaps -> files, emptyDirs -> fresh directories), /etc/hosts maps the pod's service hostnames
-to 127.0.0.1, /dev/termination-log is the pod's own file, the root filesystem is read-only when the
-container asks for it, and the working directory is the image's. Pod phases, exit codes,
-termination messages (FallbackToLogsOnError included) and logs (served at pods/{name}/log) are
-reported through the API; Job status (active, succeeded, failed, conditions, suspend) follows the
-Indexed Job rules, podFailurePolicy's Ignore rules included. Deleting a pod sends SIGTERM, then
-SIGKILL after its grace period; deleting a Job deletes its pods.
+It sees the Jobs the operator creates, makes their pods, and runs each pod's container in one of two modes,
+printed by the tests (`mode()` picks; KUBETUNE_LOCALNODE=container|process forces one, and
+KUBETUNE_REQUIRE_IMAGES=1, set by .ci/run, means container):
 
-What it does not emulate: scheduling, image pulls (the image is this checkout and its venv),
-networking beyond loopback, resource requests and limits, security contexts beyond the read-only
-root (processes run as the image's UID only when the Python interpreter is reachable by that UID;
-on machines where it sits under /root they run as the current user), and pod restarts by the
+- container (wherever docker or podman works and the images are built): a real container from the image
+  the pod names, with the pod's env and args, its user and fsGroup (a supplementary group), read-only root,
+  dropped capabilities and no-new-privileges, every volumeMount (PVC claims and subPaths -> host
+  directories, ConfigMaps -> files, emptyDirs -> fresh world-writable directories, Memory emptyDirs ->
+  tmpfs), /dev/termination-log as the pod's own file, the pod's hostname, and the Indexed Job's
+  `<job>-<i>.<subdomain>` hostnames on the host network (one loopback, like one node's pods with
+  hostNetwork). Deleting a pod is `<engine> stop` with its grace period.
+- process (the fallback): the image's entrypoint (docker/entrypoint.sh) as a local process with the
+  image's ENV (read from docker/Dockerfile.cpu) plus the pod's env, in a private mount namespace with the
+  same mounts bind-mounted, /etc/hosts for the hostnames and a read-only root when asked. It needs root
+  (or a user namespace) to bind-mount. Deleting a pod sends SIGTERM, then SIGKILL after its grace period.
+
+Either way: pod phases, exit codes, termination messages (FallbackToLogsOnError included) and logs
+(served at pods/{name}/log) are reported through the API; Job status (active, succeeded, failed,
+conditions, suspend) follows the Indexed Job rules, podFailurePolicy's Ignore rules included; deleting a
+Job deletes its pods.
+
+What it does not emulate: scheduling, image pulls (container mode runs local images only: `--pull never`),
+networking beyond one host's loopback, resource requests and limits, secret volumes, pod restarts by the
 kubelet (restartPolicy is Never for every pod the operator renders), the Job controller's backoff delay
-between retries, and a Job's own activeDeadlineSeconds (the operator enforces the deadline). It needs root (or a user
-namespace) to bind-mount: `available()` says why when it cannot run.
+between retries, and a Job's own activeDeadlineSeconds (the operator enforces the deadline).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import engine
 from kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +56,37 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 IMAGE_UID = 10001
 
 
+MODE_ENV = "KUBETUNE_LOCALNODE"
+CONTAINER_PREFIX = "kubetune-e2e-"  # container names: several test sessions may share one engine
+
+
+@functools.cache
+def mode() -> str:
+    """'container' where the engine works and the images are built, else 'process' (or what MODE_ENV forces)."""
+    forced = os.environ.get(MODE_ENV) or ("container" if os.environ.get(engine.REQUIRE_ENV) == "1" else None)
+    if forced == "container":
+        reason = engine.unavailable(engine.TRAINER_IMAGE)
+        assert reason is None, f"{MODE_ENV}=container, but {reason}"
+        return "container"
+    if forced == "process" or engine.unavailable(engine.TRAINER_IMAGE):
+        return "process"
+    return "container"
+
+
+def mode_line() -> str:
+    """What the test output says about how pods ran."""
+    if mode() == "container":
+        image = engine.TRAINER_IMAGE
+        return f"local node: pods run as containers ({engine.engine()}, {image} {engine.image_id(image)})"
+    forced = os.environ.get(MODE_ENV) == "process"
+    why = f"{MODE_ENV}=process" if forced else engine.unavailable(engine.TRAINER_IMAGE)
+    return f"local node: pods run as host processes ({why})"
+
+
 def available() -> str | None:
     """None when pods can run here, else the reason they cannot."""
+    if mode() == "container":
+        return None
     if sys.platform != "linux" or not shutil.which("unshare"):
         return "the local node needs Linux mount namespaces (unshare)"
     probe = subprocess.run(
@@ -125,6 +161,18 @@ class Container:
 
 
 @dataclass
+class Prepared:
+    """A pod's host side: volume sources, its termination log and directory, its hostname and Job hostnames."""
+
+    sources: dict[str, Path]
+    tmpfs: dict[str, str]
+    termination: Path
+    pod_dir: Path
+    hostname: str
+    hosts: list[str]
+
+
+@dataclass
 class JobState:
     failed: int = 0
     succeeded: set[int] = field(default_factory=set)
@@ -134,6 +182,7 @@ class JobState:
 
 class LocalNode:
     def __init__(self, cluster: Cluster, claims: dict[str, Path], workdir: Path, poll: float = 0.2):
+        self.mode = mode()
         self.cluster = cluster
         self.claims = claims  # PVC claimName -> host directory
         self.workdir = workdir  # per-pod directories (emptyDirs, ConfigMaps, termination logs, hosts)
@@ -298,17 +347,21 @@ class LocalNode:
         }
         await self.cluster.create(pod)
         container = pod_spec["containers"][0]
-        env = dict(image_env())
-        env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         hostname = f"{meta['name']}-{index}" if index is not None else name
-        env["HOSTNAME"] = hostname
         pod_dir = self.workdir / name
-        script = await self._mount_script(meta["namespace"], name, pod_spec, container, pod_dir, job, hostname)
-        argv = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "pod"]
+        prepared = await self._prepare(meta["namespace"], name, pod_spec, pod_dir, job, hostname)
+        if self.mode == "container":
+            argv = self._container_argv(name, pod_spec, container, prepared, env)
+            proc_env = None
+        else:
+            script = self._mount_script(container, prepared)
+            argv = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "pod"]
+            proc_env = {**image_env(), **env, "HOSTNAME": hostname}
         proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *argv, env=proc_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         c = Container(
             pod=name,
@@ -316,7 +369,7 @@ class LocalNode:
             job_uid=meta["uid"],
             index=index,
             proc=proc,
-            termination=pod_dir / "termination-log",
+            termination=prepared.termination,
             grace=float(pod_spec.get("terminationGracePeriodSeconds", 30)),
         )
         self.containers[name] = c
@@ -325,16 +378,18 @@ class LocalNode:
         await self.cluster.patch("Pod", name, {"status": {"phase": "Running", "startTime": now()}}, sub="status")
         self._spawn(self._wait(c, container, job))
 
-    async def _mount_script(self, ns: str, pod: str, spec: dict[str, Any], container: dict[str, Any],
-                            pod_dir: Path, job: dict[str, Any], hostname: str) -> str:  # fmt: skip
-        """The shell run inside the pod's mount namespace: mounts, then exec of the entrypoint."""
+    async def _prepare(
+        self, ns: str, pod: str, spec: dict[str, Any], pod_dir: Path, job: dict[str, Any], hostname: str
+    ) -> Prepared:
+        """The pod's volumes as host directories, its termination log and its hostnames."""
         pod_dir.mkdir(parents=True)
         pod_dir.chmod(0o755)
-        sources: dict[str, tuple[Path, bool]] = {}  # volume name -> (host path, is a file)
+        sources: dict[str, Path] = {}  # volume name -> host directory
+        tmpfs: dict[str, str] = {}  # volume name -> size limit, for emptyDirs with medium: Memory
         for volume in spec.get("volumes", []):
             vname = volume["name"]
             if "persistentVolumeClaim" in volume:
-                sources[vname] = (self.claims[volume["persistentVolumeClaim"]["claimName"]], False)
+                sources[vname] = self.claims[volume["persistentVolumeClaim"]["claimName"]]
             elif "configMap" in volume:
                 cm = await self.cluster.get("ConfigMap", volume["configMap"]["name"], ns)
                 assert cm is not None, f"pod {pod}: ConfigMap {volume['configMap']['name']} does not exist"
@@ -342,34 +397,84 @@ class LocalNode:
                 target.mkdir(parents=True)
                 for key, text in (cm.get("data") or {}).items():
                     (target / key).write_text(text)
-                sources[vname] = (target, False)
+                sources[vname] = target
             elif "emptyDir" in volume:
                 target = pod_dir / "volumes" / vname
                 target.mkdir(parents=True)
-                sources[vname] = (target, False)
+                target.chmod(0o777)  # as the kubelet makes them
+                sources[vname] = target
+                if volume["emptyDir"].get("medium") == "Memory":
+                    tmpfs[vname] = str(volume["emptyDir"].get("sizeLimit") or "")
             else:
                 raise AssertionError(f"pod {pod}: the local node does not emulate volume {volume}")
-        for path, _ in sources.values():
-            if self.run_as_image_user:
-                os.chown(path, IMAGE_UID, IMAGE_UID)  # like fsGroup: the volumes are the pod user's to write
-            path.chmod(0o777 if not self.run_as_image_user else 0o755)
+        if self.mode == "process":
+            for path in sources.values():
+                if self.run_as_image_user:
+                    os.chown(path, IMAGE_UID, IMAGE_UID)  # like fsGroup: the volumes are the pod user's to write
+                path.chmod(0o777 if not self.run_as_image_user else 0o755)
         termination = pod_dir / "termination-log"
         termination.touch()
         termination.chmod(0o666)
-        hosts = pod_dir / "hosts"
-        subdomain = spec.get("subdomain")
-        names = ["localhost", hostname]
-        if subdomain:
+        names = [hostname]
+        if spec.get("subdomain"):
             completions = int(job["spec"].get("completions") or 1)
-            names += [f"{job['metadata']['name']}-{i}.{subdomain}" for i in range(completions)]
-        hosts.write_text("127.0.0.1 " + " ".join(names) + "\n")
-        lines = ["set -eu", f"hostname {shlex.quote(hostname)}"]
+            names += [f"{job['metadata']['name']}-{i}.{spec['subdomain']}" for i in range(completions)]
+        return Prepared(sources, tmpfs, termination, pod_dir, hostname, names)
+
+    def _subpath(self, prepared: Prepared, mount: dict[str, Any], fs_group: int | None) -> Path:
+        """The host directory behind a volumeMount; a missing subPath is created, as the kubelet does."""
+        src = prepared.sources[mount["name"]]
+        if mount.get("subPath"):
+            src = src / mount["subPath"]
+            if not src.exists():
+                src.mkdir(parents=True)
+                if fs_group is not None and not mount.get("readOnly"):
+                    os.chown(src, -1, fs_group)  # fsGroup owns the pod's writable volumes (setgid, g+rwx)
+                    src.chmod(0o2775)
+        return src
+
+    def _container_argv(
+        self, name: str, spec: dict[str, Any], container: dict[str, Any], prepared: Prepared, env: dict[str, str]
+    ) -> list[str]:
+        """`<engine> run` for one pod: its image, user, security context, volumes, env and hostnames."""
+        pod_sec, sec = spec.get("securityContext") or {}, container.get("securityContext") or {}
+        user, group = sec.get("runAsUser", pod_sec.get("runAsUser")), sec.get("runAsGroup", pod_sec.get("runAsGroup"))
+        fs_group = pod_sec.get("fsGroup")
+        argv = ["--rm", "--pull", "never", "--name", CONTAINER_PREFIX + name, "--network", "host"]
+        argv += ["--hostname", prepared.hostname, *(f"--add-host={h}:127.0.0.1" for h in prepared.hosts)]
+        if user is not None:
+            argv += ["--user", f"{user}:{group}" if group is not None else str(user)]
+        if fs_group is not None:
+            argv += ["--group-add", str(fs_group)]
+        if sec.get("readOnlyRootFilesystem"):
+            argv += ["--read-only", "--read-only-tmpfs=false"] if "podman" in str(engine.engine()) else ["--read-only"]
+        if sec.get("allowPrivilegeEscalation") is False:
+            argv += ["--security-opt", "no-new-privileges"]
+        argv += [f"--cap-drop={c}" for c in (sec.get("capabilities") or {}).get("drop", [])]
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in prepared.tmpfs:
+                size = prepared.tmpfs[mount["name"]]
+                argv += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777" + (f",size={_bytes(size)}" if size else "")]
+                continue
+            src = self._subpath(prepared, mount, fs_group)
+            argv += ["-v", f"{src}:{mount['mountPath']}" + (":ro" if mount.get("readOnly") else "")]
+        argv += ["-v", f"{prepared.termination}:/dev/termination-log"]
+        for key, value in env.items():
+            argv += ["-e", f"{key}={value}"]
+        if container.get("workingDir"):
+            argv += ["--workdir", container["workingDir"]]
+        if container.get("command"):
+            argv += ["--entrypoint", json.dumps(container["command"])]
+        return engine.run_argv(*argv, container["image"], *container.get("args", []))
+
+    def _mount_script(self, container: dict[str, Any], prepared: Prepared) -> str:
+        """Process mode: the shell run inside the pod's mount namespace: mounts, then exec of the entrypoint."""
+        hosts = prepared.pod_dir / "hosts"
+        hosts.write_text("127.0.0.1 " + " ".join(["localhost", *prepared.hosts]) + "\n")
+        lines = ["set -eu", f"hostname {shlex.quote(prepared.hostname)}"]
         late: list[str] = []  # /tmp last: it would hide the sources under /tmp
         for mount in container.get("volumeMounts", []):
-            src, _ = sources[mount["name"]]
-            if mount.get("subPath"):
-                src = src / mount["subPath"]
-                src.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
+            src = self._subpath(prepared, mount, None)
             target = mount["mountPath"]
             cmds = [f"mkdir -p {shlex.quote(target)}", f"mount --bind {shlex.quote(str(src))} {shlex.quote(target)}"]
             if mount.get("readOnly"):
@@ -377,7 +482,7 @@ class LocalNode:
             (late if target == "/tmp" or target.startswith("/tmp/") else lines).extend(cmds)
         lines += [
             "touch /dev/termination-log",
-            f"mount --bind {shlex.quote(str(termination))} /dev/termination-log",
+            f"mount --bind {shlex.quote(str(prepared.termination))} /dev/termination-log",
             f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
         ]
         # The "image" is this checkout and its interpreter. Where they live under a path the pod mounts over
@@ -428,6 +533,15 @@ class LocalNode:
         """What the kubelet does to a deleted pod: SIGTERM, the grace period, then SIGKILL."""
         if c.proc.returncode is not None:
             return
+        if self.mode == "container":
+            exe = engine.engine()
+            assert exe
+            argv = [exe, "stop", "--time", str(max(1, round(grace))), CONTAINER_PREFIX + c.pod]
+            quiet = asyncio.subprocess.DEVNULL
+            stop = await asyncio.create_subprocess_exec(*argv, stdout=quiet, stderr=quiet)
+            await stop.wait()
+            await c.proc.wait()
+            return
         with contextlib.suppress(ProcessLookupError):
             c.proc.send_signal(signal.SIGTERM)
         try:
@@ -438,6 +552,15 @@ class LocalNode:
 
     def exits(self, job: str) -> list[int | None]:
         return [h["exit_code"] for h in self.history if h["job"] == job]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity ("2Gi", "512M", "1000") in bytes, for a tmpfs size."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(float(quantity))
 
 
 def _ignored(job: dict[str, Any], exit_code: int | None) -> bool:

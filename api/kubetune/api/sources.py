@@ -167,6 +167,21 @@ def layer_from_mounts(root: str, exists: Callable[[str], bool]) -> Layer:
     return layer
 
 
+def unusable_mounts(root: str, usable: Callable[[str, bool], bool | None], uid: int) -> list[str]:
+    """The mounts that are there but that this user cannot use, each named (not a silent fallback to defaults).
+
+    `usable(path, write)` is None where nothing is mounted, else whether the user can read (write) it.
+    """
+    base = root.rstrip("/")
+    problems = []
+    for _, mount, _ in MOUNTS:
+        path, write = f"{base}/{mount}", mount == "output"
+        if usable(path, write) is False:
+            need = "writable" if write else "readable"
+            problems.append(f"{path}: mounted but not {need} by UID {uid} (check its owner and mode)")
+    return problems
+
+
 def layer_from_env(environ: Mapping[str, str]) -> Layer:
     """KUBETUNE_<SECTION>__<KEY>=value (nested with `__`) plus the seeds' aliases."""
     layer = Layer()

@@ -75,14 +75,25 @@ def _setup_logging() -> None:
         hf_logging.disable_progress_bar()
 
 
+def _usable(path: str, write: bool) -> bool | None:
+    """None when nothing is at `path`; else whether this user can read (write) it, and list it if a directory."""
+    if not os.path.lexists(path):
+        return None
+    mode = (os.W_OK if write else os.R_OK) | (os.X_OK if os.path.isdir(path) else 0)
+    return os.access(path, mode)
+
+
 def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str, Any]) -> Any:
     """YAML (--config or $KUBETUNE_CONFIG) < env < --set < flags; exits 2 listing every problem."""
-    from kubetune.api.sources import layer_from_mounts
+    from kubetune.api.sources import layer_from_mounts, unusable_mounts
 
     mounts = None
     if os.environ.get("KUBETUNE_CONTAINER") == "1":
         # The images' contract (README "Container contract"): mounts are the lowest-priority defaults.
         root = os.environ.get("KUBETUNE_MOUNT_ROOT") or "/"
+        problems = unusable_mounts(root, _usable, os.getuid())
+        if problems:
+            _fail("; ".join(problems), EXIT_CONFIG)
         mounts = layer_from_mounts(root, os.path.exists)
         mounted_config = Path(root) / "config" / "config.yaml"
         if config is None and not os.environ.get("KUBETUNE_CONFIG") and mounted_config.is_file():

@@ -89,6 +89,7 @@ def export_gguf(gguf: Path, dest: Path) -> Path:
         if tokenizer.chat_template:
             # Keep the template in tokenizer_config too, for tools that look only there.
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
+        _as_umask_allows(tmp)
         try:
             os.replace(tmp, dest)
         except OSError:
@@ -100,6 +101,16 @@ def export_gguf(gguf: Path, dest: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _as_umask_allows(tree: Path) -> None:
+    """Modes as if created plainly (mkdtemp's 0700, safetensors' 0600 otherwise): an export is meant to be
+    mounted into containers, whose user (UID 10001 in the images) must be able to read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tree.chmod(0o777 & ~umask)
+    for path in tree.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def resolve_path(path: str) -> str:

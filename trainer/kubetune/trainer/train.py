@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kubetune.api.config import TrainConfig
-from kubetune.trainer import checkpoints, launch
+from kubetune.trainer import checkpoints, launch, sources
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import prepare
@@ -132,7 +132,10 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
 
     stopper = GracefulStop()  # from the start: a SIGTERM while loading is a clean, retryable exit too
     try:
-        return _run(cfg, progress, stopper)
+        cfg, fetched = sources.localize(cfg)  # remote model/data into the cache first; run.json notes the revisions
+        summary = _run(cfg, progress, stopper)
+        sources.record_in_run(Path(cfg.output_dir) / "run.json", fetched)
+        return summary
     finally:
         stopper.restore()
 

@@ -203,6 +203,9 @@ def merge(
     from kubetune.trainer.merge import merge as do_merge
 
     result = _guard(do_merge, output_dir, adapter, base, dest, dtype)
+    from kubetune.trainer.finish import after_merge
+
+    result = _guard(after_merge, output_dir, result)  # output.push_to: the merged model goes out too
     typer.echo(
         f"merged model in {result['merged_path']} (verified: max |Δlogits| "
         f"{result['max_logit_diff']:.2e}, {result['changed_tensors']} weight tensors changed)",

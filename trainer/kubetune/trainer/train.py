@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kubetune.api.config import TrainConfig
-from kubetune.trainer import checkpoints, launch, sources
+from kubetune.trainer import checkpoints, finish, launch, sources, tracking
 from kubetune.trainer import device as devices
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import prepare
@@ -133,9 +133,13 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
     stopper = GracefulStop()  # from the start: a SIGTERM while loading is a clean, retryable exit too
     try:
         cfg, fetched = sources.localize(cfg)  # remote model/data into the cache first; run.json notes the revisions
-        summary = _run(cfg, progress, stopper)
-        sources.record_in_run(Path(cfg.output_dir) / "run.json", fetched)
-        return summary
+        trackers = tracking.start(cfg)  # report_to: runs opened (or one warning) before the model loads
+        try:
+            summary = _run(cfg, progress, stopper, trackers.callbacks)
+        except BaseException:
+            trackers.abort()
+            raise
+        return finish.after_training(cfg, summary, fetched, trackers)  # trackers closed, push_to, run.json
     finally:
         stopper.restore()
 
@@ -145,7 +149,7 @@ def _stop_if_requested(stopper: Any, phase: str) -> None:
         raise Preempted(f"stopped by SIGTERM {phase}; nothing to save yet; run the same command again")
 
 
-def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
+def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | None = None) -> dict[str, Any]:
     started = time.time()
     out = Path(cfg.output_dir)
     if not cfg.data.path:
@@ -251,7 +255,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
             eval_dataset=strip_eval or None,
             data_collator=Collator(tokenizer.pad_token_id, packed=cfg.data.packing),
             processing_class=tokenizer,
-            callbacks=[reporter],
+            callbacks=[reporter, *(callbacks or [])],
             identity=identity,
         )
         trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines

@@ -61,17 +61,3 @@ def localize(cfg: TrainConfig) -> tuple[TrainConfig, list[dict[str, Any]]]:
     local.data.path = [f.local for f in data]
     local.data.eval_path = [f.local for f in evals]
     return local, records
-
-
-def record_in_run(run_json: Any, fetched: list[dict[str, Any]]) -> None:
-    """Add `sources` (what each remote location resolved to) to run.json, if this process wrote one."""
-    import json
-    import os
-
-    from kubetune.trainer.report import write_json_atomic
-
-    if not fetched or os.environ.get("RANK", "0") != "0" or not run_json.exists():
-        return
-    info = json.loads(run_json.read_text())
-    info["sources"] = fetched
-    write_json_atomic(run_json, info)

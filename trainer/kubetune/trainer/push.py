@@ -22,9 +22,10 @@ from typing import Any
 
 from kubetune.api.remote import Remote, parse
 from kubetune.trainer.errors import SourceDenied, UsageError
+from kubetune.trainer.sources.s3 import PUSH_MANIFEST
 
 log = logging.getLogger("kubetune.push")
-MANIFEST = "kubetune-push.json"
+MANIFEST = PUSH_MANIFEST
 ITEMS = ("adapter", "merged", "run.json")
 
 

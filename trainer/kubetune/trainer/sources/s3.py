@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -19,6 +20,7 @@ from kubetune.api.remote import Remote
 from kubetune.trainer.errors import KubetuneError, SourceDenied, SourceMissing, TransferFailed
 from kubetune.trainer.sources import store
 
+PUSH_MANIFEST = "kubetune-push.json"  # written last by push.py; one fact, one place
 _MISSING = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 _DENIED = {
     *("AccessDenied", "403", "401", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
@@ -116,7 +118,47 @@ def list_files(s3: Any, remote: Remote) -> list[store.RemoteFile]:
         raise error(exc, uri) from None
     if not files:
         raise SourceMissing(f"{uri}: no such object or prefix")
-    return files
+    return _as_pushed(s3, remote, prefix, files)
+
+
+def _as_pushed(s3: Any, remote: Remote, prefix: str, files: list[store.RemoteFile]) -> list[store.RemoteFile]:
+    """A prefix kubetune pushed to (or its adapter/ or merged/): only what its manifest lists, with its SHA-256.
+
+    The manifest is written last (push.py), so without it a result is still being
+    pushed, or the push was cut: better a clear error than half a model.
+    """
+    import json
+
+    from botocore.exceptions import ClientError
+
+    root, sub = prefix.rstrip("/"), ""
+    parent, _, last = root.rpartition("/")
+    if last in ("adapter", "merged"):
+        root, sub = parent, last + "/"
+
+    def key(name: str) -> str:
+        return f"{root}/{name}" if root else name
+
+    try:
+        manifest = json.loads(s3.get_object(Bucket=remote.bucket, Key=key(PUSH_MANIFEST))["Body"].read())["files"]
+    except ClientError as exc:
+        if not isinstance(error(exc, remote.uri), SourceMissing):
+            raise
+        try:
+            s3.head_object(Bucket=remote.bucket, Key=key("run.json"))
+        except ClientError:
+            return files  # not a kubetune result: a plain prefix
+        raise TransferFailed(
+            f"{remote.uri}: a kubetune result without {PUSH_MANIFEST}: a push is in progress or was cut; try again"
+        ) from None
+    wanted = {rel[len(sub) :]: meta for rel, meta in manifest.items() if rel.startswith(sub)}
+    keep = [replace(f, sha256=wanted[f.rel]["sha256"]) for f in files if f.rel in wanted]
+    missing = sorted(set(wanted) - {f.rel for f in keep})
+    if missing:
+        raise TransferFailed(
+            f"{remote.uri}: {missing[0]} is listed in {PUSH_MANIFEST} but missing; a new push may be under way"
+        )
+    return keep
 
 
 def fetch(remote: Remote) -> tuple[str, dict[str, Any]]:

@@ -67,3 +67,27 @@ def test_an_unreachable_store_is_retryable(tmp_path, data, monkeypatch):
     result = train(tmp_path, "s3://models/x", data)
     assert result.exit_code == EXIT_TRANSFER, result.output
     assert errors(result)[0].startswith("error: s3://models/x: cannot talk to http://127.0.0.1:9")
+
+
+def test_fetch_fills_the_cache_and_a_later_train_reuses_it(hub, tmp_path, monkeypatch):
+    """`kubetune fetch` is what a FinetuneJob's initializer runs; it reports each source and its local path."""
+    repo = hub.add("org/dates", {"train.jsonl": b'{"prompt": "p", "completion": "c"}\n'}, repo_type="dataset")
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    result = runner.invoke(app, ["fetch", "--data", "hf://org/dates"])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("fetched ")]
+    assert line.startswith("fetched hf://org/dates -> ") and repo.refs["main"] in line
+    assert '"sources": [{"source": "hf://org/dates"}]' in log.read_text()
+    served = len(hub.gets("train.jsonl"))
+    assert runner.invoke(app, ["fetch", "--data", "hf://org/dates"]).exit_code == 0
+    assert len(hub.gets("train.jsonl")) == served == 1
+
+
+def test_fetch_failure_is_the_same_one_line(hub):
+    result = runner.invoke(app, ["fetch", "--model", "hf://org/absent"])
+    assert result.exit_code == EXIT_SOURCE_MISSING
+    assert [x for x in result.output.splitlines() if x.startswith("error:")] == [
+        f"error: hf://org/absent: no such repository at {hub.url} (or private: set HF_TOKEN)"
+    ]

@@ -61,3 +61,12 @@ def localize(cfg: TrainConfig) -> tuple[TrainConfig, list[dict[str, Any]]]:
     local.data.path = [f.local for f in data]
     local.data.eval_path = [f.local for f in evals]
     return local, records
+
+
+def fetch_all(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """`kubetune fetch`: fill the cache for every remote source of a config; the termination message lists them."""
+    from kubetune.trainer.termination import write_termination_message
+
+    _, records = localize(cfg)
+    write_termination_message({"event": "fetched", "sources": [{"source": r["source"]} for r in records]})
+    return records

@@ -19,6 +19,7 @@ def config(tmp_path, *sets: str):
 
 def test_a_tracking_server_that_is_down_costs_one_warning(tmp_path, caplog):
     pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
     cfg = config(tmp_path, "training.report_to=mlflow,tensorboard", "tracking.mlflow_uri=http://127.0.0.1:9")
     with caplog.at_level(logging.WARNING, logger="kubetune.tracking"):
         trackers = tracking.start(cfg)

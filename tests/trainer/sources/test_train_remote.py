@@ -40,6 +40,7 @@ def manifest(client, bucket: str, key: str) -> dict:
 
 @pytest.mark.slow
 def test_train_from_s3_and_the_hub_then_push_to_s3(s3, hub, tiny_model, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install 'kubetune-trainer[test-remote]'")
     _, client, bucket = s3
     upload_dir(client, bucket, "models/tiny", tiny_model)
     repo = hub.add("org/dates", {"train.jsonl": "".join(DATES).encode()}, repo_type="dataset")

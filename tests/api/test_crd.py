@@ -44,7 +44,7 @@ def test_every_model_field_is_in_the_schema():
         assert aliases == set(schema["properties"]), model.__name__
     assert spec["required"] == ["storage"]
     training = spec["properties"]["training"]["properties"]
-    assert set(training) == {"model", "lora", "data", "training", "distributed", "output_dir"}
+    assert set(training) == {"model", "lora", "data", "training", "distributed", "tracking", "output", "output_dir"}
 
 
 def test_defaults_and_bounds_reach_the_api_server():

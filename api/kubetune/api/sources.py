@@ -254,7 +254,7 @@ def format_errors(exc: ValidationError, origin: Mapping[Path_, str]) -> list[str
         # pydantic appends the literal/union branch name; drop it from the dotted key.
         key = ".".join(str(p) for p in loc if not str(p).startswith(("literal[", "list[", "str")))
         where = _origin_for(loc, origin)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' messages stand on their own
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in err and err["type"] not in {"missing"}:

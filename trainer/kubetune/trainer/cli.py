@@ -202,6 +202,22 @@ def train(
 
 
 @app.command()
+def fetch(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Base model (model.path).")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Data file(s) (data.path).")] = None,
+) -> None:
+    """Download the remote model and data into the cache ($KUBETUNE_CACHE_DIR) and stop: a FinetuneJob's initializer."""
+    _setup_logging()
+    cfg = resolve_config(config, set_, dict(model=model, data=data))
+    from kubetune.trainer.sources import fetch_all
+
+    for record in _guard(fetch_all, cfg):
+        typer.echo(f"fetched {record['source']} -> {record['local']}", err=True)
+
+
+@app.command()
 def merge(
     output_dir: OutputDirOpt = Path("output"),
     adapter: AdapterOpt = None,
@@ -214,6 +230,9 @@ def merge(
     from kubetune.trainer.merge import merge as do_merge
 
     result = _guard(do_merge, output_dir, adapter, base, dest, dtype)
+    from kubetune.trainer.finish import after_merge
+
+    result = _guard(after_merge, output_dir, result)  # output.push_to: the merged model goes out too
     typer.echo(
         f"merged model in {result['merged_path']} (verified: max |Δlogits| "
         f"{result['max_logit_diff']:.2e}, {result['changed_tensors']} weight tensors changed)",

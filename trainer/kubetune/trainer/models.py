@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from kubetune.api.config import ModelSection
+from kubetune.api.remote import is_remote
 from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ def _as_umask_allows(tree: Path) -> None:
 
 
 def resolve_path(path: str) -> str:
-    """A loadable location: builtins become their cached HF export; local paths must exist."""
+    """A loadable location: builtins become their cached HF export; remote ones are fetched; local ones must exist."""
+    if is_remote(path):
+        from kubetune.trainer.sources import fetch
+
+        return fetch(path, "model").local
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
         gguf = builtin_gguf(name)

@@ -19,7 +19,7 @@ import torch
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import SummaryEvent
-from kubetune.trainer import checkpoints, launch, selection
+from kubetune.trainer import checkpoints, finish, launch, selection, sources, tracking
 from kubetune.trainer import device as devices
 from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
@@ -146,7 +146,14 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
 
     stopper = GracefulStop()  # from the start: a SIGTERM while loading is a clean, retryable exit too
     try:
-        return _run(cfg, progress, stopper)
+        cfg, fetched = sources.localize(cfg)  # remote model/data into the cache first; run.json notes the revisions
+        trackers = tracking.start(cfg)  # report_to: runs opened (or one warning) before the model loads
+        try:
+            summary = _run(cfg, progress, stopper, trackers.callbacks)
+        except BaseException:
+            trackers.abort()
+            raise
+        return finish.after_training(cfg, summary, fetched, trackers)  # trackers closed, push_to, run.json
     finally:
         stopper.restore()
 
@@ -156,8 +163,11 @@ def _stop_if_requested(stopper: Any, phase: str) -> None:
         raise Preempted(f"stopped by SIGTERM {phase}; nothing to save yet; run the same command again")
 
 
-def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
-    """The recipe: every phase that can fail on bad input runs before the (slow) model load."""
+def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """The recipe: every phase that can fail on bad input runs before the (slow) model load.
+
+    `callbacks` are the trackers' (report_to).
+    """
     started = time.time()
     if not cfg.data.path:
         raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
@@ -169,7 +179,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any) -> dict[str, Any]:
     model, loaded = setup_model(cfg, place)
     _stop_if_requested(stopper, "while loading the model")
     setup = Setup(place, backend, tokenizer, data, resume, model, loaded)
-    fitted = fit(cfg, setup, progress, stopper)
+    fitted = fit(cfg, setup, progress, stopper, callbacks or [])
     if not fitted.trainer.is_world_process_zero():
         return {}
     return write_outputs(cfg, setup, fitted, started)
@@ -351,12 +361,12 @@ def _without_where(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "where"} for row in rows]
 
 
-def fit(cfg: TrainConfig, setup: Setup, progress: str, stopper: Any) -> Fitted:
+def fit(cfg: TrainConfig, setup: Setup, progress: str, stopper: Any, extra_callbacks: list[Any]) -> Fitted:
     """Train (resuming if planned); a SIGTERM becomes Preempted after its checkpoint is complete."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         best, guard = selection.BestAdapter(cfg.training.eval_metric), DivergenceGuard()
-        trainer, reporter = build_trainer(cfg, setup, progress, [best, stopper, guard])
+        trainer, reporter = build_trainer(cfg, setup, progress, [best, stopper, guard, *extra_callbacks])
         checkpoint = setup.resume.checkpoint
         train_started = time.time()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

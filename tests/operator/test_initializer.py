@@ -1,0 +1,111 @@
+"""The initializer's pure builders: a `kubetune fetch` Job into the cache claim, and what its end means for status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kubetune.api import load_config
+from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.operator import initializer as init
+from kubetune.operator.render import LABEL_ROLE, Settings
+from kubetune.trainer import errors
+
+META = {"name": "llama-quotes", "namespace": "ml", "uid": "1234-abcd"}
+
+
+def spec(training: dict[str, Any], **extra: Any) -> FinetuneJobSpec:
+    storage = {"model": {"claimName": "models"}, "data": {"claimName": "data"}, "output": {"claimName": "runs"}}
+    return FinetuneJobSpec.model_validate({"storage": storage, "training": training, **extra})
+
+
+REMOTE = spec(
+    {
+        "model": {"path": "hf://org/llama@v1"},
+        "data": {"path": ["s3://data/quotes/train.jsonl", "local.jsonl"]},
+        "output": {"push_to": "s3://results/quotes"},
+    },
+    hfTokenSecret={"name": "hf"},
+)
+SOURCES = init.RemoteSources.model_validate({"cache": {"claimName": "kubetune-cache"}, "s3CredentialsSecret": "s3"})
+
+
+def test_only_remote_sources_need_an_initializer():
+    assert init.remote_locations(REMOTE) == ["hf://org/llama@v1", "s3://data/quotes/train.jsonl"]
+    assert init.needs_initializer(REMOTE)
+    assert not init.needs_initializer(spec({"data": {"path": ["train.jsonl"]}}))
+
+
+def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_secrets():
+    job = init.render_initializer_job(META, REMOTE, SOURCES, Settings())
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["args"] == ["fetch"]
+    assert env["KUBETUNE_CACHE_DIR"] == init.CACHE_MOUNT and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
+    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]  # AWS_* keys, never in the spec
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["cache"]["mountPath"] == "/cache" and not mounts["cache"]["readOnly"]
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert claims["cache"] == "kubetune-cache" and "model" not in claims and "data" not in claims
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod["automountServiceAccountToken"] is False
+    assert job["metadata"]["ownerReferences"][0]["uid"] == META["uid"]
+    assert job["metadata"]["labels"][LABEL_ROLE] == "initializer" and len(job["metadata"]["name"]) <= 63
+    assert job["spec"]["backoffLimit"] == 1
+
+
+def test_pods_keep_remote_paths_and_the_trainer_reads_them():
+    cfg = init.container_config(REMOTE)
+    assert cfg.model.path == "hf://org/llama@v1"
+    assert cfg.data.path == ["s3://data/quotes/train.jsonl", "/data/local.jsonl"]
+    assert cfg.output.push_to == "s3://results/quotes" and cfg.output_dir == "/output"
+    again = load_config(yaml.safe_dump(cfg.model_dump(mode="json")), "config.yaml")  # what a pod parses
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (None, "pending"),
+        ({"status": {"active": 1}}, "pending"),
+        ({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}, "succeeded"),
+    ],
+)
+def test_outcome_before_and_after_success(job, expected):
+    assert init.initializer_outcome(job, None, None)[0] == expected
+
+
+def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
+    """The seam: a real `kubetune fetch` failure's termination message becomes the status message."""
+    from kubetune.trainer.cli import app
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("KUBETUNE_PROGRESS", "json")
+    monkeypatch.setattr("kubetune.trainer.cli._setup_logging", lambda: None)
+    result = CliRunner().invoke(app, ["fetch", "--model", "s3://Bad_Bucket/x"])
+    assert result.exit_code == errors.EXIT_CONFIG
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
+    state, reason, message = init.initializer_outcome(failed, result.exit_code, log.read_text())
+    assert (state, reason) == ("failed", "InvalidSource")
+    assert message.startswith("--model: model.path: s3://Bad_Bucket/x:") and "bucket name" in message
+    assert json.loads(log.read_text())["exit_code"] == errors.EXIT_CONFIG
+
+
+def test_fetch_reasons_match_the_trainers_exit_codes():
+    assert init.FETCH_REASONS == {
+        errors.EXIT_CONFIG: "InvalidSource",
+        errors.EXIT_SOURCE_MISSING: "SourceNotFound",
+        errors.EXIT_SOURCE_DENIED: "SourceAccessDenied",
+        errors.EXIT_TRANSFER: "SourceTransferFailed",
+    }
+
+
+def test_result_location_comes_from_the_summary():
+    assert init.result_location(REMOTE, {"pushed_to": "s3://results/quotes"}) == "s3://results/quotes"
+    assert init.result_location(REMOTE, {"steps": 3}) is None

@@ -1,0 +1,99 @@
+"""Fixtures for remote sources: a fresh cache per test, the local hub, and moto's S3 server (one per session)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+CLEARED = ("HF_TOKEN", "HF_TOKEN_FILE", "HF_ENDPOINT", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Every test starts with an empty source cache and no credentials from the machine running it."""
+    for name in CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    root = tmp_path / "cache"
+    monkeypatch.setenv("KUBETUNE_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    from hubserver import Hub
+
+    server = Hub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
+    from s3server import start_moto
+
+    store = start_moto()
+    yield store
+    store.server.stop()
+
+
+@pytest.fixture
+def s3(s3_store, monkeypatch):
+    """The store's credentials in the environment, and a fresh bucket for this test."""
+    for key, value in s3_store.env().items():
+        monkeypatch.setenv(key, value)
+    client = s3_store.client()
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return s3_store, client, bucket
+
+
+@pytest.fixture
+def proxy(s3, s3_store, monkeypatch):
+    """A cutting proxy in front of moto; the trainer talks to the proxy."""
+    from s3server import CutProxy
+
+    p = CutProxy(s3_store.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, builtin_path):
+    """A randomly initialised 1-layer Llama with the builtin's tokenizer: a real HF model directory of ~3 MB."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    dest = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    pytest.importorskip("mlflow.server", reason="the mlflow server is not installed (pip install mlflow)")
+    from mlflowserver import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield server.wait()
+    finally:
+        server.stop()

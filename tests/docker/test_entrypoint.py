@@ -19,8 +19,13 @@ def container_env(**extra: str) -> dict[str, str]:
     keep = {
         k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "HF_TOKEN")) or k == "KUBETUNE_CACHE_DIR"
     }
-    return {**keep, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "KUBETUNE_CONTAINER": "1",
-            "PYTHONUNBUFFERED": "1", **extra}  # fmt: skip
+    return {
+        **keep,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "KUBETUNE_CONTAINER": "1",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def fake_kubetune(tmp_path: Path) -> str:
@@ -37,8 +42,9 @@ def test_token_file_is_exported_and_arguments_pass_through(tmp_path):
     token = tmp_path / "token"
     token.write_text("hf_secret")
     env = container_env(PATH=fake_kubetune(tmp_path), HF_TOKEN_FILE=str(token))
-    out = subprocess.run(["sh", str(ENTRYPOINT), "merge", "--output-dir", "/output"], env=env, capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["sh", str(ENTRYPOINT), "merge", "--output-dir", "/output"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.splitlines() == ["args=merge --output-dir /output", "token=hf_secret"]
 
 
@@ -56,10 +62,15 @@ def test_entrypoint_runs_a_real_training_from_the_mounts(tmp_path, builtin_path)
     (mounts / "model").symlink_to(builtin_path)  # stands in for `-v MODEL:/model:ro`
     dates = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines(keepends=True)
     (mounts / "data" / "train.jsonl").write_text("".join(dates[:8]))
-    env = container_env(KUBETUNE_MOUNT_ROOT=str(mounts), KUBETUNE_TRAINING__MAX_STEPS="2",
-                        KUBETUNE_TRAINING__BATCH_SIZE="4", KUBETUNE_LORA__R="4")  # fmt: skip
-    proc = subprocess.run(["sh", str(ENTRYPOINT), "train"], env=env, cwd=mounts / "output", capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    env = container_env(
+        KUBETUNE_MOUNT_ROOT=str(mounts),
+        KUBETUNE_TRAINING__MAX_STEPS="2",
+        KUBETUNE_TRAINING__BATCH_SIZE="4",
+        KUBETUNE_LORA__R="4",
+    )
+    proc = subprocess.run(
+        ["sh", str(ENTRYPOINT), "train"], env=env, cwd=mounts / "output", capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads(x)["event"] for x in proc.stdout.splitlines()] == ["progress", "progress"]
     assert (mounts / "output" / "adapter" / "adapter_model.safetensors").is_file()

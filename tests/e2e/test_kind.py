@@ -30,8 +30,9 @@ def missing() -> str | None:
 
 @pytest.mark.skipif(missing() is not None, reason=str(missing()))
 def test_finetunejob_on_kind_succeeds_and_leaves_a_merged_model():
-    proc = subprocess.run(["bash", str(ROOT / "tests" / "e2e" / "kind.sh")], cwd=ROOT, text=True,
-                          capture_output=True, timeout=3600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tests" / "e2e" / "kind.sh")], cwd=ROOT, text=True, capture_output=True, timeout=3600
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "e2e: OK" in proc.stdout
 

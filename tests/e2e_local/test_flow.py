@@ -52,8 +52,15 @@ def claims(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return {"models": engine.exported_model(tmp_path_factory.getbasetemp()), "data": data, "runs": runs}
 
 
-def finetunejob(name: str, max_steps: int, nodes: int = 1, merge: bool = True, data: str = "train.jsonl",
-                threads: int | None = None, **spec: Any) -> dict[str, Any]:  # fmt: skip
+def finetunejob(
+    name: str,
+    max_steps: int,
+    nodes: int = 1,
+    merge: bool = True,
+    data: str = "train.jsonl",
+    threads: int | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     return {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FinetuneJob",
@@ -144,8 +151,9 @@ def worker_pods(node: LocalNode, job: str) -> list[str]:
     return [c.pod for c in node.containers.values() if c.job == job]
 
 
-async def test_one_node_with_operator_restart_suspend_and_resume(cluster: Cluster, claims: dict[str, Path],
-                                                                  tmp_path: Path):  # fmt: skip
+async def test_one_node_with_operator_restart_suspend_and_resume(
+    cluster: Cluster, claims: dict[str, Path], tmp_path: Path
+):
     name, names = "dates", Names.of("dates")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
@@ -230,8 +238,9 @@ async def _serves(pod: OperatorPod) -> None:
             assert r.status == 200 and "kubetune_" in await r.text(), pod.log[-3000:]
 
 
-async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(cluster: Cluster, claims: dict[str, Path],
-                                                                tmp_path: Path):  # fmt: skip
+async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(
+    cluster: Cluster, claims: dict[str, Path], tmp_path: Path
+):
     name, names = "preempted", Names.of("preempted")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
@@ -258,8 +267,7 @@ async def _at(node: LocalNode, pod: str, step: int) -> bool:
     return log_step(node, pod) >= step
 
 
-async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, claims: dict[str, Path],
-                                                             tmp_path: Path):  # fmt: skip
+async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
     name, names = "bad", Names.of("bad")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:

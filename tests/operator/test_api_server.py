@@ -82,8 +82,14 @@ async def test_an_invalid_child_fails_the_job_with_the_servers_message(cluster: 
 
 
 async def test_a_strangers_configmap_is_never_adopted(cluster: Cluster):
-    await cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAMES.config},
-                          "data": {"config.yaml": "someone else's"}})  # fmt: skip
+    await cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": NAMES.config},
+            "data": {"config.yaml": "someone else's"},
+        }
+    )
     with operator():
         await cluster.create(finetunejob())
         failed = await phase_is(cluster, "Failed")

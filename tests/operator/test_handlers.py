@@ -25,8 +25,15 @@ async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
 
 
 def progress(step: int, total: int = 5, loss: float = 1.25) -> str:
-    record = {"event": "progress", "step": step, "total_steps": total, "loss": loss, "epoch": step / total,
-              "tokens_per_second": 80.0, "eta_seconds": float(total - step)}  # fmt: skip
+    record = {
+        "event": "progress",
+        "step": step,
+        "total_steps": total,
+        "loss": loss,
+        "epoch": step / total,
+        "tokens_per_second": 80.0,
+        "eta_seconds": float(total - step),
+    }
     return json.dumps(record)
 
 

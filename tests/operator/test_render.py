@@ -173,8 +173,12 @@ def test_names_at_the_limits_give_children_the_api_server_accepts(name: str):
 
     meta = {**META, "name": name}
     spec = SPEC.model_copy(update={"nodes": 256})  # the largest index: pod hostnames <workers>-255
-    for manifest in (render_configmap(meta, spec), render_service(meta), render_worker_job(meta, spec, Settings()),
-                     render_merge_job(meta, spec, Settings())):  # fmt: skip
+    for manifest in (
+        render_configmap(meta, spec),
+        render_service(meta),
+        render_worker_job(meta, spec, Settings()),
+        render_merge_job(meta, spec, Settings()),
+    ):
         assert object_problems(manifest) == [], manifest["kind"]
         kubernetes_validate.validate(manifest, "1.30", strict=True)
 

@@ -34,16 +34,23 @@ SPEC: dict[str, Any] = {
 OWNED = {"ownerReferences": [{"uid": "uid-1"}]}
 
 
-def job(name: str = NAMES.workers, suspend: bool = False, condition: str | None = None, reason: str = "",
-        active: int = 0) -> dict[str, Any]:  # fmt: skip
+def job(
+    name: str = NAMES.workers, suspend: bool = False, condition: str | None = None, reason: str = "", active: int = 0
+) -> dict[str, Any]:
     status: dict[str, Any] = {"active": active}
     if condition:
         status["conditions"] = [{"type": condition, "status": "True", "reason": reason, "message": "m"}]
     return {"metadata": {"name": name, **OWNED}, "spec": {"suspend": suspend}, "status": status}
 
 
-def pod(name: str, index: int = 0, phase: str = "Running", exit_code: int | None = None, message: str | None = None,
-        created: str = "2026-11-22T11:00:00Z") -> PodView:  # fmt: skip
+def pod(
+    name: str,
+    index: int = 0,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    message: str | None = None,
+    created: str = "2026-11-22T11:00:00Z",
+) -> PodView:
     return PodView(name, index, phase, created, exit_code, message)
 
 
@@ -56,8 +63,17 @@ def run(spec: dict[str, Any] = SPEC, status: dict[str, Any] | None = None, obser
 
 
 def progress_line(step: int, total: int = 10, loss: float = 1.5) -> str:
-    return json.dumps({"event": "progress", "step": step, "total_steps": total, "loss": loss, "epoch": 0.5,
-                       "tokens_per_second": 100.0, "eta_seconds": 12.0})  # fmt: skip
+    return json.dumps(
+        {
+            "event": "progress",
+            "step": step,
+            "total_steps": total,
+            "loss": loss,
+            "epoch": 0.5,
+            "tokens_per_second": 100.0,
+            "eta_seconds": 12.0,
+        }
+    )
 
 
 def test_invalid_spec_fails_with_every_problem_named():
@@ -101,12 +117,19 @@ def test_missing_children_are_recreated_without_a_new_transition():
 
 def test_running_with_progress_from_the_rank0_log():
     log = "\n".join(["loading model", progress_line(3), "not json {", progress_line(4)])
-    plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(pod("w-0"),),
-                                                         rank0_log=log))  # fmt: skip
+    plan = run(
+        status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(pod("w-0"),), rank0_log=log)
+    )
     st = plan.status
     assert st["phase"] == "Running" and st["startTime"] == "2026-11-22T12:00:00Z"
-    assert st["progress"] == {"step": 4, "totalSteps": 10, "loss": 1.5, "epoch": 0.5, "tokensPerSecond": 100.0,
-                              "etaSeconds": 12.0}  # fmt: skip
+    assert st["progress"] == {
+        "step": 4,
+        "totalSteps": 10,
+        "loss": 1.5,
+        "epoch": 0.5,
+        "tokensPerSecond": 100.0,
+        "etaSeconds": 12.0,
+    }
     assert st["progressSummary"] == "4/10" and [e.reason for e in plan.events] == ["Running"]
 
 
@@ -124,8 +147,10 @@ def test_training_complete_starts_the_merge_then_succeeds():
     lost = run(status=plan.status, observed=seen(workers=job(condition="Complete")))  # merge Job deleted by hand
     assert [m["metadata"]["name"] for m in lost.create] == [NAMES.merge] and lost.status["phase"] == "Merging"
 
-    done = run(status=plan.status, observed=seen(workers=job(condition="Complete"),
-                                                 merge=job(NAMES.merge, condition="Complete")))  # fmt: skip
+    done = run(
+        status=plan.status,
+        observed=seen(workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete")),
+    )
     assert done.status["phase"] == "Succeeded" and done.status["mergedPath"] == "pvc://runs/quotes/merged"
     assert done.status["completionTime"] == "2026-11-22T12:00:00Z" and done.done is False  # no TTL: next pass ends
     assert run(status=done.status, observed=seen()).done
@@ -150,8 +175,10 @@ def test_worker_failure_carries_the_trainers_message():
 
 def test_preempted_pods_are_not_the_failure_reason():
     pods = (pod("w-0-a", phase="Failed", exit_code=75, message='{"event":"error","exit_code":75,"message":"x"}'),)
-    plan = run(status={"phase": "Running"}, observed=seen(workers=job(condition="Failed", reason="PodFailurePolicy"),
-                                                          worker_pods=pods))  # fmt: skip
+    plan = run(
+        status={"phase": "Running"},
+        observed=seen(workers=job(condition="Failed", reason="PodFailurePolicy"), worker_pods=pods),
+    )
     assert plan.status["message"] == "PodFailurePolicy: m"
 
 
@@ -186,8 +213,10 @@ def test_a_job_created_suspended_stays_suspended():
 
 
 def test_restarts_count_new_pods_per_index():
-    first = run(status={"phase": "Running"}, observed=seen(workers=job(active=2),
-                worker_pods=(pod("w-0-a"), pod("w-1-a", index=1))))  # fmt: skip
+    first = run(
+        status={"phase": "Running"},
+        observed=seen(workers=job(active=2), worker_pods=(pod("w-0-a"), pod("w-1-a", index=1))),
+    )
     assert first.status["restarts"] == 0 and first.status["workerPods"] == {"0": "w-0-a", "1": "w-1-a"}
     replaced = (
         pod("w-0-a", phase="Failed", exit_code=75),
@@ -207,8 +236,13 @@ def test_ttl_removes_children_after_finishing():
     observed = seen(workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete"))
     waiting = run(spec, finished, observed)
     assert waiting.delete == [] and not waiting.done
-    later = decide(META, spec, finished, seen(now=NOW + timedelta(seconds=31), workers=observed.workers,
-                                              merge=observed.merge), Settings())  # fmt: skip
+    later = decide(
+        META,
+        spec,
+        finished,
+        seen(now=NOW + timedelta(seconds=31), workers=observed.workers, merge=observed.merge),
+        Settings(),
+    )
     assert sorted(later.delete) == sorted(
         [("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Job", NAMES.workers), ("Job", NAMES.merge)]
     )

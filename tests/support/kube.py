@@ -74,8 +74,10 @@ def label_problems(labels: dict[str, str] | None, where: str) -> list[str]:
         if (prefix and _bad(DNS1123_SUBDOMAIN, 253, prefix)) or _bad(LABEL_NAME, 63, name):
             problems.append(f"{where}: Invalid value: {key!r}: not a qualified label name")
         if _bad(LABEL_VALUE, 63, str(value)):
-            problems.append(f"{where}: Invalid value: {value!r}: a valid label must be 63 characters or less, "
-                            "start and end with an alphanumeric character, with '-', '_' or '.' between")  # fmt: skip
+            problems.append(
+                f"{where}: Invalid value: {value!r}: a valid label must be 63 characters or less, "
+                "start and end with an alphanumeric character, with '-', '_' or '.' between"
+            )
     return problems
 
 
@@ -94,9 +96,11 @@ def object_problems(obj: dict[str, Any]) -> list[str]:
     name = meta.get("name", "")
     problems = label_problems(meta.get("labels"), "metadata.labels")
     if kind == "Service" and _bad(DNS1035_LABEL, 63, name):
-        problems.append(f"metadata.name: Invalid value: {name!r}: a DNS-1035 label must consist of lower case "
-                        "alphanumeric characters or '-', start with an alphabetic character, and end with an "
-                        "alphanumeric character")  # fmt: skip
+        problems.append(
+            f"metadata.name: Invalid value: {name!r}: a DNS-1035 label must consist of lower case "
+            "alphanumeric characters or '-', start with an alphabetic character, and end with an "
+            "alphanumeric character"
+        )
     elif _bad(DNS1123_SUBDOMAIN, 253, name):
         problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
     if kind == "Job":
@@ -148,22 +152,30 @@ class RBAC:
         for doc in docs:
             if doc["kind"] in ("Role", "ClusterRole"):
                 namespace = doc["metadata"].get("namespace") if doc["kind"] == "Role" else None
-                rules += [Rule(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]), namespace)
-                          for r in doc["rules"]]  # fmt: skip
+                rules += [
+                    Rule(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]), namespace)
+                    for r in doc["rules"]
+                ]
         return RBAC(rules)
 
     def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
         return any(
-            verb in r.verbs and group in r.api_groups and resource in r.resources
+            verb in r.verbs
+            and group in r.api_groups
+            and resource in r.resources
             and (r.namespace is None or r.namespace == namespace)
             for r in self.rules
-        )  # fmt: skip
+        )
 
     def check(self, verb: str, group: str, resource: str, namespace: str | None) -> None:
         if not self.allows(verb, group, resource, namespace):
             where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            raise Refused(403, "Forbidden", f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
-                          f'"{resource}" in API group "{group}"{where}')  # fmt: skip
+            raise Refused(
+                403,
+                "Forbidden",
+                f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
+                f'"{resource}" in API group "{group}"{where}',
+            )
 
 
 OPERATOR_TOKEN = "kubetune-operator"  # the operator's kubeconfig user; RBAC applies to it
@@ -244,10 +256,11 @@ class Emulator(kmock.KubernetesEmulator):
         await asyncio.sleep(self.gc_delay)
         async with self._lock:
             doomed = [
-                key for key, obj in self._objects.items()
+                key
+                for key, obj in self._objects.items()
                 if not obj.deleted
                 and any(r.get("uid") == owner_uid for r in (obj.raw.get("metadata") or {}).get("ownerReferences") or [])
-            ]  # fmt: skip
+            ]
             uids = []
             for key in doomed:
                 raw = self._objects[key].raw
@@ -286,8 +299,9 @@ class Cluster:
             items = (await r.json()).get("items", [])
         return [i for i in items if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
 
-    async def patch(self, kind: str, name: str, body: dict[str, Any], sub: str | None = None,
-                    ns: str = NAMESPACE) -> None:  # fmt: skip
+    async def patch(
+        self, kind: str, name: str, body: dict[str, Any], sub: str | None = None, ns: str = NAMESPACE
+    ) -> None:
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self.session.patch(self.path(kind, name, ns, sub), data=json.dumps(body), headers=headers) as r:
             assert r.status < 300, await r.text()
@@ -366,8 +380,15 @@ def finetunejob(name: str = "quotes", **spec: Any) -> dict[str, Any]:
     }
 
 
-async def pod(api: Cluster, index: int, phase: str, suffix: str = "a", exit_code: int | None = None,
-              message: str = "", created: str = "2026-11-22T10:00:00Z") -> str:  # fmt: skip
+async def pod(
+    api: Cluster,
+    index: int,
+    phase: str,
+    suffix: str = "a",
+    exit_code: int | None = None,
+    message: str = "",
+    created: str = "2026-11-22T10:00:00Z",
+) -> str:
     name = f"{NAMES.workers}-{index}-{suffix}"
     status: dict[str, Any] = {"phase": phase}
     if exit_code is not None:

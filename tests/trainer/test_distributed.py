@@ -39,14 +39,32 @@ def env_for(**extra: str) -> dict[str, str]:
 
 def args(data: Path, out: Path, *more: str) -> list[str]:
     # Dropout off: the comparisons below need the same randomness whatever the process count.
-    return ["train", "--data", str(data), "--output-dir", str(out), "--set", "lora.dropout=0",
-            "--set", "training.logging_steps=1", "--set", "training.lr=5e-4", "--set", "training.warmup_ratio=0",
-            "--set", "lora.r=8", "--progress", "json", *more]  # fmt: skip
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "lora.dropout=0",
+        "--set",
+        "training.logging_steps=1",
+        "--set",
+        "training.lr=5e-4",
+        "--set",
+        "training.warmup_ratio=0",
+        "--set",
+        "lora.r=8",
+        "--progress",
+        "json",
+        *more,
+    ]
 
 
 def kubetune(argv: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -72,8 +90,9 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, prec
     pin = ("--precision", precision)
     one = kubetune(args(data, tmp_path / "one", "--max-steps", "4", "--batch-size", "4", *pin), env_for())
     assert one.returncode == 0, one.stderr[-3000:]
-    two = kubetune(args(data, tmp_path / "two", "--max-steps", "4", "--batch-size", "2", "--nproc-per-node", "2",
-                        *pin), env_for())  # fmt: skip
+    two = kubetune(
+        args(data, tmp_path / "two", "--max-steps", "4", "--batch-size", "2", "--nproc-per-node", "2", *pin), env_for()
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert list(a) == list(b) == [1, 2, 3, 4]
@@ -93,8 +112,11 @@ def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_pat
     common = ["--max-steps", "10", "--batch-size", "2", "--set", "training.save_steps=100"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetune.trainer.cli", *args(data, tmp_path / "cut", *common, "--nproc-per-node", "2")],
-        env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env_for(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:  # wait for real progress, then preempt the launcher like Kubernetes would
         if json.loads(line)["step"] >= 3:
@@ -147,8 +169,13 @@ KILL_DURING_SAVE = textwrap.dedent(
 def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     argv = args(data, out, "--max-steps", "6", "--batch-size", "4", "--set", "training.save_steps=2")
-    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, *argv], env=env_for(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_DURING_SAVE, *argv],
+        env=env_for(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("SAVING 4"):
@@ -186,8 +213,13 @@ def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
 def test_ctrl_c_stops_at_a_checkpoint_in_a_single_process(data, tmp_path):
     out = tmp_path / "run"
     argv = args(data, out, "--max-steps", "10", "--batch-size", "4", "--set", "training.save_steps=100")
-    proc = subprocess.Popen([sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env_for(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer.cli", *argv],
+        env=env_for(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if json.loads(line)["step"] >= 2:

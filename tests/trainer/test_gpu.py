@@ -37,8 +37,14 @@ def _peak_mb() -> float:
 def test_lora_and_qlora_on_gpu(tmp_path, quantization):
     from kubetune.trainer.train import run
 
-    sets = [f"data.path={DATES}", f"output_dir={tmp_path}", f"model.quantization={quantization}",
-            "training.max_steps=20", "training.batch_size=16", "training.logging_steps=5"]  # fmt: skip
+    sets = [
+        f"data.path={DATES}",
+        f"output_dir={tmp_path}",
+        f"model.quantization={quantization}",
+        "training.max_steps=20",
+        "training.batch_size=16",
+        "training.logging_steps=5",
+    ]
     cfg = load_config(None, sets=sets)
     summary = run(cfg, progress="none")
     info = json.loads((tmp_path / "run.json").read_text())["resolved"]
@@ -50,9 +56,24 @@ def test_lora_and_qlora_on_gpu(tmp_path, quantization):
 @pytest.mark.skipif(N_DEVICES < 2, reason="needs 2 GPUs for a 2-process nccl/xccl run")
 def test_two_process_run_on_gpus(tmp_path):
     env = {**os.environ, "KUBETUNE_NPROC_PER_NODE": "2", "MASTER_PORT": "29611"}
-    proc = subprocess.run([sys.executable, "-m", "kubetune.trainer.cli", "train", "--data", str(DATES),
-                           "--output-dir", str(tmp_path), "--max-steps", "10"], env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubetune.trainer.cli",
+            "train",
+            "--data",
+            str(DATES),
+            "--output-dir",
+            str(tmp_path),
+            "--max-steps",
+            "10",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["resolved"]["world_size"] == 2

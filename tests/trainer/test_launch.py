@@ -22,8 +22,13 @@ def test_single_process_by_default():
 
 
 def test_layout_from_env_and_indexed_job():
-    env = {"KUBETUNE_NPROC_PER_NODE": "4", "KUBETUNE_NNODES": "2", "JOB_COMPLETION_INDEX": "1",
-           "MASTER_ADDR": "job-0.svc", "MASTER_PORT": "23456"}  # fmt: skip
+    env = {
+        "KUBETUNE_NPROC_PER_NODE": "4",
+        "KUBETUNE_NNODES": "2",
+        "JOB_COMPLETION_INDEX": "1",
+        "MASTER_ADDR": "job-0.svc",
+        "MASTER_PORT": "23456",
+    }
     layout = layout_from_env(env)
     assert (layout.nproc_per_node, layout.nnodes, layout.node_rank, layout.world_size) == (4, 2, 1, 8)
     assert (layout.master_addr, layout.master_port) == ("job-0.svc", 23456)
@@ -72,8 +77,15 @@ def test_worker_environment_threads_and_ccl():
 def test_torchrun_command_static_rendezvous():
     cmd = torchrun_command(Layout(2, 3, 1, "h0", 1234), ["train", "--config", "c.yaml"], rdzv_timeout=60)
     assert cmd[1:3] == ["-m", "kubetune.trainer.torchrun"]
-    for arg in ["--nnodes=3", "--nproc-per-node=2", "--node-rank=1", "--master-addr=h0", "--master-port=1234",
-                "--rdzv-conf=timeout=60", "--max-restarts=0"]:  # fmt: skip
+    for arg in [
+        "--nnodes=3",
+        "--nproc-per-node=2",
+        "--node-rank=1",
+        "--master-addr=h0",
+        "--master-port=1234",
+        "--rdzv-conf=timeout=60",
+        "--max-restarts=0",
+    ]:
         assert arg in cmd
     assert cmd[-5:] == ["-m", "kubetune.trainer.cli", "train", "--config", "c.yaml"]
 

@@ -1,4 +1,4 @@
-"""The progress event (DESIGN.md's contract) and the output mode choice."""
+"""The progress event (kubetune.api.contract) and the output mode choice."""
 
 import io
 import json

@@ -11,9 +11,15 @@ from kubetune.trainer.train import lora_config, training_arguments, worker_setup
 def test_training_arguments_mapping(tmp_path):
     cfg = load_config(
         None,
-        sets=[f"output_dir={tmp_path}", "training.max_steps=7", "training.gradient_accumulation=3",
-              "training.eval_steps=5", "training.scheduler=linear", "distributed.timeout_seconds=42"],
-    )  # fmt: skip
+        sets=[
+            f"output_dir={tmp_path}",
+            "training.max_steps=7",
+            "training.gradient_accumulation=3",
+            "training.eval_steps=5",
+            "training.scheduler=linear",
+            "distributed.timeout_seconds=42",
+        ],
+    )
     # (a backend needs a live process group to construct: the 2-process test covers it)
     args = training_arguments(cfg, choose(Hardware(usable_cores=2)), has_eval=True, no_bar=True)
     assert args.output_dir == str(tmp_path / "checkpoints")

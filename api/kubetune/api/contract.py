@@ -26,12 +26,24 @@ class ExitCode(IntEnum):
     CONFIG = 2  # bad config, flag, environment variable or usage
     DATA = 3  # bad data file or record
     MODEL = 4  # a model or adapter that cannot be loaded, merged or verified
-    DIVERGED = 5  # the loss became NaN/inf or exploded: retrying the same run would diverge again
+    DIVERGED = 5  # the loss became NaN/inf: retrying the same run would diverge again
+    SOURCE_MISSING = 10  # a remote source or push target does not exist: repo, revision, bucket, object, URL
+    SOURCE_DENIED = 11  # credentials missing or refused (401/403, wrong keys, gated repo)
+    TRANSFER = 12  # a download or upload failed midway or the store is unreachable; retrying resumes
     PREEMPTED = 75  # SIGTERM after a complete checkpoint: run the same command again (EX_TEMPFAIL)
 
 
 # Exit codes that mean "the same command will fail the same way": a Job must not retry them.
-PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.DATA, ExitCode.MODEL, ExitCode.DIVERGED})
+PERMANENT_EXIT_CODES = frozenset(
+    {
+        ExitCode.CONFIG,
+        ExitCode.DATA,
+        ExitCode.MODEL,
+        ExitCode.DIVERGED,
+        ExitCode.SOURCE_MISSING,
+        ExitCode.SOURCE_DENIED,
+    }
+)
 
 # --- Environment of the container contract (README "Container contract") -------------------------
 ENV_PREFIX = "KUBETUNE_"
@@ -72,6 +84,7 @@ MOUNT_DATA = "/data"
 MOUNT_OUTPUT = "/output"
 MOUNT_CONFIG = "/config"
 CONFIG_FILE_NAME = "config.yaml"  # the operator's ConfigMap key, mounted at MOUNT_CONFIG
+CONFIG_FILE = f"{MOUNT_CONFIG}/{CONFIG_FILE_NAME}"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes per container
 
@@ -112,13 +125,13 @@ class ProgressEvent(_Event):
 
 
 class EvalEvent(_Event):
-    """One per evaluation, in metrics.jsonl (metric names as transformers logs them, e.g. eval_loss)."""
+    """One per evaluation, in metrics.jsonl (metric names as transformers logs them)."""
 
     event: Literal["eval"] = "eval"
     step: int
     epoch: float = 0.0
     eval_loss: float | None = None
-    metrics: dict[str, float | None] = Field(default_factory=dict)
+    eval_exact_match: float | None = None  # with training.eval_metric: exact_match
 
 
 class SummaryEvent(_Event):
@@ -126,8 +139,8 @@ class SummaryEvent(_Event):
 
     event: Literal["summary"] = "summary"
     status: Literal["succeeded"] = "succeeded"
-    adapter_path: str
-    steps: int
+    adapter_path: str | None = None
+    steps: int | None = None
     epochs: float | None = None
     train_loss: float | None = None
     first_loss: float | None = None
@@ -141,6 +154,7 @@ class SummaryEvent(_Event):
     train_seconds: float | None = None
     load_seconds: float | None = None
     total_seconds: float | None = None
+    pushed_to: str | None = None  # output.push_to, once the result is there
 
 
 class ErrorEvent(_Event):

@@ -106,8 +106,17 @@ def model_schema(model: type) -> dict[str, Any]:
 # Fields fixed once a job exists: the workers already run with them (the ConfigMap and the Job templates are
 # rendered once). The API server refuses the change instead of the operator silently ignoring it. runPolicy
 # (suspend, deadline, TTL) and merge are read at every poll and stay mutable.
-IMMUTABLE = ("backend", "image", "nodes", "procsPerNode", "resources", "storage", "training", "scheduling",
-             "hfTokenSecret")  # fmt: skip
+IMMUTABLE = (
+    "backend",
+    "image",
+    "nodes",
+    "procsPerNode",
+    "resources",
+    "storage",
+    "training",
+    "scheduling",
+    "hfTokenSecret",
+)
 MUTABLE = ("runPolicy", "merge")
 
 

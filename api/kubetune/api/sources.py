@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubetune.api import contract
 from kubetune.api.config import TrainConfig
 
 ENV_PREFIX = "KUBETUNE_"
@@ -25,22 +26,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "OUTPUT_DIR": ("output_dir",),
 }
 # KUBETUNE_* variables that configure the process, not the run: never config keys.
-RESERVED_ENV = frozenset(
-    {
-        "KUBETUNE_CONFIG",
-        "KUBETUNE_CACHE_DIR",
-        "KUBETUNE_PROGRESS",
-        "KUBETUNE_LOG_LEVEL",
-        # Container contract: set by the images (KUBETUNE_CONTAINER) or by tests standing in for mounts.
-        "KUBETUNE_CONTAINER",
-        "KUBETUNE_MOUNT_ROOT",
-        "KUBETUNE_TERMINATION_LOG",
-        # Launch layout (several processes / nodes), read by the launcher.
-        "KUBETUNE_NPROC_PER_NODE",
-        "KUBETUNE_NNODES",
-        "KUBETUNE_NODE_RANK",
-    }
-)
+RESERVED_ENV = contract.PROCESS_ENV
 
 Path_ = tuple[str, ...]
 

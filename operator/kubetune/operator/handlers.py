@@ -87,8 +87,9 @@ async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid
     return plan.done
 
 
-async def _create(cluster: k8s.Cluster, meta: dict[str, Any], old: dict[str, Any], now: datetime, plan: Plan,
-                  logger: Any) -> Plan | None:  # fmt: skip
+async def _create(
+    cluster: k8s.Cluster, meta: dict[str, Any], old: dict[str, Any], now: datetime, plan: Plan, logger: Any
+) -> Plan | None:
     """Create the plan's children; a refusal or someone else's object ends the pass with the plan to report."""
     for manifest in plan.create:
         kind, child = manifest["kind"], manifest["metadata"]["name"]
@@ -136,8 +137,9 @@ async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, log
         except ApiException as exc:
             # The API server was unavailable or refused a write: count it and try again at the next poll.
             memo.metrics.errors.inc()
-            logger.warning("reconcile failed (retrying in %.0fs): %s %s", memo.config.poll_seconds, exc.status,
-                           exc.reason)  # fmt: skip
+            logger.warning(
+                "reconcile failed (retrying in %.0fs): %s %s", memo.config.poll_seconds, exc.status, exc.reason
+            )
         finally:
             memo.metrics.reconciles.observe(time.perf_counter() - started)
         await stopped.wait(memo.config.poll_seconds)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
+from kubetune.api import contract
 from kubetune.api.config import TrainConfig
 from kubetune.api.finetunejob import FinetuneJobSpec, K8sModel, VolumeRef
 from kubetune.api.remote import is_remote
@@ -80,7 +81,7 @@ def cache_volume(sources: RemoteSources, read_only: bool) -> tuple[dict[str, Any
 
 def source_env(spec: FinetuneJobSpec, sources: RemoteSources) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, envFrom) every pod that touches remote sources needs: the cache dir and the S3 credentials Secret."""
-    env = [{"name": "KUBETUNE_CACHE_DIR", "value": CACHE_MOUNT}]
+    env = [{"name": contract.ENV_CACHE_DIR, "value": CACHE_MOUNT}]
     env_from = [{"secretRef": {"name": sources.s3_credentials_secret}}] if sources.s3_credentials_secret else []
     return env, env_from
 
@@ -94,17 +95,21 @@ def render_initializer_job(
     env, env_from = source_env(spec, sources)
     volume, mount = cache_volume(sources, read_only=False)
     volumes = [volume, {"name": "config", "configMap": {"name": names.config}}, {"name": "tmp", "emptyDir": {}}]
-    mounts = [mount, {"name": "config", "mountPath": "/config", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [
+        mount,
+        {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     if spec.hf_token_secret:
         items = [{"key": spec.hf_token_secret.key, "path": "token"}]
         volumes.append({"name": "hf-token", "secret": {"secretName": spec.hf_token_secret.name, "items": items}})
         mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env.append({"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"})
+        env.append({"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.images[spec.backend],
         "args": ["fetch"],
-        "env": [{"name": "KUBETUNE_CONFIG", "value": "/config/config.yaml"}, *env],
+        "env": [{"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *env],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,

@@ -59,8 +59,11 @@ class Cluster:
 
     def _call(self, verb: str, kind: str) -> Any:
         """The client method for `verb` on `kind`, e.g. ("read", "Job") -> BatchV1Api.read_namespaced_job."""
-        api, noun = {"ConfigMap": (self.core, "config_map"), "Service": (self.core, "service"),
-                     "Job": (self.batch, "job")}[kind]  # fmt: skip
+        api, noun = {
+            "ConfigMap": (self.core, "config_map"),
+            "Service": (self.core, "service"),
+            "Job": (self.batch, "job"),
+        }[kind]
         return getattr(api, f"{verb}_namespaced_{noun}")
 
     # --- reading --------------------------------------------------------------------------------------
@@ -120,8 +123,11 @@ class Cluster:
             key=lambda p: p.created,
         )
         config, service = self._read("ConfigMap", ns, names.config), self._read("Service", ns, names.service)
-        not_ours = [(ownership(o, meta), kind, o["metadata"]["name"]) for kind, o in (("ConfigMap", config),
-                    ("Service", service)) if o is not None]  # fmt: skip
+        not_ours = [
+            (ownership(o, meta), kind, o["metadata"]["name"])
+            for kind, o in (("ConfigMap", config), ("Service", service))
+            if o is not None
+        ]
         return Observed(
             now=now,
             has_config=config is not None,

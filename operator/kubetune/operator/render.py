@@ -15,14 +15,14 @@ from typing import Any
 
 import yaml
 
-from kubetune.api import backends
+from kubetune.api import backends, contract
 from kubetune.api.config import TrainConfig
 from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec
 
 PORT = 29500
-EXIT_PREEMPTED = 75  # the trainer's retryable exit code (kubetune.trainer.errors.EXIT_PREEMPTED)
+EXIT_PREEMPTED = contract.ExitCode.PREEMPTED  # the trainer's retryable exit code
 CONTAINER = "trainer"
-MOUNTS = {"model": "/model", "data": "/data", "output": "/output"}
+MOUNTS = {"model": contract.MOUNT_MODEL, "data": contract.MOUNT_DATA, "output": contract.MOUNT_OUTPUT}
 LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
 
@@ -106,7 +106,7 @@ def render_configmap(meta: dict[str, Any], spec: FinetuneJobSpec) -> dict[str, A
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(meta, Names.of(meta["name"]).config, "config"),
-        "data": {"config.yaml": config},
+        "data": {contract.CONFIG_FILE_NAME: config},
     }
 
 
@@ -159,7 +159,7 @@ def _volumes(
         {"name": "tmp", "emptyDir": {}},  # caches and temp files: the root filesystem is read-only
     ]
     volume_mounts += [
-        {"name": "config", "mountPath": "/config", "readOnly": True},
+        {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -174,7 +174,7 @@ def _volumes(
             }
         )
         volume_mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env.append({"name": "HF_TOKEN_FILE", "value": "/secrets/hf/token"})
+        env.append({"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"})
     return volumes, volume_mounts, env
 
 
@@ -205,8 +205,8 @@ def _pod_spec(
                 "image": spec.image or settings.images[spec.backend],
                 "args": args,
                 "env": [
-                    {"name": "KUBETUNE_CONFIG", "value": "/config/config.yaml"},
-                    {"name": "KUBETUNE_PROGRESS", "value": "json"},
+                    {"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE},
+                    {"name": contract.ENV_PROGRESS, "value": "json"},
                     *env,
                     *mount_env,
                 ],
@@ -248,10 +248,10 @@ def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Set
     """The Indexed Job: completions = parallelism = nodes; node rank from JOB_COMPLETION_INDEX."""
     names = Names.of(meta["name"])
     env = [
-        {"name": "KUBETUNE_NNODES", "value": str(spec.nodes)},
-        {"name": "KUBETUNE_NPROC_PER_NODE", "value": str(spec.procs_per_node)},
-        {"name": "MASTER_ADDR", "value": f"{names.workers}-0.{names.service}"},
-        {"name": "MASTER_PORT", "value": str(PORT)},
+        {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
+        {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
+        {"name": contract.ENV_MASTER_ADDR, "value": f"{names.workers}-0.{names.service}"},
+        {"name": contract.ENV_MASTER_PORT, "value": str(PORT)},
     ]
     pod = _pod_spec(meta, spec, settings, ["train"], env, ["model", "data", "output"])
     pod["subdomain"] = names.service  # with the headless Service: <workers>-<index>.<service> resolves

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api import backends
+from kubetune.api import backends, contract
 from kubetune.api.finetunejob import (
     KIND,
     QUEUED_SUSPEND_MESSAGE,
@@ -143,17 +143,11 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
 
 
 def parse_progress(log: str | None) -> dict[str, Any] | None:
-    """The last well-formed `{"event": "progress", ...}` line of a log tail (other lines are ignored)."""
+    """The last well-formed progress event of a log tail (other lines, garbled ones too, are ignored)."""
     for line in reversed((log or "").splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == "progress" and _valid_progress(record):
-            return record
+        event = contract.parse_event(line)
+        if isinstance(event, contract.ProgressEvent) and _valid_progress(event.model_dump()):
+            return event.model_dump()
     return None
 
 
@@ -166,14 +160,17 @@ def _valid_progress(record: dict[str, Any]) -> bool:
 
 
 def parse_termination(message: str | None) -> dict[str, Any] | None:
-    """The trainer's termination message (JSON); a plain-text one (log fallback) becomes {"message": ...}."""
+    """The trainer's termination message (a contract event); plain text (log fallback) becomes {"message": ...}."""
     if not message:
         return None
+    event = contract.parse_event(message)
+    if event is not None:
+        return event.model_dump()
     try:
-        record = json.loads(message)
+        json.loads(message)
     except ValueError:
         return {"message": message.strip().splitlines()[-1] if message.strip() else ""}
-    return record if isinstance(record, dict) else None
+    return None  # JSON, but not ours
 
 
 def progress_status(record: dict[str, Any]) -> dict[str, Any]:
@@ -275,8 +272,9 @@ class _Pass:
 Step = Callable[[_Pass], Plan | None]  # a Plan ends the pass, None goes on to the next step
 
 
-def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed,
-           settings: Settings) -> Plan:  # fmt: skip
+def decide(
+    meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed, settings: Settings
+) -> Plan:
     """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
     the pass. The deadline comes before the children, so a job past it never gets a child created."""
     st = _Status(status or {}, seen.now)
@@ -287,8 +285,15 @@ def decide(meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any
     run = _Pass(meta, spec, seen, settings, st)
     if st.current in TERMINAL:
         return _expire(run)
-    steps: tuple[Step, ...] = (_ownership, _deadline, _ensure_children, _restarts, _merging, _suspension,
-                               _observe_workers)  # fmt: skip
+    steps: tuple[Step, ...] = (
+        _ownership,
+        _deadline,
+        _ensure_children,
+        _restarts,
+        _merging,
+        _suspension,
+        _observe_workers,
+    )
     for step in steps:
         plan = step(run)
         if plan is not None:
@@ -377,8 +382,9 @@ def _deadline(run: _Pass) -> Plan | None:
     ):
         return None
     run.plan.delete += [("Job", run.names.workers), ("Job", run.names.merge)]
-    return _fail(run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job "
-                 "finished")  # fmt: skip
+    return _fail(
+        run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job finished"
+    )
 
 
 def _ensure_children(run: _Pass) -> None:
@@ -421,8 +427,13 @@ def _suspension(run: _Pass) -> Plan | None:
         active = [p for p in seen.worker_pods if p.phase in ("Pending", "Running")]
         st.condition("Running", "False", "Suspended", "")
         st.condition("Suspended", "True", "Suspended", "runPolicy.suspend is true")
-        st.phase("Suspended", "Suspended", f"suspended; {len(active)} worker pod(s) still stopping"
-                 if active else "suspended; checkpoints are kept on the output volume")  # fmt: skip
+        st.phase(
+            "Suspended",
+            "Suspended",
+            f"suspended; {len(active)} worker pod(s) still stopping"
+            if active
+            else "suspended; checkpoints are kept on the output volume",
+        )
         st.data.pop("startTime", None)  # like a Job: the deadline restarts on resume
         return _finish(run.plan, st)
     if st.current == "Suspended":

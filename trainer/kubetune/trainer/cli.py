@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kubetune.api import contract
 from kubetune.api.sources import ConfigError, load_config, to_yaml
 from kubetune.trainer.errors import EXIT_CONFIG, EXIT_PREEMPTED, KubetuneError
 
@@ -61,7 +62,7 @@ def _fail(message: str, code: int) -> None:
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("KUBETUNE_LOG_LEVEL", "INFO").upper()
+    level = os.environ.get(contract.ENV_LOG_LEVEL, "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -88,17 +89,17 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
     from kubetune.api.sources import layer_from_mounts, unusable_mounts
 
     mounts = None
-    if os.environ.get("KUBETUNE_CONTAINER") == "1":
+    if os.environ.get(contract.ENV_CONTAINER) == "1":
         # The images' contract (README "Container contract"): mounts are the lowest-priority defaults.
-        root = os.environ.get("KUBETUNE_MOUNT_ROOT") or "/"
+        root = os.environ.get(contract.ENV_MOUNT_ROOT) or "/"
         problems = unusable_mounts(root, _usable, os.getuid())
         if problems:
             _fail("; ".join(problems), EXIT_CONFIG)
         mounts = layer_from_mounts(root, os.path.exists)
-        mounted_config = Path(root) / "config" / "config.yaml"
-        if config is None and not os.environ.get("KUBETUNE_CONFIG") and mounted_config.is_file():
+        mounted_config = Path(root) / contract.CONFIG_FILE.lstrip("/")
+        if config is None and not os.environ.get(contract.ENV_CONFIG) and mounted_config.is_file():
             config = mounted_config
-    path = config or (Path(os.environ["KUBETUNE_CONFIG"]) if os.environ.get("KUBETUNE_CONFIG") else None)
+    path = config or (Path(os.environ[contract.ENV_CONFIG]) if os.environ.get(contract.ENV_CONFIG) else None)
     text = None
     if path is not None:
         try:
@@ -193,7 +194,7 @@ def train(
             typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
         raise typer.Exit(code)
 
-    mode = progress_mode(os.environ.get("KUBETUNE_PROGRESS") or progress)
+    mode = progress_mode(os.environ.get(contract.ENV_PROGRESS) or progress)
     summary = _guard(run, cfg, mode)
     if summary:
         from kubetune.trainer.report import summary_line

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-# Exit codes, documented in README ("Exit codes"). Keep the table there in sync.
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
-EXIT_CONFIG = 2  # bad config, flag, env var or usage
-EXIT_DATA = 3  # bad data file or record
-EXIT_MODEL = 4  # model or adapter cannot be loaded, merged or verified
-EXIT_DIVERGED = 5  # training diverged (non-finite loss); stopped early, no adapter or checkpoint written
-EXIT_SOURCE_MISSING = 10  # a remote source or push target does not exist: repo, revision, bucket, object, URL
-EXIT_SOURCE_DENIED = 11  # credentials missing or refused (401/403, wrong keys, gated repo)
-EXIT_TRANSFER = 12  # a download or upload failed midway or the store is unreachable; retrying resumes
-EXIT_PREEMPTED = 75  # stopped by SIGTERM (or Ctrl-C) after writing a checkpoint: retry me (EX_TEMPFAIL)
+from kubetune.api.contract import ExitCode
+
+# The exit codes are the contract's (README "Exit codes"); these names are what the trainer raises with.
+EXIT_OK = ExitCode.OK
+EXIT_UNEXPECTED = ExitCode.UNEXPECTED
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_DATA = ExitCode.DATA
+EXIT_MODEL = ExitCode.MODEL
+EXIT_DIVERGED = ExitCode.DIVERGED
+EXIT_SOURCE_MISSING = ExitCode.SOURCE_MISSING
+EXIT_SOURCE_DENIED = ExitCode.SOURCE_DENIED
+EXIT_TRANSFER = ExitCode.TRANSFER
+EXIT_PREEMPTED = ExitCode.PREEMPTED
 
 
 class KubetuneError(Exception):

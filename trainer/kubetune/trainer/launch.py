@@ -30,11 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune.api import contract
 from kubetune.trainer.errors import UsageError
 
 PREEMPTED_MARKER = "PREEMPTED"  # written by rank 0 into checkpoints/ when it stopped on SIGTERM
 LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
-INDEXED_JOB_ENV = "JOB_COMPLETION_INDEX"  # set by a Kubernetes Indexed Job in each pod
+INDEXED_JOB_ENV = contract.ENV_JOB_COMPLETION_INDEX  # set by a Kubernetes Indexed Job in each pod
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _flag(value: int | None, name: str, fallback: int) -> int:
 
 def _master_addr(environ: Mapping[str, str]) -> str:
     """A host name or IP address; `host:port` and URLs are common mistakes that would only time out later."""
-    addr = (environ.get("MASTER_ADDR") or "127.0.0.1").strip()
+    addr = (environ.get(contract.ENV_MASTER_ADDR) or "127.0.0.1").strip()
     try:
         ipaddress.ip_address(addr.strip("[]"))
         return addr
@@ -99,13 +100,13 @@ def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes
                 f"env {', '.join(stray)}: set outside torchrun; unset them and use KUBETUNE_NNODES, "
                 "KUBETUNE_NPROC_PER_NODE and KUBETUNE_NODE_RANK (kubetune starts torchrun itself)"
             )
-    n_nodes = _flag(nnodes, "nnodes", 0) or _int(environ, "KUBETUNE_NNODES", 1, 1)
-    n_proc = _flag(nproc, "nproc-per-node", 0) or _int(environ, "KUBETUNE_NPROC_PER_NODE", 1, 1)
-    rank_var = "KUBETUNE_NODE_RANK" if environ.get("KUBETUNE_NODE_RANK") else INDEXED_JOB_ENV
+    n_nodes = _flag(nnodes, "nnodes", 0) or _int(environ, contract.ENV_NNODES, 1, 1)
+    n_proc = _flag(nproc, "nproc-per-node", 0) or _int(environ, contract.ENV_NPROC_PER_NODE, 1, 1)
+    rank_var = contract.ENV_NODE_RANK if environ.get(contract.ENV_NODE_RANK) else INDEXED_JOB_ENV
     node_rank = _int(environ, rank_var, 0, 0)
     if node_rank >= n_nodes:
         raise UsageError(f"env {rank_var}: node rank {node_rank} is out of range for KUBETUNE_NNODES={n_nodes}")
-    port = _int(environ, "MASTER_PORT", 29500, 1)
+    port = _int(environ, contract.ENV_MASTER_PORT, 29500, 1)
     if port > 65535:
         raise UsageError(f"env MASTER_PORT: must be <= 65535, got {port}")
     return Layout(n_proc, n_nodes, node_rank, _master_addr(environ), port)
@@ -139,9 +140,9 @@ def worker_environment(environ: Mapping[str, str], layout: Layout, cores_availab
     """Environment for torchrun's workers: threads per process and oneCCL's knobs. Pure."""
     env = dict(environ)
     # The workers check the world size against the layout the launcher used, flags included.
-    env["KUBETUNE_NPROC_PER_NODE"] = str(layout.nproc_per_node)
-    env["KUBETUNE_NNODES"] = str(layout.nnodes)
-    env["KUBETUNE_NODE_RANK"] = str(layout.node_rank)
+    env[contract.ENV_NPROC_PER_NODE] = str(layout.nproc_per_node)
+    env[contract.ENV_NNODES] = str(layout.nnodes)
+    env[contract.ENV_NODE_RANK] = str(layout.node_rank)
     threads = max(1, cores_available // layout.nproc_per_node)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("CCL_WORKER_COUNT", "1")  # one oneCCL progress thread per process (used only with ccl)
@@ -151,7 +152,9 @@ def worker_environment(environ: Mapping[str, str], layout: Layout, cores_availab
 def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list[str]:
     """torchrun with a static rendezvous at MASTER_ADDR:MASTER_PORT (see torchrun.py). Pure."""
     return [
-        sys.executable, "-m", "kubetune.trainer.torchrun",  # torchrun that keeps a worker's exit code
+        sys.executable,
+        "-m",
+        "kubetune.trainer.torchrun",  # torchrun that keeps a worker's exit code
         f"--nnodes={layout.nnodes}",
         f"--nproc-per-node={layout.nproc_per_node}",
         f"--node-rank={layout.node_rank}",
@@ -159,8 +162,10 @@ def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list
         f"--master-port={layout.master_port}",
         f"--rdzv-conf=timeout={rdzv_timeout}",
         "--max-restarts=0",
-        "-m", "kubetune.trainer.cli", *argv,
-    ]  # fmt: skip
+        "-m",
+        "kubetune.trainer.cli",
+        *argv,
+    ]
 
 
 def check_port_free(layout: Layout) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from kubetune.api import contract
 from kubetune.api.config import ModelSection
 from kubetune.api.remote import is_remote
 from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
@@ -40,7 +41,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE_DIR") or Path.home() / ".cache" / "kubetune")
+    return Path(os.environ.get(contract.ENV_CACHE_DIR) or Path.home() / ".cache" / "kubetune")
 
 
 def builtin_gguf(name: str) -> Path:

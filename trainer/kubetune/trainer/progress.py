@@ -1,6 +1,6 @@
 """Progress as the operator and people read it.
 
-One JSON line per logging step on stdout (the contract in DESIGN.md), also
+One JSON line per logging step on stdout (the contract in kubetune.api.contract), also
 appended to `metrics.jsonl`; an interactive terminal gets a tqdm bar instead
 of JSON lines unless asked. Only the main process reports.
 """
@@ -8,13 +8,14 @@ of JSON lines unless asked. Only the main process reports.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from transformers import TrainerCallback
+
+from kubetune.api.contract import EvalEvent, ProgressEvent
 
 
 def progress_mode(requested: str | None, stream: TextIO | None = None) -> str:
@@ -41,19 +42,17 @@ def progress_record(
     done = step if steps_done is None else steps_done
     rate = window_tokens / window_s if window_s > 0 else 0.0
     eta = (total - step) * (elapsed / done) if done > 0 else None
-    record: dict[str, Any] = {
-        "event": "progress",
-        "step": step,
-        "total_steps": total,
-        "loss": logs.get("loss"),
-        "epoch": round(logs.get("epoch", 0.0), 4),
-        "tokens_per_second": round(rate, 1),
-        "eta_seconds": round(eta, 1) if eta is not None else None,
-        "learning_rate": logs.get("learning_rate"),
-        "grad_norm": logs.get("grad_norm"),
-        "tokens": tokens,
-    }
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return ProgressEvent(
+        step=step,
+        total_steps=total,
+        loss=logs.get("loss"),
+        epoch=round(logs.get("epoch", 0.0), 4),
+        tokens_per_second=round(rate, 1),
+        eta_seconds=round(eta, 1) if eta is not None else None,
+        learning_rate=logs.get("learning_rate"),
+        grad_norm=logs.get("grad_norm"),
+        tokens=tokens,
+    ).model_dump(mode="json")
 
 
 class ProgressReporter(TrainerCallback):
@@ -117,12 +116,10 @@ class ProgressReporter(TrainerCallback):
             self.last_record = record
             self._emit(record)
         elif "eval_loss" in logs:
-            self._emit(
-                {
-                    "event": "eval",
-                    "step": state.global_step,
-                    "epoch": round(logs.get("epoch", 0.0), 4),
-                    "eval_loss": logs["eval_loss"],
-                    **({"eval_exact_match": logs["eval_exact_match"]} if "eval_exact_match" in logs else {}),
-                }
+            event = EvalEvent(
+                step=state.global_step,
+                epoch=round(logs.get("epoch", 0.0), 4),
+                eval_loss=logs["eval_loss"],
+                eval_exact_match=logs.get("eval_exact_match"),
             )
+            self._emit(event.model_dump(mode="json", exclude_none=True))

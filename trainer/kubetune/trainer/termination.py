@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PATH = "/dev/termination-log"
-LIMIT = 4000  # Kubernetes keeps at most 4096 bytes per container
+from kubetune.api import contract
+
+DEFAULT_PATH = contract.TERMINATION_LOG
+LIMIT = contract.TERMINATION_LOG_LIMIT
 
 
 def termination_log() -> Path:
-    return Path(os.environ.get("KUBETUNE_TERMINATION_LOG") or DEFAULT_PATH)
+    return Path(os.environ.get(contract.ENV_TERMINATION_LOG) or DEFAULT_PATH)
 
 
 def write_termination_message(record: dict[str, Any]) -> bool:

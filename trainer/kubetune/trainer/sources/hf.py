@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.api.remote import Remote
 from kubetune.trainer.errors import KubetuneError, SourceDenied, SourceMissing, TransferFailed
 from kubetune.trainer.sources import store
@@ -35,7 +36,7 @@ def token() -> str | None:
     """HF_TOKEN, else the file HF_TOKEN_FILE names (a mounted Secret); None for public repos."""
     if os.environ.get("HF_TOKEN"):
         return os.environ["HF_TOKEN"].strip()
-    path = os.environ.get("HF_TOKEN_FILE")
+    path = os.environ.get(contract.ENV_HF_TOKEN_FILE)
     if path:
         try:
             return Path(path).read_text().strip() or None

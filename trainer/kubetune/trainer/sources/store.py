@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.trainer.errors import TransferFailed
 
 log = logging.getLogger("kubetune.fetch")
@@ -63,7 +64,7 @@ class RemoteFile:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE_DIR") or Path.home() / ".cache" / "kubetune") / "sources"
+    return Path(os.environ.get(contract.ENV_CACHE_DIR) or Path.home() / ".cache" / "kubetune") / "sources"
 
 
 def entry_dir(scheme: str, identity: str, label: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kubetune.api import contract
 from kubetune.api.sources import ENV_ALIASES, RESERVED_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,9 @@ ACCESS = [
 
 
 def read_by_code() -> set[str]:
+    # The contract's names: code reads them through kubetune.api.contract (tests/api/test_contract_single_source.py).
     names: set[str] = set(ENV_ALIASES) | set(RESERVED_ENV)
+    names |= {v for k, v in vars(contract).items() if k.startswith("ENV_") and k != "ENV_PREFIX"}
     for package in ("api", "trainer"):
         for path in (ROOT / package / "kubetune").rglob("*.py"):
             for line in path.read_text().splitlines():

@@ -177,22 +177,7 @@ def train(
 
     layout = _guard(launch.layout_from_env, os.environ, nproc_per_node, nnodes)
     if layout.distributed and not os.environ.get(launch.LAUNCHED_ENV):
-        from kubetune.trainer.device import usable_cores
-
-        logging.getLogger("kubetune.launch").info(
-            "launching %d process(es) on node %d of %d (world size %d) via %s:%d",
-            layout.nproc_per_node,
-            layout.node_rank,
-            layout.nnodes,
-            layout.world_size,
-            layout.master_addr,
-            layout.master_port,
-        )
-        timeout = cfg.distributed.timeout_seconds
-        code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
-        if code == EXIT_PREEMPTED:
-            typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
-        raise typer.Exit(code)
+        raise typer.Exit(_launch_workers(layout, cfg))
 
     mode = progress_mode(os.environ.get(contract.ENV_PROGRESS) or progress)
     summary = _guard(run, cfg, mode)
@@ -200,6 +185,27 @@ def train(
         from kubetune.trainer.report import summary_line
 
         typer.echo(summary_line(summary), err=True)
+
+
+def _launch_workers(layout: Any, cfg: Any) -> int:
+    """This process becomes the launcher: torchrun starts the workers; their exit code is ours."""
+    from kubetune.trainer import launch
+    from kubetune.trainer.device import usable_cores
+
+    logging.getLogger("kubetune.launch").info(
+        "launching %d process(es) on node %d of %d (world size %d) via %s:%d",
+        layout.nproc_per_node,
+        layout.node_rank,
+        layout.nnodes,
+        layout.world_size,
+        layout.master_addr,
+        layout.master_port,
+    )
+    timeout = cfg.distributed.timeout_seconds
+    code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
+    if code == EXIT_PREEMPTED:
+        typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
+    return code
 
 
 @app.command()

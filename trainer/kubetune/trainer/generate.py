@@ -61,6 +61,9 @@ def generate_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_t
     return out
 
 
+Item = tuple[str, tuple[tuple[str, str], ...], str | None]  # (prompt shown, turns, reference answer or None)
+
+
 def compare(
     output_dir: Path,
     prompts: list[str],
@@ -71,16 +74,33 @@ def compare(
     limit: int | None = None,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
+    """Answer each prompt with the adapter off (base) and on (fine-tuned); score exact match where references exist."""
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     data_cfg = DataSection.model_validate({**run.get("config", {}).get("data", {}), "path": [], "eval_path": []})
     tokenizer = adapter_tokenizer(adapter)
     template = run.get("resolved", {}).get("template") or resolve_template(data_cfg.template, tokenizer)
+    items = _items(prompts, data, data_cfg, limit)
+    base_path = resolve_path(base_model(run, adapter, base))
+    model = _load_for_generation(base_path, adapter)
 
-    items: list[tuple[str, tuple[tuple[str, str], ...], str | None]] = [(p, (("user", p),), None) for p in prompts]
+    encoded = [encode_prompt(turns, template, tokenizer, data_cfg.system_prompt) for _, turns, _ in items]
+    refs = [ref for _, _, ref in items]
+    if all(r is not None for r in refs):
+        # Answers longer than the longest reference cannot be exact matches: stop early.
+        longest = max(len(tokenizer(r, add_special_tokens=False).input_ids) for r in refs if r is not None)
+        max_new_tokens = min(max_new_tokens, longest + 8)
+    tuned = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
+    with model.disable_adapter():
+        plain = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
+    report = score(items, plain, tuned, {"adapter": str(adapter), "base_model": base_path})
+    write_json_atomic(output_dir / "eval.json", report)
+    return report
+
+
+def _items(prompts: list[str], data: Path | None, data_cfg: DataSection, limit: int | None) -> list[Item]:
+    """The prompts given on the command line, then the records of --data with their reference answers."""
+    items: list[Item] = [(p, (("user", p),), None) for p in prompts]
     if data is not None:
         bad: list[BadRecord] = []
         fmt = data_cfg.format if data_cfg.format != "text" else "auto"
@@ -95,27 +115,25 @@ def compare(
             items.append((user, turns, ref))
     if not items:
         raise DataError("nothing to generate: no prompts and no records")
+    return items
+
+
+def _load_for_generation(base_path: str, adapter: Path) -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     place = devices.choose(devices.detect())
     if place.device == "cpu":
         torch.set_num_threads(place.threads)
-    base_path = resolve_path(base_model(run, adapter, base))
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=place.dtype).to(place.device)
-        model = PeftModel.from_pretrained(model, adapter).eval()
+        return PeftModel.from_pretrained(model, adapter).eval()
     except Exception as exc:  # corrupt weights or config: many library error types
         raise ModelError(f"{adapter}: cannot load with base {base_path}: {first_line(exc)}") from None
 
-    encoded = [encode_prompt(turns, template, tokenizer, data_cfg.system_prompt) for _, turns, _ in items]
-    refs = [ref for _, _, ref in items]
-    if all(r is not None for r in refs):
-        # Answers longer than the longest reference cannot be exact matches: stop early.
-        longest = max(len(tokenizer(r, add_special_tokens=False).input_ids) for r in refs if r is not None)
-        max_new_tokens = min(max_new_tokens, longest + 8)
-    tuned = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
-    with model.disable_adapter():
-        plain = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
 
+def score(items: list[Item], plain: list[str], tuned: list[str], header: dict[str, Any]) -> dict[str, Any]:
+    """eval.json: every answer side by side, and exact match for the records that have a reference (pure)."""
     rows = []
     for (prompt, _, ref), b, f in zip(items, plain, tuned, strict=True):
         row: dict[str, Any] = {"prompt": prompt, "base": b, "finetuned": f}
@@ -123,14 +141,13 @@ def compare(
             row.update(reference=ref, base_exact=exact_match(b, ref), finetuned_exact=exact_match(f, ref))
         rows.append(row)
     scored = [r for r in rows if "reference" in r]
-    report: dict[str, Any] = {"adapter": str(adapter), "base_model": base_path, "records": rows}
+    report: dict[str, Any] = {**header, "records": rows}
     if scored:
         report["exact_match"] = {
             "n": len(scored),
             "base": sum(r["base_exact"] for r in scored) / len(scored),
             "finetuned": sum(r["finetuned_exact"] for r in scored) / len(scored),
         }
-    write_json_atomic(output_dir / "eval.json", report)
     return report
 
 

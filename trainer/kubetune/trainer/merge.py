@@ -11,6 +11,7 @@ previous merged model (if any) untouched and exits non-zero.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,32 +65,16 @@ def merge(
     dest: Path | None = None,
     dtype: str = "auto",
 ) -> dict[str, Any]:
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """fp32 base + adapter -> merged model in the base's dtype, verified before it replaces `dest`."""
+    from transformers import AutoConfig
 
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     base_path = resolve_path(base_model(run, adapter, base))
     dest = dest or output_dir / "merged"
     tokenizer = adapter_tokenizer(adapter)
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        peft_model = PeftModel.from_pretrained(model, adapter)
-    except Exception as exc:  # corrupt weights or config: many library error types
-        raise ModelError(f"{adapter}: cannot apply adapter to {base_path}: {first_line(exc)}") from None
-    peft_model.eval()
-    probe = tokenizer(PROBE, return_tensors="pt")
-    with torch.no_grad():
-        expected = peft_model(**probe).logits
-        # The base alone, to count what the adapter changes.
-        with peft_model.disable_adapter():
-            base_logits = peft_model(**probe).logits
-    targets = _lora_weight_names(peft_model)
-    # Fingerprint the base weights now, while LoRA still wraps them, instead of loading the base a second time
-    # (for a 7B model in fp32 that would be another 28 GB).
-    wrapped = dict(peft_model.base_model.model.named_parameters())
-    base_sums = _checksums_of({t: wrapped[t.removesuffix(".weight") + ".base_layer.weight"] for t in targets})
+    peft_model = _load_with_adapter(base_path, adapter)
+    reference = _reference(peft_model, tokenizer)
     merged = peft_model.merge_and_unload()
     save_dtype = _save_dtype(dtype, AutoConfig.from_pretrained(base_path))
     result: dict[str, Any] = {}
@@ -97,29 +82,75 @@ def merge(
     def write_and_verify(tmp: Path) -> None:
         merged.to(save_dtype).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        reloaded.eval()
-        with torch.no_grad():
-            got = reloaded(**probe).logits
-        diff = (got - expected).abs().max().item()
-        scale = expected.abs().max().item()
-        if not diff <= TOLERANCE[save_dtype] * scale:
-            raise ModelError(f"merge verification failed: merged logits differ from base+adapter by {diff:.3g}")
-        params = dict(reloaded.named_parameters())
-        new = _checksums_of({t: params[t] for t in targets})
-        unchanged = [n for n in targets if base_sums[n] == new[n]]
-        if unchanged:
-            raise ModelError(
-                f"merge verification failed: {len(unchanged)} adapted weights equal the base (e.g. {unchanged[0]})"
-            )
-        result.update(
-            merged_path=str(dest),
-            max_logit_diff=diff,
-            changed_tensors=len(targets),
-            adapter_effect=(expected - base_logits).abs().max().item(),
-            dtype=str(save_dtype).split(".")[-1],
-        )
+        result.update(merged_path=str(dest), **_verify(tmp, reference, save_dtype))
 
     replace_dir_atomically(dest, write_and_verify)
     log.info("merged %s + %s -> %s", base_path, adapter, dest)
     return result
+
+
+def _load_with_adapter(base_path: str, adapter: Path) -> Any:
+    """The base in fp32 (never quantized: merging into 4-bit weights would lose the adapter) with LoRA applied."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        peft_model = PeftModel.from_pretrained(model, adapter)
+    except Exception as exc:  # corrupt weights or config: many library error types
+        raise ModelError(f"{adapter}: cannot apply adapter to {base_path}: {first_line(exc)}") from None
+    peft_model.eval()
+    return peft_model
+
+
+@dataclass
+class _Reference:
+    """What the merged model must reproduce, taken from base+adapter before merging."""
+
+    probe: dict[str, Any]
+    expected: torch.Tensor
+    adapter_effect: float
+    targets: list[str]
+    base_sums: dict[str, Any]
+
+
+def _reference(peft_model: Any, tokenizer: Any) -> _Reference:
+    probe = tokenizer(PROBE, return_tensors="pt")
+    with torch.no_grad():
+        expected = peft_model(**probe).logits
+        # The base alone, to measure what the adapter changes.
+        with peft_model.disable_adapter():
+            base_logits = peft_model(**probe).logits
+    targets = _lora_weight_names(peft_model)
+    # Fingerprint the base weights now, while LoRA still wraps them, instead of loading the base a second time
+    # (for a 7B model in fp32 that would be another 28 GB).
+    wrapped = dict(peft_model.base_model.model.named_parameters())
+    base_sums = _checksums_of({t: wrapped[t.removesuffix(".weight") + ".base_layer.weight"] for t in targets})
+    return _Reference(probe, expected, (expected - base_logits).abs().max().item(), targets, base_sums)
+
+
+def _verify(saved: Path, ref: _Reference, save_dtype: torch.dtype) -> dict[str, Any]:
+    """Reload what was written: its logits match base+adapter and every adapted weight differs from the base."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+    reloaded.eval()
+    with torch.no_grad():
+        got = reloaded(**ref.probe).logits
+    diff = (got - ref.expected).abs().max().item()
+    scale = ref.expected.abs().max().item()
+    if not diff <= TOLERANCE[save_dtype] * scale:
+        raise ModelError(f"merge verification failed: merged logits differ from base+adapter by {diff:.3g}")
+    params = dict(reloaded.named_parameters())
+    new = _checksums_of({t: params[t] for t in ref.targets})
+    unchanged = [n for n in ref.targets if ref.base_sums[n] == new[n]]
+    if unchanged:
+        raise ModelError(
+            f"merge verification failed: {len(unchanged)} adapted weights equal the base (e.g. {unchanged[0]})"
+        )
+    return {
+        "max_logit_diff": diff,
+        "changed_tensors": len(ref.targets),
+        "adapter_effect": ref.adapter_effect,
+        "dtype": str(save_dtype).split(".")[-1],
+    }

@@ -86,6 +86,7 @@ MOUNT_CONFIG = "/config"
 CONFIG_FILE_NAME = "config.yaml"  # the operator's ConfigMap key, mounted at MOUNT_CONFIG
 CONFIG_FILE = f"{MOUNT_CONFIG}/{CONFIG_FILE_NAME}"
 TERMINATION_LOG = "/dev/termination-log"
+IMAGE_UID = 10001  # the images' user and group (docker/Dockerfile.*: USER 10001:10001); pods run as it
 TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes per container
 
 

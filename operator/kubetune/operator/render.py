@@ -27,6 +27,18 @@ LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The "restricted" Pod Security Standard, as the images' own user (volumes group-owned by it too)."""
+    uid = contract.IMAGE_UID
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """The operator's configuration (Helm values), passed in explicitly."""
@@ -192,13 +204,7 @@ def _pod_spec(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [
             {
                 "name": CONTAINER,

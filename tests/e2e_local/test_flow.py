@@ -274,9 +274,10 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
         with operator():
             await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
             failed = await watch.phase("Failed", node, timeout=420)
-    assert node.exits(names.workers) == [3, 3], dump(node)  # tried, retried once, then given up
+    # Exit 3 (bad data) is permanent: the Job's FailJob rule ends it at once, backoffLimit (1) unused.
+    assert node.exits(names.workers) == [3], dump(node)
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
-    assert condition["reason"] == "BackoffLimitExceeded"
+    assert condition["reason"] == "PodFailurePolicy"
     assert "/data/bad.jsonl:6" in condition["message"] and "completion" in condition["message"], condition
     assert not (claims["runs"] / name / "adapter").exists()
     shutil.rmtree(claims["runs"] / name, ignore_errors=True)

@@ -80,6 +80,9 @@ def test_indexed_job_shape_and_failure_policy():
     assert render_worker_job(META, unqueued, Settings())["spec"]["suspend"] is False
     rules = job["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}} in rules
+    fail = next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]
+    assert fail["values"] == [2, 3, 4, 5, 10, 11]  # bad config, data, model; diverged; source missing or denied
+    assert 12 not in fail["values"] and 1 not in fail["values"]  # a cut transfer or a crash may pass on retry
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
     assert job["template"]["spec"]["subdomain"] == Names.of("llama-quotes").service
     assert job["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

@@ -175,6 +175,7 @@ class Prepared:
 @dataclass
 class JobState:
     failed: int = 0
+    fail_job: str | None = None  # the message of a matching FailJob rule
     succeeded: set[int] = field(default_factory=set)
     finished: bool = False
     started: str | None = None
@@ -285,8 +286,14 @@ class LocalNode:
         self.history.append({"pod": c.pod, "job": c.job, "index": c.index, "exit_code": c.exit_code})
         if c.exit_code == 0:
             state.succeeded.add(c.index or 0)
-        elif not _ignored(job, c.exit_code):
+            return
+        action = _rule_action(job, c.exit_code)
+        if action != "Ignore":
             state.failed += 1
+        if action == "FailJob" and state.fail_job is None:
+            state.fail_job = (
+                f"Container trainer for pod {c.pod} failed with exit code {c.exit_code} matching FailJob rule"
+            )
 
     async def _on_exit(self, c: Container, job: dict[str, Any]) -> None:
         state = self.jobs[c.job_uid]
@@ -304,10 +311,12 @@ class LocalNode:
         if len(state.succeeded) == completions:
             state.finished = True
             status |= {"active": 0, "completionTime": now(), "conditions": [*conditions, _cond("Complete", "")]}
-        elif state.failed > int(spec.get("backoffLimit", 6)):
+        elif state.fail_job or state.failed > int(spec.get("backoffLimit", 6)):
             state.finished = True
-            message = "Job has reached the specified backoff limit"
-            status |= {"active": 0, "conditions": [*conditions, _cond("Failed", "BackoffLimitExceeded", message)]}
+            # The Job controller's reasons: a FailJob rule wins over counting (podFailurePolicy docs).
+            reason = "PodFailurePolicy" if state.fail_job else "BackoffLimitExceeded"
+            message = state.fail_job or "Job has reached the specified backoff limit"
+            status |= {"active": 0, "conditions": [*conditions, _cond("Failed", reason, message)]}
             for other in self.containers.values():
                 if other.job_uid == c.job_uid and other.exit_code is None:
                     self._spawn(self._terminate(other, other.grace))
@@ -563,13 +572,14 @@ def _bytes(quantity: str) -> int:
     return int(float(quantity))
 
 
-def _ignored(job: dict[str, Any], exit_code: int | None) -> bool:
-    """podFailurePolicy: an Ignore rule on this exit code means the failure does not count."""
+def _rule_action(job: dict[str, Any], exit_code: int | None) -> str | None:
+    """podFailurePolicy: the action of the first onExitCodes rule matching this exit code, as the controller
+    evaluates them in order (Ignore: the failure does not count; FailJob: the Job fails at once)."""
     for rule in ((job["spec"].get("podFailurePolicy") or {}).get("rules")) or []:
         codes = rule.get("onExitCodes")
-        if rule.get("action") == "Ignore" and codes and codes.get("operator") == "In" and exit_code in codes["values"]:
-            return True
-    return False
+        if codes and codes.get("operator") == "In" and exit_code in codes["values"]:
+            return rule.get("action")
+    return None
 
 
 def _cond(type_: str, reason: str, message: str = "") -> dict[str, str]:

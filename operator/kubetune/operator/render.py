@@ -21,6 +21,7 @@ from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec
 
 PORT = 29500
 EXIT_PREEMPTED = contract.ExitCode.PREEMPTED  # the trainer's retryable exit code
+PERMANENT_EXIT_CODES = sorted(int(code) for code in contract.PERMANENT_EXIT_CODES)
 CONTAINER = "trainer"
 MOUNTS = {"model": contract.MOUNT_MODEL, "data": contract.MOUNT_DATA, "output": contract.MOUNT_OUTPUT}
 LABEL_JOB = "kubetune.dev/finetunejob"
@@ -273,6 +274,12 @@ def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Set
                 {
                     "action": "Ignore",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]},
+                },
+                # Bad config, data or model, a diverged run, a missing or denied source: the same pod would fail
+                # the same way, so the Job fails at once instead of spending backoffLimit on retries.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": PERMANENT_EXIT_CODES},
                 },
             ]
         },

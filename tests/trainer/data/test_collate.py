@@ -18,10 +18,6 @@ def test_pad_to_longest_in_batch_not_max_length():
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
-def test_pad_to_multiple():
-    assert pad_rows(ROWS, 0, multiple=8)["input_ids"].shape == (2, 8)
-
-
 def test_pack_is_one_row_with_restarting_positions():
     b = pack_rows(ROWS)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]]

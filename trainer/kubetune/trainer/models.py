@@ -184,15 +184,15 @@ def quantization_config(cfg: ModelSection, compute_dtype: torch.dtype) -> Any:
     )
 
 
-def load_model(cfg: ModelSection, dtype: torch.dtype, device: str, quantize: bool = True) -> Any:
-    """Load the base for training (quantized if asked) or in full precision for merging."""
+def load_model(cfg: ModelSection, dtype: torch.dtype, device: str) -> Any:
+    """Load the base for training, quantized if asked (merging loads its own fp32 base: see merge.py)."""
     from transformers import AutoModelForCausalLM
 
     location = resolve_path(cfg.path)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = cfg.attn_implementation
-    qcfg = quantization_config(cfg, dtype) if quantize else None
+    qcfg = quantization_config(cfg, dtype)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
         # Each process loads onto its own accelerator (LOCAL_RANK, set by torchrun; 0 when alone).

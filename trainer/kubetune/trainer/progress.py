@@ -64,7 +64,6 @@ class ProgressReporter(TrainerCallback):
         self.last_tokens = 0
         self.start_tokens = 0
         self.start_step = 0
-        self.last_record: dict[str, Any] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._baseline_pending = True
@@ -113,7 +112,6 @@ class ProgressReporter(TrainerCallback):
                 steps_done=state.global_step - self.start_step,
             )
             self.last_time, self.last_tokens = now, tokens
-            self.last_record = record
             self._emit(record)
         elif "eval_loss" in logs:
             event = EvalEvent(

@@ -22,16 +22,13 @@ from kubetune.trainer.data.render import IGNORE
 class Collator:
     pad_token_id: int
     packed: bool = False
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return pack_rows(rows) if self.packed else pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+        return pack_rows(rows) if self.packed else pad_rows(rows, self.pad_token_id)
 
 
-def pad_rows(rows: list[dict[str, Any]], pad_token_id: int, multiple: int | None = None) -> dict[str, torch.Tensor]:
+def pad_rows(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r["input_ids"]) for r in rows)
-    if multiple:
-        width = -(-width // multiple) * multiple
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -27,7 +27,6 @@ class PreparedData:
     format: str
     template: str
     stats: RenderStats
-    eval_stats: RenderStats | None = None
     skipped: list[BadRecord] = field(default_factory=list)
 
 
@@ -66,10 +65,10 @@ def prepare(cfg: DataSection, tokenizer: Any, seed: int) -> PreparedData:
         eval_examples, examples = shuffled[:n_eval], shuffled[n_eval:]
     args = (tokenizer, template, cfg.system_prompt, cfg.train_on, cfg.max_length)
     train_rows, stats = tokenize_examples(examples, *args)
-    eval_rows, eval_stats = tokenize_examples(eval_examples, *args) if eval_examples else ([], None)
+    eval_rows = tokenize_examples(eval_examples, *args)[0] if eval_examples else []
     if not train_rows:
         raise DataError(
             f"all {stats.records} training records were left without a target after truncation to "
             f"data.max_length={cfg.max_length}"
         )
-    return PreparedData(train_rows, eval_rows, fmt, template, stats, eval_stats, bad)
+    return PreparedData(train_rows, eval_rows, fmt, template, stats, bad)

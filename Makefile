@@ -76,7 +76,7 @@ test-fast: setup ## Run the tests that do not train the real model (no end-to-en
 	$(PY) -m pytest -m "not slow"
 
 e2e: setup ## The real-cluster suite: kind cluster, images, chart, a FinetuneJob to Succeeded (needs kind, kubectl, helm, docker)
-	KUBETUNE_E2E=1 $(PY) -m pytest --with-e2e tests/e2e -v
+	KTEST_E2E=1 $(PY) -m pytest --with-e2e tests/e2e -v
 
 lint: setup ## ruff check + format check + import layering (lint-imports)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """The real-cluster suite: tests/e2e/kind.sh against a kind cluster (make e2e).
 
-Skipped, with the reason, unless KUBETUNE_E2E=1 and kind, kubectl, helm and a working container
+Skipped, with the reason, unless KTEST_E2E=1 and kind, kubectl, helm and a working container
 engine are all present: it creates a cluster and builds images, which takes 10-20 minutes.
 """
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def missing() -> str | None:
-    if os.environ.get("KUBETUNE_E2E") != "1":
+    if os.environ.get("KTEST_E2E") != "1":
         return "the kind suite creates a cluster and builds images (10-20 min): run it with `make e2e`"
     for tool in ("kind", "kubectl", "helm"):
         if not shutil.which(tool):

@@ -2,9 +2,9 @@
 
 The Makefile picks the same engine and the same podman flags (`ENGINE`, `PODMAN_FLAGS`): podman run as
 root without CAP_SYS_RESOURCE (CI sandboxes, this machine) needs runc and limits it does not have to raise.
-`KUBETUNE_ENGINE` and `KUBETUNE_ENGINE_FLAGS` override both. The images are built by `make images`
+`KTEST_ENGINE` and `KTEST_ENGINE_FLAGS` override both. The images are built by `make images`
 (.ci/run does it before pytest); tests that need them skip, saying so, where they are missing, except
-with KUBETUNE_REQUIRE_IMAGES=1 (.ci/run), where a missing engine or image is an error, not a skip.
+with KTEST_REQUIRE_IMAGES=1 (.ci/run), where a missing engine or image is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 TRAINER_IMAGE = "kubetune/trainer:cpu-0.1.0"
 OPERATOR_IMAGE = "kubetune/operator:0.1.0"
 IMAGE_UID = 10001  # the images' USER
-REQUIRE_ENV = "KUBETUNE_REQUIRE_IMAGES"
+REQUIRE_ENV = "KTEST_REQUIRE_IMAGES"
 
 
 @functools.cache
 def engine() -> str | None:
     """The first of docker, podman whose `info` succeeds (a docker client with no daemon does not count)."""
-    names = [os.environ["KUBETUNE_ENGINE"]] if os.environ.get("KUBETUNE_ENGINE") else ["docker", "podman"]
+    names = [os.environ["KTEST_ENGINE"]] if os.environ.get("KTEST_ENGINE") else ["docker", "podman"]
     for name in names:
         exe = shutil.which(name)
         if exe and subprocess.run([exe, "info"], capture_output=True, timeout=60).returncode == 0:
@@ -37,8 +37,8 @@ def engine() -> str | None:
 @functools.cache
 def flags() -> list[str]:
     """Flags for every `build` and `run`: runc and explicit ulimits for podman (see docs in the Makefile)."""
-    if "KUBETUNE_ENGINE_FLAGS" in os.environ:
-        return shlex.split(os.environ["KUBETUNE_ENGINE_FLAGS"])
+    if "KTEST_ENGINE_FLAGS" in os.environ:
+        return shlex.split(os.environ["KTEST_ENGINE_FLAGS"])
     exe = engine()
     if not exe or os.path.basename(exe) != "podman":
         return []

@@ -1,8 +1,8 @@
 """A local node for tests: the kubelet and the Job controller, played against kmock's API.
 
 It sees the Jobs the operator creates, makes their pods, and runs each pod's container in one of two modes,
-printed by the tests (`mode()` picks; KUBETUNE_LOCALNODE=container|process forces one, and
-KUBETUNE_REQUIRE_IMAGES=1, set by .ci/run, means container):
+printed by the tests (`mode()` picks; KTEST_LOCALNODE=container|process forces one, and
+KTEST_REQUIRE_IMAGES=1, set by .ci/run, means container):
 
 - container (wherever docker or podman works and the images are built): a real container from the image
   the pod names, with the pod's env and args, its user and fsGroup (a supplementary group), read-only root,
@@ -56,7 +56,7 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 IMAGE_UID = 10001
 
 
-MODE_ENV = "KUBETUNE_LOCALNODE"
+MODE_ENV = "KTEST_LOCALNODE"
 CONTAINER_PREFIX = "kubetune-e2e-"  # container names: several test sessions may share one engine
 
 

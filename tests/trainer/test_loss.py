@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kubetune.trainer.data.collate import pack_rows, pad_rows
 from kubetune.trainer.data.render import IGNORE
-from kubetune.trainer.loss import selective_loss_sum, target_positions
+from kubetune.trainer.loss import right_padded, selective_loss_sum, target_positions
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,27 @@ def test_gradients_match_full_loss(model):
     (total / count).backward()
     torch.testing.assert_close(model.model.layers[0].self_attn.q_proj.weight.grad, ref, rtol=1e-4, atol=1e-6)
     model.zero_grad()
+
+
+def test_right_padding_is_recognised():
+    assert right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    assert not right_padded(torch.tensor([[1, 1, 0], [0, 1, 1]]))  # left padding
+    assert not right_padded(torch.tensor([[1, 0, 1]]))  # a hole
+
+
+def test_left_padded_batch_keeps_its_mask(model):
+    """Dropping the mask is only right for right padding: a left-padded batch must still be masked."""
+    right = pad_rows(rows(), pad_token_id=0)
+    width = right["input_ids"].shape[1]
+    left = {
+        k: torch.stack(
+            [torch.roll(row, width - int(m.sum())) for row, m in zip(v, right["attention_mask"], strict=True)]
+        )
+        for k, v in right.items()
+    }
+    with torch.no_grad():
+        reference = model(**left).loss
+        total, count = selective_loss_sum(model, left)
+        unmasked = model(input_ids=left["input_ids"], labels=left["labels"]).loss
+    torch.testing.assert_close(total / count, reference, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(unmasked, reference, rtol=1e-3)

@@ -87,10 +87,10 @@ format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL (minutes)
+bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL in fp32 and bf16 (minutes)
 	$(PY) bench/bench_train.py
 
-quality: setup ## Exact match after one epoch on each task of the suite: kubetune defaults vs old lr 2e-4 vs plain TRL (long)
+quality: setup ## Exact match after one epoch on each task of the suite: kubetune defaults vs its old defaults vs plain TRL in fp32 and bf16 (long)
 	$(PY) bench/quality.py
 
 chart: setup ## Regenerate the chart's CRD template and values.schema.json from their models

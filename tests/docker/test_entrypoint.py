@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import precision_modes
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +18,9 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 def container_env(**extra: str) -> dict[str, str]:
     """What an image's environment holds (KUBETUNE_CONTAINER=1), with this venv's kubetune on PATH."""
     keep = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "HF_TOKEN")) or k == "KUBETUNE_CACHE_DIR"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KUBETUNE_", "HF_TOKEN")) or k in {"KUBETUNE_CACHE_DIR", precision_modes.ENV}
     }
     return {
         **keep,

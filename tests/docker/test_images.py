@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import engine
+import precision_modes
 import pytest
 from kube import Cluster, eventually
 from operatorpod import operator_container
@@ -69,7 +70,7 @@ def readme_run(model: Path, data: Path, out: Path, *args: str, env: dict[str, st
         "-v",
         f"{out}:/output",
     ]
-    for key, value in (env or {}).items():
+    for key, value in {**precision_modes.forced_env(), **(env or {})}.items():
         argv += ["-e", f"{key}={value}"]
     return [*argv, TRAINER, *args]
 

@@ -32,6 +32,16 @@ def sets() -> list[str]:
     return [f"training.precision={forced()}"] if forced() else []
 
 
+def forced_env() -> dict[str, str]:
+    """The forced precision as a container's environment (containers get only the env they are given)."""
+    return {ENV: forced()} if forced() else {}
+
+
+def forced_training() -> dict[str, str]:
+    """The forced precision as a FinetuneJob's spec.training.training entry."""
+    return {"precision": forced()} if forced() else {}
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """A subprocess environment without the caller's KUBETUNE_* settings, except the cache and the forced precision."""
     keep = {"KUBETUNE_CACHE_DIR", ENV}

@@ -69,6 +69,7 @@ def test_names_status_and_printer_columns():
         "Phase": ".status.phase",
         "Progress": ".status.progressSummary",
         "Loss": ".status.progress.loss",
+        "Result": ".status.resultLocation",
         "Age": ".metadata.creationTimestamp",
     }
 

@@ -430,6 +430,7 @@ def _initializing(run: _Pass) -> Plan | None:
             name = initializer_name(run.meta["name"])
             st.condition("Created", "True", "ChildrenCreated", f"ConfigMap and initializer Job {name}")
     locations = spec.remote_locations()
+    st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
     st.condition("Initialized", "False", "Fetching", ", ".join(locations))
     st.phase("Initializing", "Initializing", f"{message}: {', '.join(locations)}")
     return _finish(run.plan, st)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -58,6 +59,10 @@ def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_sec
     assert job["metadata"]["ownerReferences"][0]["uid"] == META["uid"]
     assert job["metadata"]["labels"][LABEL_ROLE] == "initializer" and len(job["metadata"]["name"]) <= 63
     assert job["spec"]["backoffLimit"] == 1
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]  # a missing or denied source is not retried
+    assert rule["action"] == "FailJob" and {10, 11, 2} <= set(rule["onExitCodes"]["values"])
+    assert 12 not in rule["onExitCodes"]["values"]  # a cut transfer is: the next pod resumes it
+    kubernetes_validate.validate(job, "1.30", strict=True)
     assert pod["imagePullSecrets"] == [{"name": "registry"}]  # placed like the workers: same image, same registry
 
 

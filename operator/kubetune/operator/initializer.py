@@ -48,11 +48,19 @@ def render_initializer_job(
     env, env_from = render.source_env(sources)
     volume, mount = render.cache_volume(sources)
     token_volumes, token_mounts, token_env = render.hf_token(spec)
-    volumes = [volume, {"name": "config", "configMap": {"name": names.config}}, {"name": "tmp", "emptyDir": {}}]
+    volumes = [
+        volume,
+        {"name": "config", "configMap": {"name": names.config}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
     mounts = [
         mount,
         {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        # The image checks that /output is writable before any command; fetch writes nothing there, and the
+        # output claim (possibly ReadWriteOnce, in use by a previous run's pod) is not needed: an empty dir.
+        {"name": "scratch", "mountPath": contract.MOUNT_OUTPUT},
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -81,7 +89,23 @@ def render_initializer_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
-        "spec": {"backoffLimit": 1, "template": template},
+        "spec": {
+            "backoffLimit": 1,
+            # A missing, denied or malformed source stays so: fail at once (a cut transfer is retried, resuming).
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": render.PERMANENT_EXIT_CODES,
+                        },
+                    }
+                ]
+            },
+            "template": template,
+        },
     }
 
 

@@ -72,10 +72,12 @@ def tiny_model(tmp_path_factory, builtin_path):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    pytest.importorskip("mlflow.server", reason="the mlflow server is not installed (pip install mlflow)")
-    from mlflowserver import MlflowServer
+    from mlflowserver import MlflowServer, executable
 
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    mlflow, why = executable()
+    if mlflow is None:
+        pytest.skip(why)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), mlflow)
     try:
         yield server.wait()
     finally:

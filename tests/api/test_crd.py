@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from kubetune.api.crd import IMMUTABLE, MUTABLE, finetunejob_crd
@@ -21,6 +23,7 @@ from kubetune.api.finetunejob import (
 CRD = finetunejob_crd()
 VERSION = CRD["spec"]["versions"][0]
 ROOT = VERSION["schema"]["openAPIV3Schema"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "k8s"
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -225,3 +228,10 @@ def test_claims_are_needed_only_for_local_paths_and_remote_ones_need_the_cache()
             (err,) = exc.errors()
             problems = err["ctx"]["problems"]
         assert problems == cel_errors(body)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("finetunejob-*.yaml")), ids=lambda p: p.name)
+def test_the_example_finetunejobs_pass_the_crds_rules_and_the_operators_checks(path):
+    doc = yaml.safe_load(path.read_text())
+    assert cel_errors(doc) == []
+    assert FinetuneJobSpec.model_validate(doc["spec"]).storage_problems() == []

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -286,29 +287,39 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
 
 
 # --- remote sources and push_to: no claim for the model or the data, the result in S3 ------------------------
-@pytest.fixture
-def store(tmp_path_factory: pytest.TempPathFactory, builtin_path: str) -> Iterator[tuple[Any, Any, str, Any]]:
-    """moto's S3 server on 127.0.0.1 (pods reach it: one host network) holding a tiny model, and a file server
-    with the data at /dates/train.jsonl: (store, client, bucket, file server)."""
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[Any]:
+    """moto's S3 server on 127.0.0.1 (pods reach it: one host network). One per session: moto's IAM state,
+    auth included, is shared by every server in a process."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
-    from fileserver import FileServer
     from s3server import start_moto
-    from tinymodel import save_tiny_llama
 
     s3 = start_moto()
+    yield s3
+    s3.server.stop()
+
+
+@pytest.fixture
+def store(
+    s3_store: Any, tmp_path_factory: pytest.TempPathFactory, builtin_path: str
+) -> Iterator[tuple[Any, Any, str, Any]]:
+    """A fresh bucket holding a tiny model, and a file server with the data at /dates/train.jsonl:
+    (store, client, bucket, file server)."""
+    from fileserver import FileServer
+    from tinymodel import save_tiny_llama
+
     files = FileServer()
     try:
-        client, bucket = s3.client(), "kubetune-e2e"
+        client, bucket = s3_store.client(), f"kubetune-e2e-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
         model = save_tiny_llama(tmp_path_factory.mktemp("tiny-model"), builtin_path)
         for f in sorted(p for p in model.rglob("*") if p.is_file()):
             client.upload_file(str(f), bucket, f"models/tiny/{f.relative_to(model).as_posix()}")
         records = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines()[:32]
         files.files["/dates/train.jsonl"] = ("\n".join(records) + "\n").encode()
-        yield s3, client, bucket, files
+        yield s3_store, client, bucket, files
     finally:
         files.stop()
-        s3.server.stop()
 
 
 def remote_finetunejob(name: str, model: str, data: str, push_to: str) -> dict[str, Any]:

@@ -108,6 +108,8 @@ def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
 def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
     failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
     assert init.initializer_outcome(failed, 137, None) == ("failed", "InitializerFailed", "BackoffLimitExceeded")
+    assert init.initializer_outcome(failed, 1, "3")[2] == "BackoffLimitExceeded"  # JSON, but not an event
+    assert init.initializer_outcome({"status": None}, None, None)[0] == "pending"  # a Job not yet given a status
     assert init.initializer_outcome(failed, 10, "Traceback\nerror: s3://b/x: no such bucket\n")[1:] == (
         "SourceNotFound",
         "error: s3://b/x: no such bucket",

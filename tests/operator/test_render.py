@@ -233,6 +233,9 @@ def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializ
     assert env["KUBETUNE_CACHE_DIR"] == "/cache" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
     assert c["envFrom"] == [{"secretRef": {"name": "s3"}}]
     kubernetes_validate.validate(job, "1.30", strict=True)
+    local = render(META, SPEC, Settings())  # local paths: no cache, no credentials
+    assert "envFrom" not in container(local) and "KUBETUNE_CACHE_DIR" not in env_of(local)
+    assert not any(v["name"] == "cache" for v in local["spec"]["template"]["spec"]["volumes"])
 
 
 def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():
@@ -240,9 +243,3 @@ def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():
     cfg = load_config(cm["data"]["config.yaml"], "config.yaml")  # what the pods parse
     assert cfg.model.path == "s3://models/llama" and cfg.data.path == ["hf://datasets/org/quotes@v2/train.jsonl"]
     assert cfg.output.push_to == "s3://results/quotes" and cfg.output_dir == "/output"
-
-
-def test_local_paths_need_no_cache_and_no_credentials():
-    job = render_worker_job(META, SPEC, Settings())
-    assert "envFrom" not in container(job) and "KUBETUNE_CACHE_DIR" not in env_of(job)
-    assert not any(v["name"] == "cache" for v in job["spec"]["template"]["spec"]["volumes"])

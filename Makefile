@@ -10,9 +10,12 @@ CONSTRAINTS := requirements/constraints.txt
 # Shared by demo, tests and bench: the builtin model is exported here once (~25 s), then reused.
 export KUBETUNE_CACHE_DIR ?= $(CURDIR)/.cache/kubetune
 STAMP := $(VENV)/.installed
+# The full `mlflow` server for the MLflow test, apart from .venv: it pins pyarrow<26, the project pins 26.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup demo test test-fast e2e lint format bench quality chart images images-dry-run base-image clean
+.PHONY: help setup mlflow-server demo test test-fast e2e lint format bench quality chart images images-dry-run base-image clean
 
 # Trainer images: one per backend, built with docker or podman, whichever works (`info` succeeds).
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -63,6 +66,13 @@ $(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CO
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv with everything installed (reused while current)
+
+$(MLFLOW_STAMP): requirements/mlflow-server.txt
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q -c requirements/mlflow-server.txt mlflow
+	touch $(MLFLOW_STAMP)
+
+mlflow-server: $(MLFLOW_STAMP) ## A real `mlflow server` in .venv-mlflow for the MLflow test (~1 min once; the test skips without it)
 
 demo: setup ## Fine-tune the builtin model on the example task, merge, compare base vs fine-tuned
 	$(VENV)/bin/kubetune train --config examples/configs/dates.yaml --output-dir $(DEMO_OUT)
@@ -116,4 +126,4 @@ base-image: ## Build the Python base image from Debian packages (mmdebstrap) for
 
 clean: ## Remove build outputs, caches and runs (keeps .venv)
 	rm -rf runs output .pytest_cache .ruff_cache
-	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+	find . -name __pycache__ -not -path './.venv/*' -not -path './.venv-mlflow/*' -prune -exec rm -rf {} +

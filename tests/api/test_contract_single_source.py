@@ -25,14 +25,21 @@ FACTS = {
 }
 
 
-def _offences(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+EXIT_CODES = {int(c) for c in contract.ExitCode} - {0, 1}  # 0 and 1 mean "ok" and "error" everywhere
+
+
+def _offences(path: Path, text: str | None = None) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8") if text is None else text)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in FACTS:
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
         if isinstance(node, ast.Constant) and node.value == contract.ExitCode.PREEMPTED.value:
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: exit code {node.value}")
+        if isinstance(node, ast.Dict):  # a table keyed by exit codes (e.g. why a fetch failed) spells them
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant) and type(k.value) is int]
+            if keys and set(keys) <= EXIT_CODES:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: exit codes {sorted(keys)} as dict keys")
     return found
 
 
@@ -45,6 +52,12 @@ def test_contract_facts_are_defined_once():
         for line in _offences(path)
     ]
     assert not offences, "import these from kubetune.api.contract:\n" + "\n".join(offences)
+
+
+def test_the_check_sees_a_table_of_literal_exit_codes():
+    module = ROOT / "operator" / "kubetune" / "operator" / "probe.py"
+    text = 'REASONS = {10: "SourceNotFound", 11: "SourceAccessDenied"}\n'
+    assert _offences(module, text) == ["operator/kubetune/operator/probe.py:1: exit codes [10, 11] as dict keys"]
 
 
 def test_the_check_sees_a_literal():

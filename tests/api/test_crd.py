@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from kubetune.api.crd import IMMUTABLE, MUTABLE, finetunejob_crd
-from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, FinetuneJobSpec, FinetuneJobStatus, name_problem
+from kubetune.api.finetunejob import (
+    CACHE_MESSAGE,
+    DATA_CLAIM_MESSAGE,
+    MODEL_CLAIM_MESSAGE,
+    QUEUED_SUSPEND_MESSAGE,
+    FinetuneJobSpec,
+    FinetuneJobStatus,
+    name_problem,
+)
 
 CRD = finetunejob_crd()
 VERSION = CRD["spec"]["versions"][0]
 ROOT = VERSION["schema"]["openAPIV3Schema"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "k8s"
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -69,6 +80,7 @@ def test_names_status_and_printer_columns():
         "Phase": ".status.phase",
         "Progress": ".status.progressSummary",
         "Loss": ".status.progress.loss",
+        "Result": ".status.resultLocation",
         "Age": ".metadata.creationTimestamp",
     }
 
@@ -188,3 +200,38 @@ def test_the_backend_table_is_the_one_list_of_backends():
         assert backend.collectives <= collectives and "gloo" in backend.collectives, backend.name
         assert (backend.device is None) == (backend.name.startswith("cpu")), backend.name
         assert backend.device is None or backend.limits.get(backend.device) == 1, backend.name
+
+
+def test_claims_are_needed_only_for_local_paths_and_remote_ones_need_the_cache():
+    output = {"output": {"claimName": "o"}}
+    remote = {"model": {"path": "hf://org/m"}, "data": {"path": ["s3://bucket/train.jsonl"]}}
+    cache = {"cache": {"claimName": "c"}}
+
+    def spec(storage: dict[str, Any], training: dict[str, Any] | None, sources: dict[str, Any] | None) -> dict:
+        body: dict[str, Any] = {"storage": storage}
+        if training is not None:
+            body["training"] = training
+        if sources is not None:
+            body["sources"] = sources
+        return {"metadata": {"name": "q"}, "spec": body}
+
+    assert cel_errors(spec(output, remote, cache)) == []
+    assert cel_errors(spec(output, remote, None)) == [CACHE_MESSAGE]
+    assert cel_errors(spec(output, None, None)) == [MODEL_CLAIM_MESSAGE, DATA_CLAIM_MESSAGE]  # defaults are local
+    local_eval = {**remote, "data": {**remote["data"], "eval_path": ["eval.jsonl"]}}
+    assert cel_errors(spec(output, local_eval, cache)) == [DATA_CLAIM_MESSAGE]
+    # The model's own check says the same, every problem at once.
+    for body in (spec(output, remote, cache), spec(output, remote, None), spec(output, local_eval, cache)):
+        try:
+            problems = FinetuneJobSpec.model_validate(body["spec"]).storage_problems()
+        except ValidationError as exc:
+            (err,) = exc.errors()
+            problems = err["ctx"]["problems"]
+        assert problems == cel_errors(body)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("finetunejob-*.yaml")), ids=lambda p: p.name)
+def test_the_example_finetunejobs_pass_the_crds_rules_and_the_operators_checks(path):
+    doc = yaml.safe_load(path.read_text())
+    assert cel_errors(doc) == []
+    assert FinetuneJobSpec.model_validate(doc["spec"]).storage_problems() == []

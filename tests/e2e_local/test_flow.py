@@ -10,11 +10,13 @@ output says which). tests/support/localnode.py says what the local node does and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump, mode
 from operatorpod import OperatorPod, operator_container
 
+from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names
 
 pytestmark = [
@@ -281,3 +284,121 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
     assert "/data/bad.jsonl:6" in condition["message"] and "completion" in condition["message"], condition
     assert not (claims["runs"] / name / "adapter").exists()
     shutil.rmtree(claims["runs"] / name, ignore_errors=True)
+
+
+# --- remote sources and push_to: no claim for the model or the data, the result in S3 ------------------------
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[Any]:
+    """moto's S3 server on 127.0.0.1 (pods reach it: one host network). One per session: moto's IAM state,
+    auth included, is shared by every server in a process."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
+    from s3server import start_moto
+
+    s3 = start_moto()
+    yield s3
+    s3.server.stop()
+
+
+@pytest.fixture
+def store(
+    s3_store: Any, tmp_path_factory: pytest.TempPathFactory, builtin_path: str
+) -> Iterator[tuple[Any, Any, str, Any]]:
+    """A fresh bucket holding a tiny model, and a file server with the data at /dates/train.jsonl:
+    (store, client, bucket, file server)."""
+    from fileserver import FileServer
+    from tinymodel import save_tiny_llama
+
+    files = FileServer()
+    try:
+        client, bucket = s3_store.client(), f"kubetune-e2e-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=bucket)
+        model = save_tiny_llama(tmp_path_factory.mktemp("tiny-model"), builtin_path)
+        for f in sorted(p for p in model.rglob("*") if p.is_file()):
+            client.upload_file(str(f), bucket, f"models/tiny/{f.relative_to(model).as_posix()}")
+        records = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines()[:32]
+        files.files["/dates/train.jsonl"] = ("\n".join(records) + "\n").encode()
+        yield s3_store, client, bucket, files
+    finally:
+        files.stop()
+
+
+def remote_finetunejob(name: str, model: str, data: str, push_to: str) -> dict[str, Any]:
+    ftj = finetunejob(name, max_steps=4, sources={"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"})
+    ftj["spec"]["storage"] = {"output": {"claimName": "runs", "subPath": name}}
+    training = ftj["spec"]["training"]
+    training["model"] = {"path": model}
+    training["data"]["path"] = [data]
+    training["training"]["precision"] = "fp32"  # the same numbers on AVX2-only and AVX512-BF16 machines
+    training["output"] = {"push_to": push_to}
+    return ftj
+
+
+async def s3_secret(cluster: Cluster, env: dict[str, str]) -> None:
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}
+    await cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "data": data})
+
+
+@pytest.fixture
+def remote_claims(tmp_path: Path) -> dict[str, Path]:
+    """Only the output claim and the cache: the model and the data come from S3 and HTTP."""
+    claims = {"runs": tmp_path / "claims" / "runs", "cache": tmp_path / "claims" / "cache"}
+    for path in claims.values():
+        path.mkdir(parents=True)
+        path.chmod(0o777)  # the pods' user (10001) writes both
+    for p in (tmp_path, tmp_path / "claims"):
+        p.chmod(0o755)
+    return claims
+
+
+async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_to_s3(
+    cluster: Cluster, store: tuple[Any, Any, str, Any], remote_claims: dict[str, Path], tmp_path: Path
+):
+    s3, client, bucket, files = store
+    data_url = f"{files.url}/dates/train.jsonl"
+    name, names = "remote", Names.of("remote")
+    target = f"s3://{bucket}/results/{name}"
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, remote_claims, tmp_path / "node") as node:
+        await s3_secret(cluster, s3.env())
+        with operator():
+            await cluster.create(remote_finetunejob(name, f"s3://{bucket}/models/tiny", data_url, target))
+            done = await watch.phase("Succeeded", node, timeout=600)
+    init = initializer_name(name)
+    jobs = [h["job"] for h in node.history]
+    assert jobs == [init, names.workers, names.merge], dump(node)  # the fetch first, then train, then merge
+    assert node.exits(init) == [0] and node.exits(names.workers) == [0] and node.exits(names.merge) == [0]
+    reasons = {e["reason"] for e in await cluster.list("Event")}
+    assert {"Initializing", "Created", "Running", "TrainingSucceeded", "Succeeded"} <= reasons, reasons
+    assert done["resultLocation"] == target and done["progress"]["step"] == 4
+    pushed = json.loads(client.get_object(Bucket=bucket, Key=f"results/{name}/kubetune-push.json")["Body"].read())
+    assert {"run.json", "adapter/adapter_model.safetensors", "merged/config.json"} <= set(pushed["files"])
+    for rel in ("adapter/adapter_model.safetensors", "merged/config.json", "run.json"):
+        client.head_object(Bucket=bucket, Key=f"results/{name}/{rel}")  # the objects really are there
+    run = json.loads((remote_claims["runs"] / name / "run.json").read_text())
+    assert {s["source"] for s in run["sources"]} == {f"s3://{bucket}/models/tiny", data_url}
+    # The workers and the merge found everything in the cache the initializer filled: the data was downloaded once.
+    assert len(list((remote_claims["cache"] / "sources").glob("*/*/manifest.json"))) == 2
+    assert [r for r in files.ranges if r[0] == "/dates/train.jsonl"] == [("/dates/train.jsonl", None)], files.ranges
+
+
+async def test_a_missing_source_fails_the_job_with_the_trainers_message(
+    cluster: Cluster, store: tuple[Any, Any, str, Any], remote_claims: dict[str, Path], tmp_path: Path
+):
+    s3, _, bucket, files = store
+    data_url = f"{files.url}/dates/train.jsonl"
+    name = "missing"
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, remote_claims, tmp_path / "node") as node:
+        await s3_secret(cluster, s3.env())
+        with operator():
+            await cluster.create(
+                remote_finetunejob(name, f"s3://{bucket}/models/nothing-here", data_url, f"s3://{bucket}/r")
+            )
+            failed = await watch.phase("Failed", node, timeout=300)
+    init = initializer_name(name)
+    assert node.exits(init) == [10], dump(node)  # SOURCE_MISSING is permanent: one pod, no retry
+    assert [h["job"] for h in node.history] == [init], "no worker started"
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "SourceNotFound"
+    assert f"s3://{bucket}/models/nothing-here" in failed["message"] and failed["message"] == condition["message"]
+    assert "\n" not in failed["message"] and "Traceback" not in failed["message"]

@@ -22,6 +22,7 @@ from kube import (
     pod,
 )
 
+from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names
 
 
@@ -200,3 +201,21 @@ async def test_a_finalizer_left_by_an_older_operator_is_removed(cluster: Cluster
             return not obj["metadata"].get("finalizers")
 
         await eventually(released, what="the old finalizer removed")
+
+
+async def test_the_charts_rbac_and_a_name_at_the_limit_suffice_for_the_initializer(cluster: Cluster):
+    """Remote sources: the initializer Job (a child like the others) is created under the chart's Role, with a
+    name and labels the server accepts, and nothing else is created while it runs."""
+    cluster.kmock.rbac = chart_rbac()
+    name = "q" * 63
+    ftj = finetunejob(name, sources={"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"})
+    ftj["spec"]["storage"] = {"output": {"claimName": "runs"}}
+    ftj["spec"]["training"] = {"model": {"path": "s3://models/smollm2"}, "data": {"path": ["hf://datasets/o/q"]}}
+    with operator():
+        await cluster.create(ftj)
+        init = await eventually(lambda: cluster.get("Job", initializer_name(name)), what="initializer Job")
+        await phase_is(cluster, "Initializing", name=name)
+        await job_status(cluster, initializer_name(name), succeeded=1, conditions=condition("Complete"))
+        await eventually(lambda: cluster.get("Job", Names.of(name).workers), what="worker Job")
+    assert len(init["metadata"]["name"]) <= 63 and init["metadata"]["labels"]["kubetune.dev/finetunejob"] == name
+    assert await warning_events(cluster, "Forbidden") == []

@@ -13,6 +13,7 @@ import yaml
 from kube import NAMES, Cluster, condition, eventually, finetunejob, job_status, operator, phase_is, pod, terminated
 
 from kubetune.api import TrainConfig
+from kubetune.operator.initializer import initializer_name
 
 
 async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
@@ -205,3 +206,100 @@ async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
     obj = await cluster.get("FinetuneJob", "quotes")
     assert obj["status"]["phase"] == "Succeeded"  # the FinetuneJob and its status stay
     assert any(e["reason"] == "TTLExpired" for e in await cluster.list("Event"))
+
+
+# --- remote sources: the initializer Job, then the workers --------------------------------------------------
+INIT = initializer_name("quotes")
+
+
+def remote(**spec: Any) -> dict[str, Any]:
+    """A FinetuneJob whose model and data are remote: only the output claim, plus the cache."""
+    ftj = finetunejob(
+        sources={"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"},
+        hfTokenSecret={"name": "hf"},
+        **spec,
+    )
+    ftj["spec"]["storage"] = {"output": {"claimName": "runs", "subPath": "quotes"}}
+    ftj["spec"]["training"] = {
+        "model": {"path": "hf://org/smollm2@v1"},
+        "data": {"path": ["s3://data/quotes.jsonl"]},
+        "training": {"max_steps": 5},
+        "output": {"push_to": "s3://results/quotes"},
+    }
+    return ftj
+
+
+async def fetch_pod(api: Cluster, phase: str, exit_code: int, message: str) -> None:
+    """The initializer's pod, as the Job controller and kubelet leave it."""
+    labels = {"kubetune.dev/finetunejob": "quotes", "kubetune.dev/role": "initializer"}
+    await api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{INIT}-x", "labels": labels, "creationTimestamp": "2026-11-22T10:00:00Z"},
+            "status": terminated(phase, exit_code, message)["status"],
+        }
+    )
+
+
+async def test_remote_sources_are_fetched_before_any_worker_and_the_result_location_lands_in_status(
+    cluster: Cluster,
+):
+    summary = {"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "best_step": 4}
+    with operator():
+        await cluster.create(remote())
+        initializing = await phase_is(cluster, "Initializing")
+        init = await eventually(lambda: cluster.get("Job", INIT), what="initializer Job")
+        assert await cluster.get("Job", NAMES.workers) is None  # nobody trains on a half-filled cache
+        assert "hf://org/smollm2@v1" in initializing["status"]["message"]
+    with operator():  # a restarted operator adopts the initializer instead of starting a second fetch
+        await job_status(cluster, INIT, succeeded=1, conditions=condition("Complete"))
+        workers = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Succeeded", exit_code=0, message=json.dumps({**summary, "pushed_to": "s3://results/q"}))
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        merging = await phase_is(cluster, "Merging")
+        assert merging["status"]["resultLocation"] == "s3://results/q" and merging["status"]["bestStep"] == 4
+        merge = await eventually(lambda: cluster.get("Job", NAMES.merge), what="merge Job")
+        merged = {"merged_path": "/output/merged", "pushed_to": "s3://results/quotes"}
+        await cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{NAMES.merge}-x",
+                    "labels": {"kubetune.dev/finetunejob": "quotes", "kubetune.dev/role": "merge"},
+                },
+                "status": terminated("Succeeded", 0, json.dumps(merged))["status"],
+            }
+        )
+        await job_status(cluster, NAMES.merge, succeeded=1, conditions=condition("Complete"))
+        done = await phase_is(cluster, "Succeeded")
+    assert done["status"]["resultLocation"] == "s3://results/quotes"
+    assert cluster.requests("post", "Job") == 3  # initializer, workers, merge: each once
+    for job in (init, workers, merge):
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        assert c["envFrom"] == [{"secretRef": {"name": "s3"}}], job["metadata"]["name"]
+        assert {"name": "KUBETUNE_CACHE_DIR", "value": "/cache"} in c["env"]
+        assert any(m["mountPath"] == "/cache" for m in c["volumeMounts"])
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"] == ["fetch"]
+    cfg = TrainConfig.model_validate(
+        yaml.safe_load((await cluster.get("ConfigMap", NAMES.config))["data"]["config.yaml"])
+    )
+    assert (cfg.model.path, cfg.data.path) == ("hf://org/smollm2@v1", ["s3://data/quotes.jsonl"])
+    reasons = [e["reason"] for e in await cluster.list("Event")]
+    assert {"Initializing", "Created", "Succeeded"} <= set(reasons)
+
+
+async def test_a_fetch_that_fails_ends_the_job_with_the_trainers_message(cluster: Cluster):
+    line = "data.path: s3://data/quotes.jsonl: no such bucket 'data' at http://s3.local"
+    with operator():
+        await cluster.create(remote())
+        await eventually(lambda: cluster.get("Job", INIT), what="initializer Job")
+        await fetch_pod(cluster, "Failed", 10, json.dumps({"event": "error", "exit_code": 10, "message": line}))
+        await job_status(cluster, INIT, failed=2, conditions=condition("Failed", "BackoffLimitExceeded", "limit"))
+        failed = await phase_is(cluster, "Failed")
+    assert failed["status"]["message"] == line
+    cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert (cond["reason"], cond["message"]) == ("SourceNotFound", line)
+    assert await cluster.get("Job", NAMES.workers) is None
+    assert any(e["reason"] == "SourceNotFound" and e["type"] == "Warning" for e in await cluster.list("Event"))

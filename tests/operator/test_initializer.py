@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from kubetune.api import load_config
-from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import initializer as init
-from kubetune.operator.render import LABEL_ROLE, Settings
+from kubetune.operator.render import CACHE_MOUNT, LABEL_ROLE, Settings, container_config
 from kubetune.trainer import errors
 
 META = {"name": "llama-quotes", "namespace": "ml", "uid": "1234-abcd"}
@@ -23,6 +24,7 @@ def spec(training: dict[str, Any], **extra: Any) -> FinetuneJobSpec:
     return FinetuneJobSpec.model_validate({"storage": storage, "training": training, **extra})
 
 
+SOURCES = {"cache": {"claimName": "kubetune-cache"}, "s3CredentialsSecret": "s3"}
 REMOTE = spec(
     {
         "model": {"path": "hf://org/llama@v1"},
@@ -30,8 +32,8 @@ REMOTE = spec(
         "output": {"push_to": "s3://results/quotes"},
     },
     hfTokenSecret={"name": "hf"},
+    sources=SOURCES,
 )
-SOURCES = init.RemoteSources.model_validate({"cache": {"claimName": "kubetune-cache"}, "s3CredentialsSecret": "s3"})
 
 
 def test_only_remote_sources_need_an_initializer():
@@ -41,12 +43,13 @@ def test_only_remote_sources_need_an_initializer():
 
 
 def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_secrets():
-    job = init.render_initializer_job(META, REMOTE, SOURCES, Settings())
+    assert REMOTE.sources == RemoteSources.model_validate(SOURCES)
+    job = init.render_initializer_job(META, REMOTE, REMOTE.sources, Settings(image_pull_secrets=("registry",)))
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["args"] == ["fetch"]
-    assert env["KUBETUNE_CACHE_DIR"] == init.CACHE_MOUNT and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
+    assert env["KUBETUNE_CACHE_DIR"] == CACHE_MOUNT and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]  # AWS_* keys, never in the spec
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["cache"]["mountPath"] == "/cache" and not mounts["cache"]["readOnly"]
@@ -56,10 +59,15 @@ def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_sec
     assert job["metadata"]["ownerReferences"][0]["uid"] == META["uid"]
     assert job["metadata"]["labels"][LABEL_ROLE] == "initializer" and len(job["metadata"]["name"]) <= 63
     assert job["spec"]["backoffLimit"] == 1
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]  # a missing or denied source is not retried
+    assert rule["action"] == "FailJob" and {10, 11, 2} <= set(rule["onExitCodes"]["values"])
+    assert 12 not in rule["onExitCodes"]["values"]  # a cut transfer is: the next pod resumes it
+    kubernetes_validate.validate(job, "1.30", strict=True)
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]  # placed like the workers: same image, same registry
 
 
 def test_pods_keep_remote_paths_and_the_trainer_reads_them():
-    cfg = init.container_config(REMOTE)
+    cfg = container_config(REMOTE)
     assert cfg.model.path == "hf://org/llama@v1"
     assert cfg.data.path == ["s3://data/quotes/train.jsonl", "/data/local.jsonl"]
     assert cfg.output.push_to == "s3://results/quotes" and cfg.output_dir == "/output"
@@ -95,6 +103,17 @@ def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
     assert (state, reason) == ("failed", "InvalidSource")
     assert message.startswith("--model: model.path: s3://Bad_Bucket/x:") and "bucket name" in message
     assert json.loads(log.read_text())["exit_code"] == errors.EXIT_CONFIG
+
+
+def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
+    assert init.initializer_outcome(failed, 137, None) == ("failed", "InitializerFailed", "BackoffLimitExceeded")
+    assert init.initializer_outcome(failed, 1, "3")[2] == "BackoffLimitExceeded"  # JSON, but not an event
+    assert init.initializer_outcome({"status": None}, None, None)[0] == "pending"  # a Job not yet given a status
+    assert init.initializer_outcome(failed, 10, "Traceback\nerror: s3://b/x: no such bucket\n")[1:] == (
+        "SourceNotFound",
+        "error: s3://b/x: no such bucket",
+    )
 
 
 def test_fetch_reasons_match_the_trainers_exit_codes():

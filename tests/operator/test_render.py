@@ -202,3 +202,44 @@ def test_trainer_pods_get_the_pull_secrets():
     for job in (render_worker_job(META, SPEC, settings), render_merge_job(META, SPEC, settings)):
         assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert "imagePullSecrets" not in render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]
+
+
+REMOTE = FinetuneJobSpec.model_validate(
+    {
+        "storage": {"output": {"claimName": "runs", "subPath": "quotes"}},
+        "sources": {"cache": {"claimName": "kubetune-cache", "subPath": "shared"}, "s3CredentialsSecret": "s3"},
+        "training": {
+            "model": {"path": "s3://models/llama"},
+            "data": {"path": ["hf://datasets/org/quotes@v2/train.jsonl"]},
+            "output": {"push_to": "s3://results/quotes"},
+        },
+        "hfTokenSecret": {"name": "hf"},
+    }
+)
+
+
+@pytest.mark.parametrize("render", [render_worker_job, render_merge_job])
+def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializers_credentials(render):
+    job = render(META, REMOTE, Settings())
+    pod, c = job["spec"]["template"]["spec"], container(job)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert claims == {"output": "runs", "cache": "kubetune-cache"}  # no model or data claim: both are remote
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    # Read-write: even a cache hit writes (the fetch's lock file and manifest).
+    assert mounts["cache"] == {"name": "cache", "mountPath": "/cache", "readOnly": False, "subPath": "shared"}
+    env = env_of(job)
+    assert env["KUBETUNE_CACHE_DIR"] == "/cache" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
+    assert c["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    kubernetes_validate.validate(job, "1.30", strict=True)
+    local = render(META, SPEC, Settings())  # local paths: no cache, no credentials
+    assert "envFrom" not in container(local) and "KUBETUNE_CACHE_DIR" not in env_of(local)
+    assert not any(v["name"] == "cache" for v in local["spec"]["template"]["spec"]["volumes"])
+
+
+def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():
+    cm = render_configmap(META, REMOTE)
+    cfg = load_config(cm["data"]["config.yaml"], "config.yaml")  # what the pods parse
+    assert cfg.model.path == "s3://models/llama" and cfg.data.path == ["hf://datasets/org/quotes@v2/train.jsonl"]
+    assert cfg.output.push_to == "s3://results/quotes" and cfg.output_dir == "/output"

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubetune.api.finetunejob import CACHE_MESSAGE, DATA_CLAIM_MESSAGE, MODEL_CLAIM_MESSAGE
+from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names, Settings
 from kubetune.operator.status import (
     Observed,
@@ -349,3 +351,114 @@ def test_status_goes_through_the_model():
 def test_a_garbled_progress_line_is_skipped_not_fatal():
     bad = json.dumps({"event": "progress", "step": "three", "total_steps": 10})
     assert parse_progress(progress_line(2) + "\n" + bad + "\n")["step"] == 2
+
+
+# --- remote sources: the initializer Job first, then the workers ---------------------------------------------
+INIT = initializer_name("quotes")
+REMOTE_SPEC: dict[str, Any] = {
+    "storage": {"output": {"claimName": "runs", "subPath": "quotes"}},
+    "sources": {"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"},
+    "training": {
+        "model": {"path": "hf://org/llama@v1"},
+        "data": {"path": ["s3://data/quotes.jsonl"]},
+        "output": {"push_to": "s3://results/quotes"},
+    },
+}
+
+
+def test_remote_sources_without_a_cache_or_claims_fail_naming_each_field():
+    spec = {**REMOTE_SPEC, "sources": None, "training": {**REMOTE_SPEC["training"], "data": {"path": ["x.jsonl"]}}}
+    plan = run(spec, observed=Observed(now=NOW))
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert plan.status["phase"] == "Failed" and failed["reason"] == "InvalidSpec" and not plan.create
+    assert failed["message"] == f"{DATA_CLAIM_MESSAGE}; {CACHE_MESSAGE}"
+    no_model = {**SPEC, "storage": {"data": {"claimName": "d"}, "output": {"claimName": "o"}}}
+    assert spec_problems(no_model)[1] == [MODEL_CLAIM_MESSAGE]
+    assert spec_problems(REMOTE_SPEC)[1] == []  # remote model and data: only the output claim
+
+
+def test_the_initializer_runs_first_and_the_workers_only_after_it_completed():
+    first = run(REMOTE_SPEC, observed=Observed(now=NOW))
+    created = [(m["kind"], m["metadata"]["name"]) for m in first.create]
+    assert created == [("ConfigMap", NAMES.config), ("Job", INIT)]  # no worker Job yet
+    assert first.status["phase"] == "Initializing" and "hf://org/llama@v1" in first.status["message"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in first.status["conditions"]}
+    assert conditions == {"Created": ("True", "ChildrenCreated"), "Initialized": ("False", "Fetching")}
+    assert [e.reason for e in first.events] == ["Initializing"]
+
+    fetching = run(REMOTE_SPEC, first.status, seen(initializer=job(INIT, active=1)))
+    assert fetching.create == [] and fetching.status["phase"] == "Initializing" and fetching.events == []
+
+    done = run(REMOTE_SPEC, fetching.status, seen(initializer=job(INIT, condition="Complete")))
+    assert [m["metadata"]["name"] for m in done.create] == [NAMES.workers]
+    assert done.status["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in done.status["conditions"]}["Initialized"] == "True"
+    # Once initialized, the worker Job's fate is the job's: the finished initializer is not looked at again.
+    later = run(REMOTE_SPEC, done.status, seen(workers=job(active=1), worker_pods=(pod("w-0"),)))
+    assert later.create == [] and later.status["phase"] == "Running"
+
+
+def test_a_failed_fetch_fails_the_job_with_the_trainers_line_and_no_worker_is_created():
+    line = "model.path: hf://org/llama@v1: no such repository at http://hub (or private: set HF_TOKEN)"
+    message = json.dumps({"event": "error", "exit_code": 10, "message": line})
+    failed_pod = pod("fetch-x", index=None, phase="Failed", exit_code=10, message=message)
+    observed = seen(
+        initializer=job(INIT, condition="Failed", reason="BackoffLimitExceeded"), initializer_pods=(failed_pod,)
+    )
+    plan = run(REMOTE_SPEC, {"phase": "Initializing"}, observed)
+    assert plan.create == [] and plan.status["phase"] == "Failed" and plan.status["message"] == line
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert (failed["reason"], failed["message"]) == ("SourceNotFound", line)
+    assert [e.reason for e in plan.events] == ["SourceNotFound"]
+
+
+def test_an_initializer_job_of_someone_else_is_not_adopted():
+    foreign = {**job(INIT), "metadata": {"name": INIT, "ownerReferences": [{"uid": "other", "kind": "Job"}]}}
+    plan = run(REMOTE_SPEC, observed=seen(initializer=foreign))
+    assert plan.status["phase"] == "Failed" and "not owned" in plan.status["message"] and not plan.create
+
+
+def test_ttl_and_deadline_remove_the_initializer_too():
+    done = {"phase": "Succeeded", "completionTime": "2026-11-22T11:00:00Z"}
+    spec = {**REMOTE_SPEC, "runPolicy": {"ttlSecondsAfterFinished": 1}}
+    plan = run(spec, done, seen(initializer=job(INIT, condition="Complete"), workers=job(condition="Complete")))
+    assert ("Job", INIT) in plan.delete and ("Job", NAMES.workers) in plan.delete
+    late = {"phase": "Initializing", "startTime": "2026-11-22T10:00:00Z"}
+    spec = {**REMOTE_SPEC, "runPolicy": {"activeDeadlineSeconds": 60}}
+    plan = run(spec, late, seen(initializer=job(INIT, active=1)))
+    assert plan.status["phase"] == "Failed" and ("Job", INIT) in plan.delete and not plan.create
+
+
+def test_result_location_and_best_eval_come_from_the_summaries():
+    summary = {
+        "event": "summary",
+        "steps": 10,
+        "first_loss": 2.0,
+        "final_loss": 0.5,
+        "eval_metric": "exact_match",
+        "best_step": 6,
+        "best_value": 0.75,
+        "pushed_to": "s3://results/quotes",
+    }
+    pods = (pod("w-0", phase="Succeeded", exit_code=0, message=json.dumps(summary)),)
+    trained = run(REMOTE_SPEC, {"phase": "Running"}, seen(workers=job(condition="Complete"), worker_pods=pods))
+    assert trained.status["resultLocation"] == "s3://results/quotes"
+    assert (trained.status["evalMetric"], trained.status["bestStep"], trained.status["bestValue"]) == (
+        "exact_match",
+        6,
+        0.75,
+    )
+    merged = json.dumps({"merged_path": "/output/merged", "pushed_to": "hf://org/quotes-merged"})
+    merge_pods = (pod("m-0", index=None, phase="Succeeded", exit_code=0, message=merged),)
+    observed = seen(
+        workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete"), merge_pods=merge_pods
+    )
+    done = run(REMOTE_SPEC, trained.status, observed)
+    assert done.status["phase"] == "Succeeded" and done.status["resultLocation"] == "hf://org/quotes-merged"
+    assert "pushed to hf://org/quotes-merged" in done.status["message"]
+    plain = json.dumps({"event": "summary", "steps": 10})  # no eval chose the adapter, nothing was pushed
+    pods = (pod("w-0", phase="Succeeded", exit_code=0, message=plain),)
+    spec = {**SPEC, "merge": {"enabled": False}}
+    local = run(spec, {"phase": "Running"}, seen(workers=job(condition="Complete"), worker_pods=pods))
+    assert local.status["phase"] == "Succeeded"
+    assert not {"bestStep", "evalMetric", "resultLocation"} & set(local.status)

@@ -35,6 +35,7 @@ RESOURCES = {
     "batch/v1/jobs": ("Job", {"status"}),
     "v1/pods": ("Pod", {"status", "log"}),
     "v1/configmaps": ("ConfigMap", set()),
+    "v1/secrets": ("Secret", set()),
     "v1/services": ("Service", set()),
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
@@ -46,6 +47,7 @@ PATHS = {
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Event": "/api/v1/namespaces/{ns}/events",
     "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",

@@ -21,6 +21,7 @@ Either way: pod phases, exit codes, termination messages (FallbackToLogsOnError 
 conditions, suspend) follows the Indexed Job rules, podFailurePolicy's Ignore rules included; deleting a
 Job deletes its pods.
 
+Secrets reach containers through envFrom (secretRef: every key of the Secret's data as a variable).
 What it does not emulate: scheduling, image pulls (container mode runs local images only: `--pull never`),
 networking beyond one host's loopback, resource requests and limits, secret volumes, pod restarts by the
 kubelet (restartPolicy is Never for every pod the operator renders), the Job controller's backoff delay
@@ -30,6 +31,7 @@ between retries, and a Job's own activeDeadlineSeconds (the operator enforces th
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
@@ -356,7 +358,7 @@ class LocalNode:
         }
         await self.cluster.create(pod)
         container = pod_spec["containers"][0]
-        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        env = {**await self._env_from(meta["namespace"], container), **_plain_env(container)}
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         hostname = f"{meta['name']}-{index}" if index is not None else name
@@ -386,6 +388,18 @@ class LocalNode:
         c.reader = asyncio.create_task(self._read(c))
         await self.cluster.patch("Pod", name, {"status": {"phase": "Running", "startTime": now()}}, sub="status")
         self._spawn(self._wait(c, container, job))
+
+    async def _env_from(self, ns: str, container: dict[str, Any]) -> dict[str, str]:
+        """envFrom: every key of each referenced Secret (base64 `data`, as the API server stores it)."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            assert set(source) == {"secretRef"}, f"the local node does not emulate envFrom {source}"
+            secret = await self.cluster.get("Secret", source["secretRef"]["name"], ns)
+            assert secret is not None, (
+                f"Secret {source['secretRef']['name']} does not exist (CreateContainerConfigError)"
+            )
+            env.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
+        return env
 
     async def _prepare(
         self, ns: str, pod: str, spec: dict[str, Any], pod_dir: Path, job: dict[str, Any], hostname: str
@@ -561,6 +575,11 @@ class LocalNode:
 
     def exits(self, job: str) -> list[int | None]:
         return [h["exit_code"] for h in self.history if h["job"] == job]
+
+
+def _plain_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's `env` with literal values; valueFrom is not emulated (the operator renders none)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def _bytes(quantity: str) -> int:

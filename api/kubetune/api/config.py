@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from kubetune.api import remote
@@ -27,11 +27,18 @@ def _split_list(value: Any) -> Any:
 
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
 # Locations that may be remote (hf://, s3://, https://): a malformed URL is a config error naming the field.
-ModelLocation = Annotated[str, AfterValidator(lambda v: remote.check(v, "model"))]
+# Bounded, so that the CRD's CEL rules over these paths have a cost the API server accepts (crd.py).
+LOCATION_MAX_LENGTH = 2048
+DATA_FILES_MAX = 256
+Location = Annotated[str, StringConstraints(max_length=LOCATION_MAX_LENGTH)]
+ModelLocation = Annotated[Location, AfterValidator(lambda v: remote.check(v, "model"))]
 DataLocations = Annotated[
-    list[str], BeforeValidator(_split_list), AfterValidator(lambda vs: [remote.check(v, "data") for v in vs])
+    list[Location],
+    BeforeValidator(_split_list),
+    Field(max_length=DATA_FILES_MAX),
+    AfterValidator(lambda vs: [remote.check(v, "data") for v in vs]),
 ]
-PushLocation = Annotated[str, AfterValidator(lambda v: remote.check(v, "output") if v else v)]
+PushLocation = Annotated[Location, AfterValidator(lambda v: remote.check(v, "output") if v else v)]
 
 
 def _target_modules(value: Any) -> Any:
@@ -134,7 +141,9 @@ class DataSection(Section):
     max_length: int = Field(1024, ge=16, description="Longer records are truncated (and counted).")
     packing: bool = Field(False, description="Pack several records into one padding-free row per batch.")
     eval_split: float = Field(0.0, ge=0.0, lt=0.9, description="Fraction held out for eval loss.")
-    eval_path: StrList = Field(default_factory=list, description="Separate eval file(s).")
+    eval_path: DataLocations = Field(
+        default_factory=list, description="Separate eval file(s), local or remote like path."
+    )
     skip_bad_records: bool = Field(
         False, description="Skip and count malformed records instead of stopping before training."
     )

@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.finetunejob import (
+    CACHE_MESSAGE,
+    DATA_CLAIM_MESSAGE,
     GROUP,
     KIND,
+    MODEL_CLAIM_MESSAGE,
     NAME_MESSAGE,
     NAME_RULE,
     PLURAL,
@@ -116,6 +119,7 @@ IMMUTABLE = (
     "training",
     "scheduling",
     "hfTokenSecret",
+    "sources",
 )
 MUTABLE = ("runPolicy", "merge")
 
@@ -138,9 +142,36 @@ QUEUED_SUSPEND = {
 }
 
 
+# Which claims the paths need (FinetuneJobSpec.storage_problems, the same rules): `training` and its sections
+# have defaults, but CEL sees the object as sent, so every step is guarded with has().
+_MODEL_PATH = "has(self.training) && has(self.training.model) && has(self.training.model.path)"
+_REMOTE_MODEL = f"({_MODEL_PATH} && self.training.model.path.contains('://'))"
+_DATA = "has(self.training) && has(self.training.data)"
+_DATA_PATHS = f"({_DATA} && has(self.training.data.path) ? self.training.data.path : [])"
+_EVAL_PATHS = f"({_DATA} && has(self.training.data.eval_path) ? self.training.data.eval_path : [])"
+_REMOTE = "p, p.contains('://')"
+STORAGE_FOR_SOURCES = [
+    {"rule": f"has(self.storage.model) || {_REMOTE_MODEL}", "message": MODEL_CLAIM_MESSAGE},
+    {
+        "rule": f"has(self.storage.data) || (size({_DATA_PATHS}) > 0 && {_DATA_PATHS}.all({_REMOTE}) && "
+        f"{_EVAL_PATHS}.all({_REMOTE}))",
+        "message": DATA_CLAIM_MESSAGE,
+    },
+    {
+        "rule": f"has(self.sources) || !({_REMOTE_MODEL} || {_DATA_PATHS}.exists({_REMOTE}) || "
+        f"{_EVAL_PATHS}.exists({_REMOTE}))",
+        "message": CACHE_MESSAGE,
+    },
+]
+
+
 def spec_schema() -> dict[str, Any]:
     spec = model_schema(FinetuneJobSpec)
-    spec["x-kubernetes-validations"] = [immutable_rule(name) for name in IMMUTABLE] + [QUEUED_SUSPEND]
+    spec["x-kubernetes-validations"] = [
+        *(immutable_rule(name) for name in IMMUTABLE),
+        QUEUED_SUSPEND,
+        *STORAGE_FOR_SOURCES,
+    ]
     return spec
 
 
@@ -171,6 +202,7 @@ def finetunejob_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary"},
                         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+                        {"name": "Result", "type": "string", "jsonPath": ".status.resultLocation"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

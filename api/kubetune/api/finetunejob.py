@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from kubetune.api.backends import BackendName
 from kubetune.api.config import TrainConfig
+from kubetune.api.remote import is_remote
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -25,7 +27,7 @@ PLURAL = "finetunejobs"
 SHORT_NAMES = ["ftj"]
 
 Backend = BackendName  # the rows of kubetune.api.backends.TABLE
-Phase = Literal["Pending", "Running", "Merging", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Initializing", "Running", "Merging", "Succeeded", "Failed", "Suspended"]
 Quantity = int | str  # Kubernetes quantities: 4, "500m", "16Gi"
 
 # A FinetuneJob's name becomes a label value (at most 63 characters) and the start of its Service's name
@@ -64,8 +66,16 @@ class VolumeRef(K8sModel):
 
 
 class Storage(K8sModel):
-    model: VolumeRef = Field(description="The base model (a Hugging Face directory); mounted read-only at /model.")
-    data: VolumeRef = Field(description="Training data; mounted read-only at /data.")
+    model: VolumeRef | None = Field(
+        None,
+        description="The base model (a Hugging Face directory); mounted read-only at /model. Not needed when "
+        "training.model.path is remote (hf://, s3://, https://).",
+    )
+    data: VolumeRef | None = Field(
+        None,
+        description="Training data; mounted read-only at /data. Not needed when every training.data path "
+        "(and eval_path) is remote.",
+    )
     output: VolumeRef = Field(
         description="Checkpoints, adapter, merged model and reports; mounted read-write at /output. Several "
         "nodes need a ReadWriteMany claim (rank 0 writes, all ranks checkpoint)."
@@ -105,6 +115,36 @@ class SecretKeyRef(K8sModel):
     key: str = Field("token", min_length=1)
 
 
+class RemoteSources(K8sModel):
+    """Where remote model and data (hf://, s3://, https://) are fetched to, once, before any worker starts."""
+
+    cache: VolumeRef = Field(
+        description="Claim an initializer Job fills with `kubetune fetch` and every pod mounts at /cache "
+        "(ReadWriteMany for more than one node)."
+    )
+    s3_credentials_secret: str | None = Field(
+        None,
+        min_length=1,
+        description="Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_ENDPOINT_URL, AWS_REGION, ...): how s3:// sources and output.push_to find their store.",
+    )
+
+
+# Which claims a spec needs depends on which paths are remote. The same three rules are CEL rules in the CRD
+# (crd.py) and checks of the model (FinetuneJobSpec.storage_problems), with the same messages.
+MODEL_CLAIM_MESSAGE = (
+    "spec.storage.model is required unless spec.training.model.path is remote (hf://, s3://, https://)"
+)
+DATA_CLAIM_MESSAGE = (
+    "spec.storage.data is required unless every spec.training.data.path and eval_path is remote "
+    "(hf://, s3://, https://)"
+)
+CACHE_MESSAGE = (
+    "spec.sources.cache is required when a model or data path is remote: the claim the initializer fetches into"
+)
+SOURCES_ERROR = "storage_for_sources"
+
+
 class FinetuneJobSpec(K8sModel):
     backend: Backend = Field("cpu", description="Picks the image, default resources and collective backend.")
     image: str | None = Field(None, description="Override the operator's image for this backend.")
@@ -117,6 +157,35 @@ class FinetuneJobSpec(K8sModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     hf_token_secret: SecretKeyRef | None = None
+    sources: RemoteSources | None = Field(
+        None, description="Required with remote model or data paths: the cache claim and the S3 credentials."
+    )
+
+    def remote_locations(self) -> list[str]:
+        """The remote model and data locations, in the order the trainer fetches them."""
+        t = self.training
+        return [p for p in (t.model.path, *t.data.path, *t.data.eval_path) if is_remote(p)]
+
+    def storage_problems(self) -> list[str]:
+        """Claims missing for the local paths, and the cache missing for the remote ones: every one at once."""
+        t = self.training
+        problems = []
+        if self.storage.model is None and not is_remote(t.model.path):
+            problems.append(MODEL_CLAIM_MESSAGE)
+        data = [*t.data.path, *t.data.eval_path]
+        if self.storage.data is None and not (t.data.path and all(is_remote(p) for p in data)):
+            problems.append(DATA_CLAIM_MESSAGE)
+        if self.sources is None and self.remote_locations():
+            problems.append(CACHE_MESSAGE)
+        return problems
+
+    @model_validator(mode="after")
+    def _claims_for_paths(self) -> FinetuneJobSpec:
+        problems = self.storage_problems()
+        if problems:
+            # One error carrying every problem; status.spec_problems lists them one by one.
+            raise PydanticCustomError(SOURCES_ERROR, "{joined}", {"joined": "; ".join(problems), "problems": problems})
+        return self
 
 
 class Progress(K8sModel):
@@ -148,5 +217,11 @@ class FinetuneJobStatus(K8sModel):
     )
     adapter_path: str | None = None
     merged_path: str | None = None
+    result_location: str | None = Field(
+        None, description="Where output.pushTo put the adapter, merged model and run.json (s3:// or hf://)."
+    )
+    eval_metric: str | None = Field(None, description="What chose the adapter: the best eval of this metric.")
+    best_step: int | None = Field(None, description="The step whose weights became the adapter.")
+    best_value: float | None = Field(None, description="The eval metric's value at bestStep.")
     message: str | None = None
     progress_summary: str | None = Field(None, description="step/totalSteps, for kubectl's PROGRESS column.")

@@ -1,13 +1,15 @@
-"""The FinetuneJob's initializer: one Job that runs `kubetune fetch` into a cache claim before any worker starts.
+"""The FinetuneJob's initializer: one Job that runs `kubetune fetch` into the cache claim before any worker starts.
 
-Pure builders (spec in, manifest or decision out), not yet wired into render/decide:
-the report of issue 14 says where each call goes. With remote sources
-(`hf://`, `s3://`, `https://` in spec.training.model.path / data.path), N workers
-would otherwise download the same model N times; instead the initializer fills
-`/cache` (a ReadWriteMany claim, KUBETUNE_CACHE_DIR) once, and workers and the
-merge Job mount the same claim: their own fetch finds every file in place (one
-HEAD or listing per source, no download). Credentials reach pods as environment
-from Secrets (HF token file, S3 keys via envFrom), never through the spec.
+With remote sources (`hf://`, `s3://`, `https://` in spec.training.model.path /
+data.path), N workers would otherwise download the same model N times; instead
+the initializer fills `/cache` (spec.sources.cache, a ReadWriteMany claim for
+more than one node; KUBETUNE_CACHE_DIR) once, like Kubeflow Trainer's model and
+dataset initializers, and workers and the merge Job mount the same claim: their
+own fetch finds every file in place (one HEAD or listing per source, no
+download). Credentials reach pods as environment from Secrets (HF token file,
+S3 keys via envFrom), never through the spec. status.decide creates this Job
+first and the workers only once it completed; its failure ends the FinetuneJob
+with the trainer's own one-line message.
 """
 
 from __future__ import annotations
@@ -15,75 +17,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field
-
 from kubetune.api import contract
-from kubetune.api.config import TrainConfig
-from kubetune.api.finetunejob import FinetuneJobSpec, K8sModel, VolumeRef
-from kubetune.api.remote import is_remote
+from kubetune.api.contract import ExitCode
+from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import render
-from kubetune.operator.render import CONTAINER, RESTRICTED_CONTAINER, Names, Settings, _labels, _metadata, short_name
+from kubetune.operator.render import CONTAINER, RESTRICTED_CONTAINER, Settings, _labels, _metadata, short_name
 
-CACHE_MOUNT = "/cache"
 ROLE = "initializer"
-
-
-class RemoteSources(K8sModel):
-    """Proposed `spec.sources` of a FinetuneJob (not yet in FinetuneJobSpec)."""
-
-    cache: VolumeRef = Field(description="Claim the initializer fills and every pod reads (ReadWriteMany for >1 node).")
-    s3_credentials_secret: str | None = Field(
-        None,
-        description="Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-        "AWS_ENDPOINT_URL, AWS_REGION, ...).",
-    )
 
 
 def remote_locations(spec: FinetuneJobSpec) -> list[str]:
     """The spec's remote model and data locations, in the order the trainer fetches them."""
-    t = spec.training
-    return [p for p in (t.model.path, *t.data.path, *t.data.eval_path) if is_remote(p)]
+    return spec.remote_locations()
 
 
 def needs_initializer(spec: FinetuneJobSpec) -> bool:
-    return bool(remote_locations(spec))
-
-
-def container_config(spec: FinetuneJobSpec) -> TrainConfig:
-    """render.container_config, except that remote locations stay remote (the trainer resolves them in /cache)."""
-    mapped = render.container_config(spec)
-    t = spec.training
-    model = t.model.path if is_remote(t.model.path) else mapped.model.path
-
-    def keep_remote(given: list[str], local: list[str]) -> list[str]:
-        return [p if is_remote(p) else m for p, m in zip(given, local, strict=True)] if given else local
-
-    data = keep_remote(t.data.path, mapped.data.path)
-    evals = keep_remote(t.data.eval_path, mapped.data.eval_path)
-    return mapped.model_copy(
-        update={
-            "model": mapped.model.model_copy(update={"path": model}),
-            "data": mapped.data.model_copy(update={"path": data, "eval_path": evals}),
-        }
-    )
+    return bool(remote_locations(spec)) and spec.sources is not None
 
 
 def initializer_name(name: str) -> str:
     return short_name(name, "fetch")
-
-
-def cache_volume(sources: RemoteSources, read_only: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(volume, volumeMount) for the cache claim; workers may mount it read-only once it is filled."""
-    volume = {"name": "cache", "persistentVolumeClaim": {"claimName": sources.cache.claim_name, "readOnly": read_only}}
-    mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": read_only, "subPath": sources.cache.sub_path}
-    return volume, mount
-
-
-def source_env(spec: FinetuneJobSpec, sources: RemoteSources) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(env, envFrom) every pod that touches remote sources needs: the cache dir and the S3 credentials Secret."""
-    env = [{"name": contract.ENV_CACHE_DIR, "value": CACHE_MOUNT}]
-    env_from = [{"secretRef": {"name": sources.s3_credentials_secret}}] if sources.s3_credentials_secret else []
-    return env, env_from
 
 
 def render_initializer_job(
@@ -91,27 +44,31 @@ def render_initializer_job(
 ) -> dict[str, Any]:
     """A one-pod Job: `kubetune fetch` with the run's config; no retries beyond one (errors are not transient
     often enough: a missing repo stays missing), the trainer's exit code and one-line message tell why."""
-    names = Names.of(meta["name"])
-    env, env_from = source_env(spec, sources)
-    volume, mount = cache_volume(sources, read_only=False)
-    volumes = [volume, {"name": "config", "configMap": {"name": names.config}}, {"name": "tmp", "emptyDir": {}}]
+    names = render.Names.of(meta["name"])
+    env, env_from = render.source_env(sources)
+    volume, mount = render.cache_volume(sources)
+    token_volumes, token_mounts, token_env = render.hf_token(spec)
+    volumes = [
+        volume,
+        {"name": "config", "configMap": {"name": names.config}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
     mounts = [
         mount,
         {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        # The image checks that /output is writable before any command; fetch writes nothing there, and the
+        # output claim (possibly ReadWriteOnce, in use by a previous run's pod) is not needed: an empty dir.
+        {"name": "scratch", "mountPath": contract.MOUNT_OUTPUT},
     ]
-    if spec.hf_token_secret:
-        items = [{"key": spec.hf_token_secret.key, "path": "token"}]
-        volumes.append({"name": "hf-token", "secret": {"secretName": spec.hf_token_secret.name, "items": items}})
-        mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env.append({"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.images[spec.backend],
         "args": ["fetch"],
-        "env": [{"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *env],
+        "env": [{"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *env, *token_env],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
-        "volumeMounts": mounts,
+        "volumeMounts": mounts + token_mounts,
         "securityContext": RESTRICTED_CONTAINER,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -122,21 +79,43 @@ def render_initializer_job(
         "automountServiceAccountToken": False,
         "securityContext": render.pod_security_context(),
         "containers": [container],
-        "volumes": volumes,
+        "volumes": volumes + token_volumes,
     }
     metadata = _metadata(meta, initializer_name(meta["name"]), ROLE)
     metadata["labels"].update(_labels(meta, spec, ROLE))
-    template = {"metadata": {"labels": _labels(meta, spec, ROLE)}, "spec": pod}
+    # Placed like the workers (pull secrets, node selector, tolerations): the same image, the same nodes.
+    template = {"metadata": {"labels": _labels(meta, spec, ROLE)}, "spec": render._place(pod, spec, settings)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
-        "spec": {"backoffLimit": 1, "template": template},
+        "spec": {
+            "backoffLimit": 1,
+            # A missing, denied or malformed source stays so: fail at once (a cut transfer is retried, resuming).
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": render.PERMANENT_EXIT_CODES,
+                        },
+                    }
+                ]
+            },
+            "template": template,
+        },
     }
 
 
-# Exit codes of `kubetune fetch` (kubetune.trainer.errors; the operator never imports the trainer).
-FETCH_REASONS = {2: "InvalidSource", 10: "SourceNotFound", 11: "SourceAccessDenied", 12: "SourceTransferFailed"}
+# Why `kubetune fetch` failed, by its exit code (kubetune.api.contract; the operator never imports the trainer).
+FETCH_REASONS = {
+    ExitCode.CONFIG: "InvalidSource",
+    ExitCode.SOURCE_MISSING: "SourceNotFound",
+    ExitCode.SOURCE_DENIED: "SourceAccessDenied",
+    ExitCode.TRANSFER: "SourceTransferFailed",
+}
 
 
 def initializer_outcome(
@@ -147,18 +126,20 @@ def initializer_outcome(
     The message is the trainer's own line (e.g. `hf://org/x: no such repository at ...`), which is what
     the FinetuneJob's status.message should carry when this ends it.
     """
-    conditions = {c.get("type"): c for c in (job or {}).get("status", {}).get("conditions", [])}
+    status = (job or {}).get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
     if conditions.get("Complete", {}).get("status") == "True":
         return "succeeded", None, "model and data are in the cache"
     if conditions.get("Failed", {}).get("status") != "True":
-        return "pending", None, "fetching model and data"
+        return "pending", None, "fetching model and data into the cache"
     message = conditions["Failed"].get("message") or "the initializer failed"
-    if termination:
+    if termination and termination.strip():
         try:
             record = json.loads(termination)
-            message = record.get("message") or message
         except ValueError:
-            message = termination.strip().splitlines()[-1] if termination.strip() else message
+            record = {"message": termination.strip().splitlines()[-1]}  # FallbackToLogsOnError: the log's last line
+        if isinstance(record, dict) and record.get("message"):
+            message = str(record["message"])
     return "failed", FETCH_REASONS.get(exit_code or 0, "InitializerFailed"), message
 
 

@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
+from kubetune.operator.initializer import ROLE, initializer_name
 from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
 from kubetune.operator.status import Observed, PodView, job_condition, ownership
 
@@ -114,8 +115,12 @@ class Cluster:
         names = Names.of(name)
         workers = self._read("Job", ns, names.workers)
         merge = self._read("Job", ns, names.merge)
+        initializer = self._read("Job", ns, initializer_name(name))  # remote sources: `kubetune fetch` first
         worker_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "worker"))
         merge_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "merge")) if merge else ()
+        initializer_pods = (
+            tuple(PodView.of(p) for p in self._pods(ns, name, ROLE)) if job_condition(initializer, "Failed") else ()
+        )
         # Once training is over its summary is in the termination message: no more log reads while merging/TTL.
         training_over = job_condition(workers, "Complete") or job_condition(workers, "Failed")
         rank0 = sorted(
@@ -135,8 +140,10 @@ class Cluster:
             not_ours=tuple(n for n in not_ours if n[0] != "ours"),
             workers=workers,
             merge=merge,
+            initializer=initializer,
             worker_pods=worker_pods,
             merge_pods=merge_pods,
+            initializer_pods=initializer_pods,
             rank0_log=self.pod_log_tail(ns, rank0[-1].name) if rank0 and not training_over else None,
         )
 

@@ -17,7 +17,8 @@ import yaml
 
 from kubetune.api import backends, contract
 from kubetune.api.config import TrainConfig
-from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec
+from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec, RemoteSources
+from kubetune.api.remote import is_remote
 
 PORT = 29500
 EXIT_PREEMPTED = contract.ExitCode.PREEMPTED  # the trainer's retryable exit code
@@ -26,6 +27,7 @@ CONTAINER = "trainer"
 MOUNTS = {"model": contract.MOUNT_MODEL, "data": contract.MOUNT_DATA, "output": contract.MOUNT_OUTPUT}
 LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
+CACHE_MOUNT = "/cache"  # spec.sources.cache: remote models and data, fetched once by the initializer
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -100,17 +102,54 @@ def _metadata(meta: dict[str, Any], name: str, role: str) -> dict[str, Any]:
 
 
 def container_config(spec: FinetuneJobSpec) -> TrainConfig:
-    """The trainer config the pods get: paths point at the mounts; data paths are relative to /data."""
+    """The trainer config the pods get: local paths point at the mounts (data paths are relative to /data);
+    remote ones (hf://, s3://, https://) stay as given: the trainer resolves them in the cache (/cache)."""
     data = spec.training.data
-    paths = [p if p.startswith("/") else f"{MOUNTS['data']}/{p}" for p in data.path] or [MOUNTS["data"]]
-    evals = [p if p.startswith("/") else f"{MOUNTS['data']}/{p}" for p in data.eval_path]
+
+    def on_data(path: str) -> str:
+        return path if path.startswith("/") or is_remote(path) else f"{MOUNTS['data']}/{path}"
+
+    paths = [on_data(p) for p in data.path] or [MOUNTS["data"]]
+    model = spec.training.model.path if is_remote(spec.training.model.path) else MOUNTS["model"]
     return spec.training.model_copy(
         update={
-            "model": spec.training.model.model_copy(update={"path": MOUNTS["model"]}),
-            "data": data.model_copy(update={"path": paths, "eval_path": evals}),
+            "model": spec.training.model.model_copy(update={"path": model}),
+            "data": data.model_copy(update={"path": paths, "eval_path": [on_data(p) for p in data.eval_path]}),
             "output_dir": MOUNTS["output"],
         }
     )
+
+
+def cache_volume(sources: RemoteSources) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) for the cache claim. Read-write in every pod: even a cache hit writes (the
+    per-entry lock file and manifest of `kubetune fetch`, huggingface_hub's refs and locks)."""
+    volume = {"name": "cache", "persistentVolumeClaim": {"claimName": sources.cache.claim_name}}
+    mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": False, "subPath": sources.cache.sub_path}
+    return volume, mount
+
+
+def source_env(sources: RemoteSources) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom) of every pod that touches remote sources: the cache dir and the S3 credentials Secret."""
+    env = [{"name": contract.ENV_CACHE_DIR, "value": CACHE_MOUNT}]
+    env_from = [{"secretRef": {"name": sources.s3_credentials_secret}}] if sources.s3_credentials_secret else []
+    return env, env_from
+
+
+def hf_token(spec: FinetuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts, env) for spec.hfTokenSecret: a file the trainer reads through HF_TOKEN_FILE."""
+    if not spec.hf_token_secret:
+        return [], [], []
+    items = [{"key": spec.hf_token_secret.key, "path": "token"}]
+    return (
+        [{"name": "hf-token", "secret": {"secretName": spec.hf_token_secret.name, "items": items}}],
+        [{"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True}],
+        [{"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"}],
+    )
+
+
+def claim_mounts(spec: FinetuneJobSpec, wanted: list[str]) -> list[str]:
+    """The storage claims of `wanted` (model, data, output) that the spec gives: remote paths need none."""
+    return [m for m in wanted if getattr(spec.storage, m) is not None]
 
 
 def render_configmap(meta: dict[str, Any], spec: FinetuneJobSpec) -> dict[str, Any]:
@@ -151,21 +190,24 @@ RESTRICTED_CONTAINER = {
 def _volumes(
     meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings, mounts: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pod's volumes, the container's mounts, and the env the mounts bring (the HF token file)."""
+    """The pod's volumes, the container's mounts, and the env the mounts bring (cache dir, HF token file)."""
     names = Names.of(meta["name"])
     env: list[dict[str, Any]] = []
     read_only = {"model": True, "data": True, "output": False}
+    claims = {m: getattr(spec.storage, m) for m in claim_mounts(spec, mounts)}
     volumes: list[dict[str, Any]] = [
-        {
-            "name": m,
-            "persistentVolumeClaim": {"claimName": getattr(spec.storage, m).claim_name, "readOnly": read_only[m]},
-        }
-        for m in mounts
+        {"name": m, "persistentVolumeClaim": {"claimName": ref.claim_name, "readOnly": read_only[m]}}
+        for m, ref in claims.items()
     ]
     volume_mounts = [
-        {"name": m, "mountPath": MOUNTS[m], "readOnly": read_only[m], "subPath": getattr(spec.storage, m).sub_path}
-        for m in mounts
+        {"name": m, "mountPath": MOUNTS[m], "readOnly": read_only[m], "subPath": ref.sub_path}
+        for m, ref in claims.items()
     ]
+    if spec.sources:
+        volume, mount = cache_volume(spec.sources)
+        volumes.append(volume)
+        volume_mounts.append(mount)
+        env += source_env(spec.sources)[0]
     volumes += [
         {"name": "config", "configMap": {"name": names.config}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
@@ -176,19 +218,8 @@ def _volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if spec.hf_token_secret:
-        volumes.append(
-            {
-                "name": "hf-token",
-                "secret": {
-                    "secretName": spec.hf_token_secret.name,
-                    "items": [{"key": spec.hf_token_secret.key, "path": "token"}],
-                },
-            }
-        )
-        volume_mounts.append({"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True})
-        env.append({"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"})
-    return volumes, volume_mounts, env
+    token_volumes, token_mounts, token_env = hf_token(spec)
+    return volumes + token_volumes, volume_mounts + token_mounts, env + token_env
 
 
 def _pod_spec(
@@ -225,6 +256,8 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
+    if spec.sources and spec.sources.s3_credentials_secret:
+        pod["containers"][0]["envFrom"] = source_env(spec.sources)[1]
     return _place(pod, spec, settings)
 
 

@@ -22,10 +22,18 @@ from kubetune.api import backends, contract
 from kubetune.api.finetunejob import (
     KIND,
     QUEUED_SUSPEND_MESSAGE,
+    SOURCES_ERROR,
     FinetuneJobSpec,
     FinetuneJobStatus,
     Progress,
     name_problem,
+)
+from kubetune.operator.initializer import (
+    initializer_name,
+    initializer_outcome,
+    needs_initializer,
+    render_initializer_job,
+    result_location,
 )
 from kubetune.operator.render import (
     CONTAINER,
@@ -40,7 +48,7 @@ from kubetune.operator.render import (
 
 TERMINAL = ("Succeeded", "Failed")
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Created", "Initialized", "Running", "Succeeded", "Failed", "Suspended")
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,10 @@ class Observed:
     has_service: bool = False
     workers: dict[str, Any] | None = None  # the worker Job as the API returns it
     merge: dict[str, Any] | None = None
+    initializer: dict[str, Any] | None = None  # the `kubetune fetch` Job of a spec with remote sources
     worker_pods: tuple[PodView, ...] = ()
     merge_pods: tuple[PodView, ...] = ()
+    initializer_pods: tuple[PodView, ...] = ()
     rank0_log: str | None = None  # the tail of the newest rank-0 pod's log
     not_ours: tuple[tuple[str, str, str], ...] = ()  # (ownership, kind, name) of a ConfigMap/Service not ours
 
@@ -121,6 +131,9 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            if err["type"] == SOURCES_ERROR:  # the claims the paths need: each problem names its own field
+                problems.extend(err["ctx"]["problems"])
+                continue
             where = ".".join(str(p) for p in ("spec", *err["loc"]))
             problems.append(f"{where}: {err['msg']}")
         return None, problems
@@ -288,6 +301,7 @@ def decide(
     steps: tuple[Step, ...] = (
         _ownership,
         _deadline,
+        _initializing,
         _ensure_children,
         _restarts,
         _merging,
@@ -331,7 +345,7 @@ def _ownership(run: _Pass) -> Plan | None:
     st = run.st
     if run.seen.not_ours:
         return _not_ours(run.plan, st, *run.seen.not_ours[0])
-    for job in (run.seen.workers, run.seen.merge):
+    for job in (run.seen.initializer, run.seen.workers, run.seen.merge):
         if job is None or not run.meta.get("uid"):
             continue
         found = ownership(job, run.meta)
@@ -382,9 +396,44 @@ def _deadline(run: _Pass) -> Plan | None:
     ):
         return None
     run.plan.delete += [("Job", run.names.workers), ("Job", run.names.merge)]
+    if run.seen.initializer is not None:
+        run.plan.delete.append(("Job", initializer_name(run.meta["name"])))
     return _fail(
         run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job finished"
     )
+
+
+def _initializing(run: _Pass) -> Plan | None:
+    """Remote sources: the initializer Job fills the cache first, and no worker exists before it completed
+    (like Kubeflow Trainer's model and dataset initializers). Its failure ends the job with the trainer's line."""
+    st, seen, spec = run.st, run.seen, run.spec
+    initialized = any(c.get("type") == "Initialized" and c.get("status") == "True" for c in st.data["conditions"])
+    if not needs_initializer(spec) or initialized or seen.workers is not None or st.current == "Merging":
+        return None
+    failed = sorted((p for p in seen.initializer_pods if p.phase == "Failed"), key=lambda p: p.created)
+    last = failed[-1] if failed else None
+    state, reason, message = initializer_outcome(
+        seen.initializer, last.exit_code if last else None, last.termination_message if last else None
+    )
+    if state == "failed":
+        st.condition("Initialized", "False", reason or "InitializerFailed", message)
+        return _fail(run.plan, st, reason or "InitializerFailed", message)
+    if state == "succeeded":
+        st.condition("Initialized", "True", "SourcesFetched", message)
+        return None  # the workers are created by this same pass
+    if not seen.has_config:
+        run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
+    if seen.initializer is None:
+        assert spec.sources is not None  # needs_initializer
+        run.plan.create.append(render_initializer_job(run.meta, spec, spec.sources, run.settings))
+        if st.current is None:
+            name = initializer_name(run.meta["name"])
+            st.condition("Created", "True", "ChildrenCreated", f"ConfigMap and initializer Job {name}")
+    locations = spec.remote_locations()
+    st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
+    st.condition("Initialized", "False", "Fetching", ", ".join(locations))
+    st.phase("Initializing", "Initializing", f"{message}: {', '.join(locations)}")
+    return _finish(run.plan, st)
 
 
 def _ensure_children(run: _Pass) -> None:
@@ -398,7 +447,7 @@ def _ensure_children(run: _Pass) -> None:
         plan.create.append(render_merge_job(run.meta, run.spec, run.settings))  # deleted by hand: merge again
     if phase != "Merging" and seen.workers is None:
         plan.create.append(render_worker_job(run.meta, run.spec, run.settings))
-        if phase is None:
+        if phase in (None, "Initializing"):
             run.st.condition("Created", "True", "ChildrenCreated", f"ConfigMap, Service and Job {run.names.workers}")
             run.st.phase("Pending", "Created", f"waiting for {run.spec.nodes} worker pod(s)")
 
@@ -475,6 +524,9 @@ def _trained(run: _Pass) -> Plan:
     if summary:
         _apply_summary(st, summary)
     st.data["adapterPath"] = volume_path(spec.storage.output, "adapter")
+    location = result_location(spec, summary)
+    if location:
+        st.data["resultLocation"] = location
     st.condition("Running", "False", "TrainingSucceeded", "")
     done_msg = _trained_message(summary)
     if not spec.merge.enabled:
@@ -497,7 +549,10 @@ def _merging(run: _Pass) -> Plan | None:
         return _fail(plan, st, "MergeFailed", _failure_message(seen.merge_pods, fallback))
     if job_condition(seen.merge, "Complete"):
         st.data["mergedPath"] = volume_path(run.spec.storage.output, "merged")
-        return _succeed(plan, st, "adapter trained and merged")
+        location = result_location(run.spec, _merge_result(seen.merge_pods))
+        if location:  # the merge pushed again, the merged model with it: that copy is the result
+            st.data["resultLocation"] = location
+        return _succeed(plan, st, "adapter trained and merged" + (f"; pushed to {location}" if location else ""))
     return _finish(plan, st)
 
 
@@ -527,6 +582,7 @@ def _expire(run: _Pass) -> Plan:
         return _finish(plan, st)  # keep watching until it expires
     present = [
         ("ConfigMap", names.config) if seen.has_config else None,
+        ("Job", initializer_name(run.meta["name"])) if seen.initializer is not None else None,
         ("Service", names.service) if seen.has_service else None,
         ("Job", names.workers) if seen.workers is not None else None,
         ("Job", names.merge) if seen.merge is not None else None,
@@ -571,6 +627,18 @@ def _summary(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
     return None
 
 
+def _merge_result(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
+    """`kubetune merge`'s last words: a JSON object (merged_path, pushed_to, ...), not a contract event."""
+    for pod in sorted(pods, key=lambda p: p.created, reverse=True):
+        if pod.phase == "Succeeded" and pod.termination_message:
+            try:
+                record = json.loads(pod.termination_message)
+            except ValueError:
+                continue
+            return record if isinstance(record, dict) else None
+    return None
+
+
 def _apply_summary(st: _Status, summary: dict[str, Any]) -> None:
     progress = dict(st.data.get("progress") or {})
     progress.update(
@@ -585,6 +653,10 @@ def _apply_summary(st: _Status, summary: dict[str, Any]) -> None:
     )
     st.data["progress"] = progress
     st.data["progressSummary"] = f"{summary.get('steps')}/{summary.get('steps')}"
+    if summary.get("best_step") is not None:  # an eval chose the adapter: which step, by what, how good
+        st.data.update(
+            evalMetric=summary.get("eval_metric"), bestStep=summary["best_step"], bestValue=summary.get("best_value")
+        )
 
 
 def _trained_message(summary: dict[str, Any] | None) -> str:

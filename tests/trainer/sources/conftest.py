@@ -65,34 +65,19 @@ def proxy(s3, s3_store, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, builtin_path):
     """A randomly initialised 1-layer Llama with the builtin's tokenizer: a real HF model directory of ~3 MB."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from tinymodel import save_tiny_llama
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin_path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    dest = tmp_path_factory.mktemp("tiny-model")
-    LlamaForCausalLM(config).save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return dest
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-model"), builtin_path)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    pytest.importorskip("mlflow.server", reason="the mlflow server is not installed (pip install mlflow)")
-    from mlflowserver import MlflowServer
+    from mlflowserver import MlflowServer, executable
 
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    mlflow, why = executable()
+    if mlflow is None:
+        pytest.skip(why)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), mlflow)
     try:
         yield server.wait()
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import engine
+import precision_modes
 import pytest
 from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump, mode
@@ -85,6 +86,7 @@ def finetunejob(
                     "save_steps": 2,
                     "lr": 0.001,
                     "num_threads": threads,
+                    **precision_modes.forced_training(),  # KUBETUNE_TRAINING__PRECISION, if the suite forces it
                 },
             },
             "merge": {"enabled": merge},

@@ -59,3 +59,16 @@ def builtin_path() -> str:
     from kubetune.trainer.models import resolve_path
 
     return resolve_path("builtin:smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    """moto's S3 server on 127.0.0.1, one for the whole session: moto keeps its IAM state, auth included,
+    process-wide, so a second server in the same run would find auth already enforced and could not
+    create its user (tests/trainer/sources and tests/e2e_local both use it; pods reach it over the host network)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
+    from s3server import start_moto
+
+    store = start_moto()
+    yield store
+    store.server.stop()

@@ -289,16 +289,7 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
 
 
 # --- remote sources and push_to: no claim for the model or the data, the result in S3 ------------------------
-@pytest.fixture(scope="session")
-def s3_store() -> Iterator[Any]:
-    """moto's S3 server on 127.0.0.1 (pods reach it: one host network). One per session: moto's IAM state,
-    auth included, is shared by every server in a process."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
-    from s3server import start_moto
-
-    s3 = start_moto()
-    yield s3
-    s3.server.stop()
+# (s3_store: the one moto server of the session, tests/conftest.py)
 
 
 @pytest.fixture

@@ -247,8 +247,8 @@ class LocalNode:
     async def sync_job(self, job: dict[str, Any]) -> None:
         meta, spec = job["metadata"], job["spec"]
         state = self.jobs.setdefault(meta["uid"], JobState())
-        if state.finished:
-            return
+        if state.finished or state.fail_job is not None or state.failed > int(spec.get("backoffLimit", 6)):
+            return  # finished, or failing: _on_exit is writing the Failed condition; no replacement pod
         active = [c for c in self.containers.values() if c.job_uid == meta["uid"] and c.exit_code is None]
         status: dict[str, Any] = {}
         conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c["type"] != "Suspended"]

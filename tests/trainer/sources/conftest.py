@@ -30,16 +30,6 @@ def hub(monkeypatch):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def s3_store():
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
-    from s3server import start_moto
-
-    store = start_moto()
-    yield store
-    store.server.stop()
-
-
 @pytest.fixture
 def s3(s3_store, monkeypatch):
     """The store's credentials in the environment, and a fresh bucket for this test."""

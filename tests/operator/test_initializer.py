@@ -126,5 +126,5 @@ def test_fetch_reasons_match_the_trainers_exit_codes():
 
 
 def test_result_location_comes_from_the_summary():
-    assert init.result_location(REMOTE, {"pushed_to": "s3://results/quotes"}) == "s3://results/quotes"
-    assert init.result_location(REMOTE, {"steps": 3}) is None
+    assert init.result_location({"pushed_to": "s3://results/quotes"}) == "s3://results/quotes"
+    assert init.result_location({"steps": 3}) is None

@@ -21,7 +21,7 @@ from kubetune.api import contract
 from kubetune.api.contract import ExitCode
 from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import render
-from kubetune.operator.render import CONTAINER, RESTRICTED_CONTAINER, Settings, _labels, _metadata, short_name
+from kubetune.operator.render import CONTAINER, RESTRICTED_CONTAINER, Settings, _labels, _metadata
 
 ROLE = "initializer"
 
@@ -36,7 +36,7 @@ def needs_initializer(spec: FinetuneJobSpec) -> bool:
 
 
 def initializer_name(name: str) -> str:
-    return short_name(name, "fetch")
+    return render.Names.of(name).initializer
 
 
 def render_initializer_job(
@@ -143,7 +143,7 @@ def initializer_outcome(
     return "failed", FETCH_REASONS.get(exit_code or 0, "InitializerFailed"), message
 
 
-def result_location(spec: FinetuneJobSpec, summary: dict[str, Any] | None) -> str | None:
+def result_location(summary: dict[str, Any] | None) -> str | None:
     """Where the result went, for status: the push target once the trainer (or merge) reports it pushed."""
     if summary and summary.get("pushed_to"):
         return str(summary["pushed_to"])

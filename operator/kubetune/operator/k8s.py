@@ -17,7 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
-from kubetune.operator.initializer import ROLE, initializer_name
+from kubetune.operator.initializer import ROLE
 from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
 from kubetune.operator.status import Observed, PodView, job_condition, ownership
 
@@ -115,7 +115,7 @@ class Cluster:
         names = Names.of(name)
         workers = self._read("Job", ns, names.workers)
         merge = self._read("Job", ns, names.merge)
-        initializer = self._read("Job", ns, initializer_name(name))  # remote sources: `kubetune fetch` first
+        initializer = self._read("Job", ns, names.initializer)  # remote sources: `kubetune fetch` first
         worker_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "worker"))
         merge_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "merge")) if merge else ()
         initializer_pods = (

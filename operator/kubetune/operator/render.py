@@ -69,6 +69,7 @@ class Names:
     service: str
     workers: str
     merge: str
+    initializer: str  # `kubetune fetch`, for remote sources
 
     @staticmethod
     def of(name: str) -> Names:
@@ -78,6 +79,7 @@ class Names:
             short_name(name, "workers"),
             short_name(name, "workers", 59),
             short_name(name, "merge"),
+            short_name(name, "fetch"),
         )
 
 

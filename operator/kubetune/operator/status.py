@@ -29,7 +29,6 @@ from kubetune.api.finetunejob import (
     name_problem,
 )
 from kubetune.operator.initializer import (
-    initializer_name,
     initializer_outcome,
     needs_initializer,
     render_initializer_job,
@@ -397,7 +396,7 @@ def _deadline(run: _Pass) -> Plan | None:
         return None
     run.plan.delete += [("Job", run.names.workers), ("Job", run.names.merge)]
     if run.seen.initializer is not None:
-        run.plan.delete.append(("Job", initializer_name(run.meta["name"])))
+        run.plan.delete.append(("Job", run.names.initializer))
     return _fail(
         run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job finished"
     )
@@ -427,8 +426,7 @@ def _initializing(run: _Pass) -> Plan | None:
         assert spec.sources is not None  # needs_initializer
         run.plan.create.append(render_initializer_job(run.meta, spec, spec.sources, run.settings))
         if st.current is None:
-            name = initializer_name(run.meta["name"])
-            st.condition("Created", "True", "ChildrenCreated", f"ConfigMap and initializer Job {name}")
+            st.condition("Created", "True", "ChildrenCreated", f"ConfigMap and initializer Job {run.names.initializer}")
     locations = spec.remote_locations()
     st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
     st.condition("Initialized", "False", "Fetching", ", ".join(locations))
@@ -524,7 +522,7 @@ def _trained(run: _Pass) -> Plan:
     if summary:
         _apply_summary(st, summary)
     st.data["adapterPath"] = volume_path(spec.storage.output, "adapter")
-    location = result_location(spec, summary)
+    location = result_location(summary)
     if location:
         st.data["resultLocation"] = location
     st.condition("Running", "False", "TrainingSucceeded", "")
@@ -549,7 +547,7 @@ def _merging(run: _Pass) -> Plan | None:
         return _fail(plan, st, "MergeFailed", _failure_message(seen.merge_pods, fallback))
     if job_condition(seen.merge, "Complete"):
         st.data["mergedPath"] = volume_path(run.spec.storage.output, "merged")
-        location = result_location(run.spec, _merge_result(seen.merge_pods))
+        location = result_location(_merge_result(seen.merge_pods))
         if location:  # the merge pushed again, the merged model with it: that copy is the result
             st.data["resultLocation"] = location
         return _succeed(plan, st, "adapter trained and merged" + (f"; pushed to {location}" if location else ""))
@@ -582,7 +580,7 @@ def _expire(run: _Pass) -> Plan:
         return _finish(plan, st)  # keep watching until it expires
     present = [
         ("ConfigMap", names.config) if seen.has_config else None,
-        ("Job", initializer_name(run.meta["name"])) if seen.initializer is not None else None,
+        ("Job", names.initializer) if seen.initializer is not None else None,
         ("Service", names.service) if seen.has_service else None,
         ("Job", names.workers) if seen.workers is not None else None,
         ("Job", names.merge) if seen.merge is not None else None,

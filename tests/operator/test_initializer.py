@@ -37,7 +37,7 @@ REMOTE = spec(
 
 
 def test_only_remote_sources_need_an_initializer():
-    assert init.remote_locations(REMOTE) == ["hf://org/llama@v1", "s3://data/quotes/train.jsonl"]
+    assert REMOTE.remote_locations() == ["hf://org/llama@v1", "s3://data/quotes/train.jsonl"]
     assert init.needs_initializer(REMOTE)
     assert not init.needs_initializer(spec({"data": {"path": ["train.jsonl"]}}))
 

@@ -26,13 +26,8 @@ from kubetune.operator.render import CONTAINER, RESTRICTED_CONTAINER, Settings, 
 ROLE = "initializer"
 
 
-def remote_locations(spec: FinetuneJobSpec) -> list[str]:
-    """The spec's remote model and data locations, in the order the trainer fetches them."""
-    return spec.remote_locations()
-
-
 def needs_initializer(spec: FinetuneJobSpec) -> bool:
-    return bool(remote_locations(spec)) and spec.sources is not None
+    return bool(spec.remote_locations()) and spec.sources is not None
 
 
 def initializer_name(name: str) -> str:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kubetune.trainer.device import Hardware, choose
+from kubetune.trainer.device import Hardware, agree, choose
 
 AVX2 = frozenset({"avx", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "amx_bf16", "amx_tile"}
@@ -55,3 +55,22 @@ def test_gradient_checkpointing_auto():
 
 def test_threads_override():
     assert choose(Hardware(usable_cores=16), threads=4).threads == 4
+
+
+@pytest.mark.parametrize(
+    ("chosen", "agreed"),
+    [
+        (["bf16", "fp32"], "fp32"),  # a CPU probe that flapped on one rank
+        (["fp32", "bf16", "bf16"], "fp32"),
+        (["bf16", "fp16"], "fp16"),  # an Ampere node and a Turing node
+        (["bf16", "bf16"], "bf16"),
+    ],
+)
+def test_ranks_that_disagree_all_take_the_precision_every_rank_can_run(chosen, agreed):
+    mine = choose(Hardware(cpu_flags=frozenset({"avx512_bf16"}), bf16_speedup=1.1))
+    place = agree(mine, chosen)
+    assert place.precision == agreed
+    if len(set(chosen)) > 1:
+        assert "ranks disagreed" in place.reason and mine.reason in place.reason
+    else:
+        assert place == mine

@@ -1,5 +1,7 @@
 """The pure parts of train.py: mapping our config onto TrainingArguments, and worker checks."""
 
+import os
+
 import pytest
 
 from kubetune.api import load_config
@@ -86,3 +88,47 @@ def test_summary_of_a_run_with_no_finite_loss_has_nulls_not_nan(tmp_path):
 
     summary = summarize(_fitted(training_loss=float("nan"), seconds=0.0), [], tmp_path, 0.0, 0.0)
     assert summary["train_loss"] is None and summary["first_loss"] is None and summary["tokens_per_second"] is None
+
+
+AGREE_SCRIPT = """
+import json, sys
+from kubetune.trainer.device import Hardware, choose
+from kubetune.trainer.train import agree_across_ranks
+speedup = float(sys.argv[1])  # what this rank's bf16 probe measured
+place = agree_across_ranks(choose(Hardware(cpu_flags=frozenset({"avx512_bf16"}), bf16_speedup=speedup)), "gloo", 60)
+print(json.dumps({"precision": place.precision, "reason": place.reason}))
+"""
+
+
+def test_ranks_whose_probes_disagree_train_in_one_precision(tmp_path):
+    """Two real gloo ranks: one probe says bf16, the other fp32; both must come out fp32.
+
+    The bug this guards: each rank chose on its own and DDP's first all-reduce aborted on
+    buffers of different sizes (bf16 vs fp32 gradients).
+    """
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", AGREE_SCRIPT, speedup],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, speedup in enumerate(["1.1", "0.5"])
+    ]
+    results = []
+    for proc in ranks:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert [r["precision"] for r in results] == ["fp32", "fp32"]
+    assert all("1 rank(s) bf16, 1 rank(s) fp32" in r["reason"] for r in results)

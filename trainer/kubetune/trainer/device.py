@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -183,3 +185,24 @@ def choose(
     else:
         checkpointing = gradient_checkpointing == "on"
     return Placement(device, precision, reason, threads or hw.usable_cores, checkpointing)
+
+
+# When ranks disagree, the first of these that some rank chose: fp32 runs everywhere, fp16 on
+# every GPU, bf16 only where every rank has it.
+PRECISION_FALLBACK = ("fp32", "fp16", "bf16")
+
+
+def agree(place: Placement, chosen: Sequence[str]) -> Placement:
+    """One precision for every rank, given what each chose on its own (`chosen[rank]`).
+
+    DDP all-reduces gradients in the parameters' dtype, so a bf16 rank and an fp32 rank
+    exchange buffers of different sizes and gloo aborts the whole job. Ranks can disagree
+    on the same machine (the bf16 probe is timed, and two ranks probing at once disturb
+    each other) or across nodes with different CPUs or GPUs.
+    """
+    if len(set(chosen)) <= 1:
+        return place
+    precision = next(p for p in PRECISION_FALLBACK if p in chosen)
+    counts = ", ".join(f"{n} rank(s) {p}" for p, n in sorted(Counter(chosen).items()))
+    reason = f"ranks disagreed ({counts}): all use {precision}, the one every rank can run; this rank: {place.reason}"
+    return replace(place, precision=precision, reason=reason)

@@ -12,6 +12,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,8 @@ def training_arguments(
     )
 
 
-def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
-    """In a torchrun worker: check the world size, pin this process to its cores, pick the backend."""
+def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Placement, str]:
+    """In a torchrun worker: check the world size, pick the backend, agree on one precision, pin cores."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     layout = launch.layout_from_env(os.environ)
@@ -127,6 +128,7 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
 
         os.environ.setdefault("CCL_LOCAL_RANK", str(local_rank))
         os.environ.setdefault("CCL_LOCAL_SIZE", str(local_world))
+    place = agree_across_ranks(place, backend, cfg.distributed.timeout_seconds)
     if place.device == "cpu":
         pinned: list[int] | str
         try:
@@ -137,7 +139,20 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> str:
             pinned, threads = "not pinned", max(1, place.threads // local_world)
         torch.set_num_threads(threads)
         log.info("rank %s/%d: backend=%s threads=%d cores=%s", os.environ.get("RANK"), world, backend, threads, pinned)
-    return backend
+    return place, backend
+
+
+def agree_across_ranks(place: devices.Placement, backend: str, timeout_seconds: int) -> devices.Placement:
+    """Join the process group now (Trainer reuses it) and make every rank use the same precision."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if place.device in ("cuda", "xpu"):  # a collective on nccl/xccl runs on the current device
+            getattr(torch, place.device).set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds))
+    chosen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(chosen, place.precision)
+    return devices.agree(place, chosen)
 
 
 def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
@@ -243,7 +258,9 @@ def setup_hardware(cfg: TrainConfig) -> tuple[devices.Placement, str | None]:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    backend = worker_setup(cfg, place) if os.environ.get(launch.LAUNCHED_ENV) else None
+    backend = None
+    if os.environ.get(launch.LAUNCHED_ENV):
+        place, backend = worker_setup(cfg, place)
     if place.device == "cpu" and backend is None:
         torch.set_num_threads(place.threads)
     log.info(

@@ -260,7 +260,7 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
         merging = await phase_is(cluster, "Merging")
         assert merging["status"]["resultLocation"] == "s3://results/q" and merging["status"]["bestStep"] == 4
         merge = await eventually(lambda: cluster.get("Job", NAMES.merge), what="merge Job")
-        merged = {"merged_path": "/output/merged", "pushed_to": "s3://results/quotes"}
+        merged = {"event": "merged", "merged_path": "/output/merged", "pushed_to": "s3://results/quotes"}
         await cluster.create(
             {
                 "apiVersion": "v1",

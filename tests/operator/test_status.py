@@ -448,7 +448,7 @@ def test_result_location_and_best_eval_come_from_the_summaries():
         6,
         0.75,
     )
-    merged = json.dumps({"merged_path": "/output/merged", "pushed_to": "hf://org/quotes-merged"})
+    merged = json.dumps({"event": "merged", "merged_path": "/output/merged", "pushed_to": "hf://org/quotes-merged"})
     merge_pods = (pod("m-0", index=None, phase="Succeeded", exit_code=0, message=merged),)
     observed = seen(
         workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete"), merge_pods=merge_pods
@@ -456,6 +456,13 @@ def test_result_location_and_best_eval_come_from_the_summaries():
     done = run(REMOTE_SPEC, trained.status, observed)
     assert done.status["phase"] == "Succeeded" and done.status["resultLocation"] == "hf://org/quotes-merged"
     assert "pushed to hf://org/quotes-merged" in done.status["message"]
+    foreign = json.dumps({"merged_path": "/output/merged", "pushed_to": "hf://elsewhere"})  # not a MergedEvent
+    merge_pods = (pod("m-0", index=None, phase="Succeeded", exit_code=0, message=foreign),)
+    observed = seen(
+        workers=job(condition="Complete"), merge=job(NAMES.merge, condition="Complete"), merge_pods=merge_pods
+    )
+    ignored = run(REMOTE_SPEC, trained.status, observed)
+    assert ignored.status["phase"] == "Succeeded" and ignored.status["resultLocation"] == "s3://results/quotes"
     plain = json.dumps({"event": "summary", "steps": 10})  # no eval chose the adapter, nothing was pushed
     pods = (pod("w-0", phase="Succeeded", exit_code=0, message=plain),)
     spec = {**SPEC, "merge": {"enabled": False}}

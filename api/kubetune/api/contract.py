@@ -166,11 +166,30 @@ class ErrorEvent(_Event):
     message: str
 
 
-Event = Annotated[ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent, Field(discriminator="event")]
+class FetchedEvent(_Event):
+    """The end of a successful `kubetune fetch`: the initializer pod's termination message."""
+
+    event: Literal["fetched"] = "fetched"
+    sources: list[str] = Field(default_factory=list)  # the remote locations now in the cache
+
+
+class MergedEvent(_Event):
+    """The end of a successful `kubetune merge`: the merge pod's termination message."""
+
+    event: Literal["merged"] = "merged"
+    merged_path: str
+    max_logit_diff: float | None = None  # merged model vs base+adapter on a probe prompt
+    changed_tensors: int = 0
+    dtype: str | None = None
+    pushed_to: str | None = None  # output.push_to, once the merged model is there too
+
+
+AnyEvent = ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | FetchedEvent | MergedEvent
+Event = Annotated[AnyEvent, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 
 
-def parse_event(text: str | None) -> ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | None:
+def parse_event(text: str | None) -> AnyEvent | None:
     """One trainer event from a line of JSON; None for anything else (log noise, a foreign message)."""
     if not text:
         return None

@@ -626,14 +626,12 @@ def _summary(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
 
 
 def _merge_result(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
-    """`kubetune merge`'s last words: a JSON object (merged_path, pushed_to, ...), not a contract event."""
+    """`kubetune merge`'s last words (a MergedEvent) from the newest merge pod that succeeded."""
     for pod in sorted(pods, key=lambda p: p.created, reverse=True):
-        if pod.phase == "Succeeded" and pod.termination_message:
-            try:
-                record = json.loads(pod.termination_message)
-            except ValueError:
-                continue
-            return record if isinstance(record, dict) else None
+        if pod.phase == "Succeeded":
+            event = contract.parse_event(pod.termination_message)
+            if isinstance(event, contract.MergedEvent):
+                return event.model_dump()
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from kubetune.api.contract import FetchedEvent, parse_event
 from kubetune.trainer.cli import app
 from kubetune.trainer.errors import EXIT_CONFIG, EXIT_SOURCE_DENIED, EXIT_SOURCE_MISSING, EXIT_TRANSFER
 
@@ -79,7 +80,7 @@ def test_fetch_fills_the_cache_and_a_later_train_reuses_it(hub, tmp_path, monkey
     assert result.exit_code == 0, result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("fetched ")]
     assert line.startswith("fetched hf://org/dates -> ") and repo.refs["main"] in line
-    assert '"sources": [{"source": "hf://org/dates"}]' in log.read_text()
+    assert parse_event(log.read_text()) == FetchedEvent(sources=["hf://org/dates"])
     served = len(hub.gets("train.jsonl"))
     assert runner.invoke(app, ["fetch", "--data", "hf://org/dates"]).exit_code == 0
     assert len(hub.gets("train.jsonl")) == served == 1

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.api.contract import MergedEvent, SummaryEvent, parse_event
+
 ROOT = Path(__file__).resolve().parents[3]
 DATES = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines(keepends=True)[:24]
 TRAIN_FLAGS = ["--max-steps", "3", "--batch-size", "4", "--precision", "fp32", "--device", "cpu"]
@@ -46,7 +48,9 @@ def test_train_from_s3_and_the_hub_then_push_to_s3(s3, hub, tiny_model, tmp_path
     repo = hub.add("org/dates", {"train.jsonl": "".join(DATES).encode()}, repo_type="dataset")
     out = tmp_path / "out"
     report_to = "tensorboard"
-    env = {}
+    last_words = tmp_path / "termination-log"  # as in a pod: the file exists, the operator reads it
+    last_words.touch()
+    env = {"KUBETUNE_TERMINATION_LOG": str(last_words)}
     if _has_mlflow_client():  # a tracking server that is down: one warning, training goes on
         report_to += ",mlflow"
         env["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -62,6 +66,9 @@ def test_train_from_s3_and_the_hub_then_push_to_s3(s3, hub, tiny_model, tmp_path
     if "mlflow" in report_to:
         warnings = [line for line in result.stderr.splitlines() if "WARNING" in line and "mlflow" in line]
         assert len(warnings) == 1 and "unreachable" in warnings[0], warnings
+
+    summary = parse_event(last_words.read_text())
+    assert isinstance(summary, SummaryEvent) and summary.pushed_to == f"s3://{bucket}/results/run1"
 
     run = json.loads((out / "run.json").read_text())
     model_src, data_src = run["sources"]
@@ -82,8 +89,11 @@ def test_train_from_s3_and_the_hub_then_push_to_s3(s3, hub, tiny_model, tmp_path
         body = client.get_object(Bucket=bucket, Key=f"results/run1/{rel}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == meta["sha256"], rel
 
-    merged = kubetune("merge", "--output-dir", str(out))
+    merged = kubetune("merge", "--output-dir", str(out), env={"KUBETUNE_TERMINATION_LOG": str(last_words)})
     assert merged.returncode == 0, merged.stderr[-3000:]
+    result = parse_event(last_words.read_text())
+    assert isinstance(result, MergedEvent) and result.pushed_to == f"s3://{bucket}/results/run1"
+    assert result.merged_path == str(out / "merged") and result.changed_tensors > 0
     pushed = manifest(client, bucket, "results/run1/kubetune-push.json")["files"]
     assert {"merged/config.json", "merged/model.safetensors", "adapter/adapter_config.json"} <= set(pushed)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.config import TrainConfig
+from kubetune.api.contract import MergedEvent
 from kubetune.trainer import push
 from kubetune.trainer.report import write_json_atomic
 from kubetune.trainer.termination import write_termination_message
@@ -41,6 +42,7 @@ def after_training(
     _update_run_json(out, extra)
     if cfg.output.push_to:
         summary = after_output(out, cfg.output.push_to, summary)
+        write_termination_message(summary)  # again, now with pushed_to: status shows where the result is
     return summary
 
 
@@ -50,14 +52,17 @@ def after_output(out: Path, target: str | None, summary: dict[str, Any]) -> dict
         return summary
     pushed = push.push(out, target)
     _update_run_json(out, {"pushed": pushed})  # the local copy says where; the pushed copy is the result itself
-    summary = {**summary, "pushed_to": target}
-    write_termination_message(summary)
-    return summary
+    return {**summary, "pushed_to": target}
 
 
 def after_merge(out: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """After `kubetune merge`: push adapter, merged model and run.json again if the run asked for output.push_to."""
+    """After `kubetune merge`: push adapter, merged model and run.json again if the run asked for output.push_to.
+
+    The merge pod's termination message is the result either way.
+    """
     from kubetune.trainer.runinfo import load_run
 
     target = load_run(out).get("config", {}).get("output", {}).get("push_to")
-    return after_output(out, target, result)
+    result = after_output(out, target, result)
+    write_termination_message(MergedEvent.model_validate(result).model_dump(mode="json"))
+    return result

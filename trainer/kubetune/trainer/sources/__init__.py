@@ -65,8 +65,9 @@ def localize(cfg: TrainConfig) -> tuple[TrainConfig, list[dict[str, Any]]]:
 
 def fetch_all(cfg: TrainConfig) -> list[dict[str, Any]]:
     """`kubetune fetch`: fill the cache for every remote source of a config; the termination message lists them."""
+    from kubetune.api.contract import FetchedEvent
     from kubetune.trainer.termination import write_termination_message
 
     _, records = localize(cfg)
-    write_termination_message({"event": "fetched", "sources": [{"source": r["source"]} for r in records]})
+    write_termination_message(FetchedEvent(sources=[r["source"] for r in records]).model_dump(mode="json"))
     return records

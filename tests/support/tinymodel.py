@@ -9,23 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def save_tiny_llama(dest: Path, tokenizer_path: str) -> Path:
+def tiny_llama(vocab_size: int, hidden: int = 16, layers: int = 1, **config: object):
+    """A random Llama this small (seeded): the shape of the real thing at a few MB or less."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=max(2, hidden // 8),
+            num_key_value_heads=max(1, hidden // 16),
+            max_position_embeddings=256,
+            **config,
+        )
+    )
+
+
+def save_tiny_llama(dest: Path, tokenizer_path: str) -> Path:
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(dest)
+    model = tiny_llama(len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest

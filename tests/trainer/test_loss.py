@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tinymodel import tiny_llama
 
 from kubetune.trainer.data.collate import pack_rows, pad_rows
 from kubetune.trainer.data.render import IGNORE
@@ -11,18 +11,7 @@ from kubetune.trainer.loss import right_padded, selective_loss_sum, target_posit
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(97, hidden=32, layers=2, tie_word_embeddings=True).eval()
 
 
 def rows():

@@ -94,13 +94,15 @@ AGREE_SCRIPT = """
 import json, sys
 from kubetune.trainer.device import Hardware, choose
 from kubetune.trainer.train import agree_across_ranks
-speedup = float(sys.argv[1])  # what this rank's bf16 probe measured
-place = agree_across_ranks(choose(Hardware(cpu_flags=frozenset({"avx512_bf16"}), bf16_speedup=speedup)), "gloo", 60)
+speedup, backend = float(sys.argv[1]), sys.argv[2]  # what this rank's bf16 probe measured; the job's backend
+place = agree_across_ranks(choose(Hardware(cpu_flags=frozenset({"avx512_bf16"}), bf16_speedup=speedup)), backend, 60)
 print(json.dumps({"precision": place.precision, "reason": place.reason}))
 """
 
 
-def test_ranks_whose_probes_disagree_train_in_one_precision(tmp_path):
+# "cpu:gloo" stands in for nccl/ccl here: any backend but plain gloo agrees over a gloo group of its own.
+@pytest.mark.parametrize("backend", ["gloo", "cpu:gloo"])
+def test_ranks_whose_probes_disagree_train_in_one_precision(backend):
     """Two real gloo ranks: one probe says bf16, the other fp32; both must come out fp32.
 
     The bug this guards: each rank chose on its own and DDP's first all-reduce aborted on
@@ -117,7 +119,7 @@ def test_ranks_whose_probes_disagree_train_in_one_precision(tmp_path):
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
     ranks = [
         subprocess.Popen(
-            [sys.executable, "-c", AGREE_SCRIPT, speedup],
+            [sys.executable, "-c", AGREE_SCRIPT, speedup, backend],
             env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -147,11 +147,16 @@ def agree_across_ranks(place: devices.Placement, backend: str, timeout_seconds: 
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if place.device in ("cuda", "xpu"):  # a collective on nccl/xccl runs on the current device
+        if place.device in ("cuda", "xpu"):  # this rank's own GPU, as accelerate would set it; nccl binds to it
             getattr(torch, place.device).set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds))
+    # Over gloo whatever the training backend: an object gather is plain CPU bytes, which every
+    # torch build can exchange that way (nccl, xccl and ccl would each need their own care).
+    group = None if backend == "gloo" else dist.new_group(backend="gloo")
     chosen: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(chosen, place.precision)
+    dist.all_gather_object(chosen, place.precision, group=group)
+    if group is not None:
+        dist.destroy_process_group(group)
     return devices.agree(place, chosen)
 
 

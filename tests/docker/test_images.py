@@ -107,6 +107,26 @@ def test_trainer_image_config_is_what_readme_says():
     assert labels["dev.kubetune.backend"] == "cpu" and labels["org.opencontainers.image.version"] == "0.1.0"
 
 
+def layers(tag: str) -> list[tuple[int, str]]:
+    """(size in bytes, instruction) of every layer that adds files, oldest first."""
+    exe = engine.engine()
+    assert exe
+    out = subprocess.run([exe, "history", "--format", "json", tag], capture_output=True, text=True, check=True).stdout
+    return [(x["size"], x["CreatedBy"]) for x in reversed(json.loads(out)) if x["size"] > 0]
+
+
+@needs_trainer
+def test_our_code_ships_as_a_small_layer_above_the_dependencies():
+    """A code change rebuilds, pushes and pulls a layer of a few hundred KB, not the 1.7 GB venv under it."""
+    sizes = [size for size, _ in layers(TRAINER)]
+    venv = sizes.index(max(sizes))
+    assert max(sizes) > 500e6, sizes  # torch and the rest: one layer that only a dependency change rebuilds
+    code = sizes[venv + 1]  # the next layer that adds files: kubetune itself
+    assert 20e3 < code < 5e6, sizes
+    proc = run("--entrypoint", "python", TRAINER, "-c", "import kubetune.trainer.cli, kubetune.api.contract")
+    assert proc.returncode == 0, proc.stderr
+
+
 @needs_trainer
 @pytest.mark.parametrize("tag", [TRAINER, OPERATOR])
 def test_no_build_state_in_the_image(tag):

@@ -28,7 +28,6 @@ from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump, mode
 from operatorpod import OperatorPod, operator_container
 
-from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names
 
 pytestmark = [
@@ -356,7 +355,7 @@ async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_t
         with operator():
             await cluster.create(remote_finetunejob(name, f"s3://{bucket}/models/tiny", data_url, target))
             done = await watch.phase("Succeeded", node, timeout=600)
-    init = initializer_name(name)
+    init = Names.of(name).initializer
     jobs = [h["job"] for h in node.history]
     assert jobs == [init, names.workers, names.merge], dump(node)  # the fetch first, then train, then merge
     assert node.exits(init) == [0] and node.exits(names.workers) == [0] and node.exits(names.merge) == [0]
@@ -388,7 +387,7 @@ async def test_a_missing_source_fails_the_job_with_the_trainers_message(
                 remote_finetunejob(name, f"s3://{bucket}/models/nothing-here", data_url, f"s3://{bucket}/r")
             )
             failed = await watch.phase("Failed", node, timeout=300)
-    init = initializer_name(name)
+    init = Names.of(name).initializer
     assert node.exits(init) == [10], dump(node)  # SOURCE_MISSING is permanent: one pod, no retry
     assert [h["job"] for h in node.history] == [init], "no worker started"
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")

@@ -22,7 +22,6 @@ from kube import (
     pod,
 )
 
-from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names
 
 
@@ -213,9 +212,9 @@ async def test_the_charts_rbac_and_a_name_at_the_limit_suffice_for_the_initializ
     ftj["spec"]["training"] = {"model": {"path": "s3://models/smollm2"}, "data": {"path": ["hf://datasets/o/q"]}}
     with operator():
         await cluster.create(ftj)
-        init = await eventually(lambda: cluster.get("Job", initializer_name(name)), what="initializer Job")
+        init = await eventually(lambda: cluster.get("Job", Names.of(name).initializer), what="initializer Job")
         await phase_is(cluster, "Initializing", name=name)
-        await job_status(cluster, initializer_name(name), succeeded=1, conditions=condition("Complete"))
+        await job_status(cluster, Names.of(name).initializer, succeeded=1, conditions=condition("Complete"))
         await eventually(lambda: cluster.get("Job", Names.of(name).workers), what="worker Job")
     assert len(init["metadata"]["name"]) <= 63 and init["metadata"]["labels"]["kubetune.dev/finetunejob"] == name
     assert await warning_events(cluster, "Forbidden") == []

@@ -13,7 +13,7 @@ import yaml
 from kube import NAMES, Cluster, condition, eventually, finetunejob, job_status, operator, phase_is, pod, terminated
 
 from kubetune.api import TrainConfig
-from kubetune.operator.initializer import initializer_name
+from kubetune.operator.render import Names
 
 
 async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
@@ -209,7 +209,7 @@ async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
 
 
 # --- remote sources: the initializer Job, then the workers --------------------------------------------------
-INIT = initializer_name("quotes")
+INIT = Names.of("quotes").initializer
 
 
 def remote(**spec: Any) -> dict[str, Any]:

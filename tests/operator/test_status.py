@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubetune.api.finetunejob import CACHE_MESSAGE, DATA_CLAIM_MESSAGE, MODEL_CLAIM_MESSAGE
-from kubetune.operator.initializer import initializer_name
 from kubetune.operator.render import Names, Settings
 from kubetune.operator.status import (
     Observed,
@@ -354,7 +353,7 @@ def test_a_garbled_progress_line_is_skipped_not_fatal():
 
 
 # --- remote sources: the initializer Job first, then the workers ---------------------------------------------
-INIT = initializer_name("quotes")
+INIT = Names.of("quotes").initializer
 REMOTE_SPEC: dict[str, Any] = {
     "storage": {"output": {"claimName": "runs", "subPath": "quotes"}},
     "sources": {"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"},

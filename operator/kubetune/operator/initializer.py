@@ -30,10 +30,6 @@ def needs_initializer(spec: FinetuneJobSpec) -> bool:
     return bool(spec.remote_locations()) and spec.sources is not None
 
 
-def initializer_name(name: str) -> str:
-    return render.Names.of(name).initializer
-
-
 def render_initializer_job(
     meta: dict[str, Any], spec: FinetuneJobSpec, sources: RemoteSources, settings: Settings
 ) -> dict[str, Any]:
@@ -76,7 +72,7 @@ def render_initializer_job(
         "containers": [container],
         "volumes": volumes + token_volumes,
     }
-    metadata = _metadata(meta, initializer_name(meta["name"]), ROLE)
+    metadata = _metadata(meta, render.Names.of(meta["name"]).initializer, ROLE)
     metadata["labels"].update(_labels(meta, spec, ROLE))
     # Placed like the workers (pull secrets, node selector, tolerations): the same image, the same nodes.
     template = {"metadata": {"labels": _labels(meta, spec, ROLE)}, "spec": render._place(pod, spec, settings)}

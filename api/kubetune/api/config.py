@@ -140,6 +140,11 @@ class DataSection(Section):
     )
     max_length: int = Field(1024, ge=16, description="Longer records are truncated (and counted).")
     packing: bool = Field(False, description="Pack several records into one padding-free row per batch.")
+    group_by_length: bool = Field(
+        True,
+        description="Batch records of similar length together (the batches themselves in random order), so "
+        "little compute goes to padding; false: plain random order. Moot with packing.",
+    )
     eval_split: float = Field(0.0, ge=0.0, lt=0.9, description="Fraction held out for eval loss.")
     eval_path: DataLocations = Field(
         default_factory=list, description="Separate eval file(s), local or remote like path."

@@ -1,5 +1,6 @@
 """transformers' Trainer with kubetune's loss, atomic checkpoints and a graceful SIGTERM.
 
+Records are batched by length (data/order.py) unless packing makes padding moot.
 Everything else (optimizer, schedule, accumulation, DDP, what a checkpoint
 holds, resuming the data position) is the Trainer's own. See loss.py for the
 loss and checkpoints.py for the on-disk protocol.
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from kubetune.trainer import checkpoints
+from kubetune.trainer.data.order import LengthGroupedSampler
 from kubetune.trainer.loss import selective_loss_sum
 
 
@@ -34,14 +36,24 @@ class CompletionTrainer(Trainer):
         *args: Any,
         identity: dict[str, Any] | None = None,
         extra_metrics: Callable[[Any], dict[str, float]] | None = None,
+        group_by_length: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.extra_metrics = extra_metrics  # e.g. exact match by generation (selection.py)
         # Our loss is already divided by the whole accumulated batch's token count.
         self.loss_is_scaled_for_ga = True
         self.identity = identity or {}
         self._staging = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        a = self.args
+        global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        return LengthGroupedSampler([len(r["input_ids"]) for r in dataset], global_batch, a.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_sum, count = selective_loss_sum(model, inputs)

@@ -437,6 +437,20 @@ async def phase_is(api: Cluster, phase: str, name: str = "quotes") -> dict[str, 
     return await eventually(probe, what=f"phase {phase}")
 
 
+async def events_seen(api: Cluster, *reasons: str, type_: str | None = None) -> list[dict[str, Any]]:
+    """The Events (of `type_`, if given) once every one of `reasons` is among them.
+
+    kopf posts Events from an in-memory queue, after the status patch a test has just waited for, and
+    drops what is still queued when the operator stops: wait for them inside `operator()`.
+    """
+
+    async def probe() -> list[dict[str, Any]] | None:
+        events = [e for e in await api.list("Event") if type_ is None or e.get("type") == type_]
+        return events if set(reasons) <= {e.get("reason") for e in events} else None
+
+    return await eventually(probe, what=f"{type_ or 'any'} Events {sorted(reasons)}")
+
+
 @contextlib.contextmanager
 def operator(*args: str, env: dict[str, str] | None = None) -> Iterator[KopfRunner]:
     """The real operator (kubetune-operator's own command line) in a background thread. `env` is what the

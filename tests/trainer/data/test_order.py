@@ -5,7 +5,7 @@ import random
 from transformers import TrainingArguments
 
 from kubetune.trainer.data.collate import Collator
-from kubetune.trainer.data.order import LengthGroupedSampler, length_grouped_order
+from kubetune.trainer.data.order import LengthGroupedOrder, length_grouped_order
 from kubetune.trainer.hf_trainer import CompletionTrainer
 from tests.support.tinymodel import tiny_llama
 
@@ -50,13 +50,13 @@ def test_a_partial_last_batch_stays_last():
 
 
 def test_the_order_is_a_function_of_seed_and_epoch():
-    sampler = LengthGroupedSampler(LENGTHS, 8, seed=42)
+    sampler = LengthGroupedOrder(LENGTHS, 8, seed=42)
     first = list(sampler)
     assert list(sampler) == first  # a resumed run replays the epoch it continues
     sampler.set_epoch(1)
     second = list(sampler)
     assert second != first
-    assert second == list(LengthGroupedSampler(LENGTHS, 8, seed=43))
+    assert second == list(LengthGroupedOrder(LENGTHS, 8, seed=43))
     assert len(sampler) == len(LENGTHS)
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from kubetune.trainer import checkpoints
-from kubetune.trainer.data.order import LengthGroupedSampler
+from kubetune.trainer.data.order import LengthGroupedOrder
 from kubetune.trainer.loss import selective_loss_sum
 
 
@@ -48,12 +48,12 @@ class CompletionTrainer(Trainer):
         self._staging = False
 
     def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.group_by_length:
             return super()._get_train_sampler(train_dataset)
-        a = self.args
-        global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
-        return LengthGroupedSampler([len(r["input_ids"]) for r in dataset], global_batch, a.seed)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return LengthGroupedOrder([len(r["input_ids"]) for r in dataset], global_batch, args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_sum, count = selective_loss_sum(model, inputs)

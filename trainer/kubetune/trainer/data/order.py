@@ -32,14 +32,13 @@ def length_grouped_order(lengths: Sequence[int], batch: int, seed: int) -> list[
     batches = [grouped[i : i + batch] for i in range(0, full, batch)]
     if len(batches) < 2:
         return grouped
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    others = [b for b in range(len(batches)) if b != longest]
-    shuffled = [others[k] for k in torch.randperm(len(others), generator=generator).tolist()]
+    # transformers already put the longest record in the first batch; only the others move.
+    rest = [batches[k] for k in (torch.randperm(len(batches) - 1, generator=generator) + 1).tolist()]
     # A partial last batch stays last: moving it would shift every batch after it.
-    return [i for b in (longest, *shuffled) for i in batches[b]] + grouped[full:]
+    return [i for b in (batches[0], *rest) for i in b] + grouped[full:]
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedOrder(Sampler[int]):
     """`length_grouped_order`, new each epoch; the Trainer (through accelerate) calls set_epoch."""
 
     def __init__(self, lengths: Sequence[int], batch: int, seed: int):

@@ -161,11 +161,11 @@ async def test_one_node_with_operator_restart_suspend_and_resume(
     name, names = "dates", Names.of("dates")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
-        with operator():
+        async with operator():
             await cluster.create(finetunejob(name, max_steps=24))
             await watch.step_at_least(2, node)
         # The operator is gone for a moment; training goes on. A new operator adopts everything.
-        with operator():
+        async with operator():
             await watch.step_at_least(watch.steps[-1] + 2, node)
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
             await watch.phase("Suspended", node)
@@ -221,7 +221,7 @@ async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: di
 async def operator_in_its_image() -> AsyncIterator[OperatorPod | None]:
     """The operator in its own container where pods are containers; else in this process (kopf's runner)."""
     if mode() != "container":
-        with operator():
+        async with operator():
             yield None
         return
     async with operator_container(Path(os.environ["KUBECONFIG"])) as pod:
@@ -246,14 +246,13 @@ async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(
 ):
     name, names = "preempted", Names.of("preempted")
     watch = Watcher(cluster, name)
-    async with LocalNode(cluster, claims, tmp_path / "node") as node:
-        with operator():
-            await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
-            first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
-            await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
-            await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
-            done = await watch.phase("Succeeded", node)
-            job = await cluster.get("Job", names.workers)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
+        await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
+        first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
+        await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
+        await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
+        done = await watch.phase("Succeeded", node)
+        job = await cluster.get("Job", names.workers)
     assert node.exits(names.workers) == [75, 0], dump(node)
     second = worker_pods(node, names.workers)[-1]
     assert first_step(node, second) > 1, dump(node)
@@ -273,10 +272,9 @@ async def _at(node: LocalNode, pod: str, step: int) -> bool:
 async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
     name, names = "bad", Names.of("bad")
     watch = Watcher(cluster, name)
-    async with LocalNode(cluster, claims, tmp_path / "node") as node:
-        with operator():
-            await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
-            failed = await watch.phase("Failed", node, timeout=420)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
+        await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
+        failed = await watch.phase("Failed", node, timeout=420)
     # Exit 3 (bad data) is permanent: the Job's FailJob rule ends it at once, backoffLimit (1) unused.
     assert node.exits(names.workers) == [3], dump(node)
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
@@ -351,7 +349,7 @@ async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_t
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, remote_claims, tmp_path / "node") as node:
         await s3_secret(cluster, s3.env())
-        with operator():
+        async with operator():
             await cluster.create(remote_finetunejob(name, f"s3://{bucket}/models/tiny", data_url, target))
             done = await watch.phase("Succeeded", node, timeout=600)
             await events_seen(cluster, "Initializing", "Created", "Running", "TrainingSucceeded", "Succeeded")
@@ -380,7 +378,7 @@ async def test_a_missing_source_fails_the_job_with_the_trainers_message(
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, remote_claims, tmp_path / "node") as node:
         await s3_secret(cluster, s3.env())
-        with operator():
+        async with operator():
             await cluster.create(
                 remote_finetunejob(name, f"s3://{bucket}/models/nothing-here", data_url, f"s3://{bucket}/r")
             )

@@ -37,7 +37,7 @@ def without(rbac: RBAC, resource: str, verb: str) -> RBAC:
 
 async def test_the_charts_rbac_is_enough_for_the_whole_flow(cluster: Cluster):
     cluster.kmock.rbac = chart_rbac()
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await pod(cluster, 0, "Running")
@@ -48,7 +48,7 @@ async def test_the_charts_rbac_is_enough_for_the_whole_flow(cluster: Cluster):
 async def test_block_owner_deletion_needs_the_finalizers_right(cluster: Cluster):
     # OwnerReferencesPermissionEnforcement: without update on finetunejobs/finalizers every create is refused.
     cluster.kmock.rbac = without(chart_rbac(), "finetunejobs/finalizers", "update")
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         obj = await eventually(lambda: _condition(cluster, "Created", "Forbidden"), what="Created=False/Forbidden")
     assert "finetunejobs/finalizers" in obj["message"] and await cluster.get("ConfigMap", NAMES.config) is None
@@ -63,7 +63,7 @@ async def _condition(api: Cluster, type_: str, reason: str, name: str = "quotes"
 async def test_a_forbidden_create_is_reported_then_retried_once_allowed(cluster: Cluster):
     rbac = chart_rbac()
     cluster.kmock.rbac = without(rbac, "jobs", "create")
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         cond = await eventually(lambda: _condition(cluster, "Created", "Forbidden"), what="Created=False/Forbidden")
         assert 'cannot create resource "jobs" in API group "batch"' in cond["message"]
@@ -77,7 +77,7 @@ async def test_a_forbidden_create_is_reported_then_retried_once_allowed(cluster:
 
 async def test_an_invalid_child_fails_the_job_with_the_servers_message(cluster: Cluster):
     # A queue name that is not a valid label value: the API server answers 422 to the worker Job.
-    with operator():
+    async with operator():
         await cluster.create(finetunejob(scheduling={"queueName": "team a!"}))
         failed = await phase_is(cluster, "Failed")
         await events_seen(cluster, "Invalid", type_="Warning")
@@ -94,7 +94,7 @@ async def test_a_strangers_configmap_is_never_adopted(cluster: Cluster):
             "data": {"config.yaml": "someone else's"},
         }
     )
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         failed = await phase_is(cluster, "Failed")
     assert failed["status"]["message"] == f"ConfigMap {NAMES.config} exists and is not owned by this FinetuneJob"
@@ -104,7 +104,7 @@ async def test_a_strangers_configmap_is_never_adopted(cluster: Cluster):
 async def test_a_name_at_the_limit_gets_children_the_server_accepts(cluster: Cluster):
     name = "q" * 63  # the longest name the CRD admits
     names = Names.of(name)
-    with operator():
+    async with operator():
         await cluster.create(finetunejob(name=name))
         job = await eventually(lambda: cluster.get("Job", names.workers), what="worker Job")
         await phase_is(cluster, "Pending", name=name)
@@ -114,7 +114,7 @@ async def test_a_name_at_the_limit_gets_children_the_server_accepts(cluster: Clu
 
 async def test_kueue_owns_the_suspension_of_a_queued_job(cluster: Cluster):
     cluster.kmock.kueue = True
-    with operator():
+    async with operator():
         await cluster.create(finetunejob(scheduling={"queueName": "team-a"}))
         job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         assert job["spec"]["suspend"] is True
@@ -143,7 +143,7 @@ async def _reconciled_since(api: Cluster, polls: int) -> bool:
 
 
 async def test_no_finalizer_so_deletion_never_waits_for_the_operator(cluster: Cluster):
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await phase_is(cluster, "Pending")
@@ -161,7 +161,7 @@ async def _gone(api: Cluster, kind: str, name: str) -> bool:
 
 async def test_delete_and_reapply_waits_for_the_old_children(cluster: Cluster):
     cluster.kmock.gc_delay = 1.0
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         old = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await cluster.delete("FinetuneJob", "quotes")
@@ -182,7 +182,7 @@ async def test_delete_and_reapply_waits_for_the_old_children(cluster: Cluster):
 async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, monkeypatch, namespaced):
     cluster.kmock.rbac = chart_rbac({"watch": {"namespaced": namespaced, "namespaces": ["ml"]}})
     monkeypatch.setenv("KUBETUNE_WATCH_NAMESPACES", "ml")
-    with operator("--standalone", env={"KUBETUNE_WATCH_NAMESPACES": "ml"}):
+    async with operator("--standalone", env={"KUBETUNE_WATCH_NAMESPACES": "ml"}):
         await cluster.create(finetunejob())
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
@@ -195,7 +195,7 @@ async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, m
 async def test_a_finalizer_left_by_an_older_operator_is_removed(cluster: Cluster):
     old = finetunejob()
     old["metadata"]["finalizers"] = ["kubetune.dev/finalizer"]
-    with operator():
+    async with operator():
         await cluster.create(old)
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
 
@@ -214,7 +214,7 @@ async def test_the_charts_rbac_and_a_name_at_the_limit_suffice_for_the_initializ
     ftj = finetunejob(name, sources={"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"})
     ftj["spec"]["storage"] = {"output": {"claimName": "runs"}}
     ftj["spec"]["training"] = {"model": {"path": "s3://models/smollm2"}, "data": {"path": ["hf://datasets/o/q"]}}
-    with operator():
+    async with operator():
         await cluster.create(ftj)
         init = await eventually(lambda: cluster.get("Job", Names.of(name).initializer), what="initializer Job")
         await phase_is(cluster, "Initializing", name=name)

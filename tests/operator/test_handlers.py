@@ -51,7 +51,7 @@ def progress(step: int, total: int = 5, loss: float = 1.25) -> str:
 
 
 async def test_create_makes_the_children_with_the_trainers_config(cluster: Cluster):
-    with operator():
+    async with operator():
         created = await cluster.create(finetunejob())
         await phase_is(cluster, "Pending")
         job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
@@ -69,7 +69,7 @@ async def test_create_makes_the_children_with_the_trainers_config(cluster: Clust
 
 
 async def test_progress_from_the_rank0_log_lands_in_status(cluster: Cluster):
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         name = await pod(cluster, 0, "Running")
@@ -89,7 +89,7 @@ async def test_progress_from_the_rank0_log_lands_in_status(cluster: Cluster):
 
 async def test_training_then_merge_then_succeeded(cluster: Cluster):
     summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "epochs": 1.0})
-    with operator():
+    async with operator():
         await cluster.create(finetunejob())
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
@@ -107,7 +107,7 @@ async def test_training_then_merge_then_succeeded(cluster: Cluster):
 
 async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(cluster: Cluster):
     error = json.dumps({"event": "error", "exit_code": 3, "message": "/data/quotes.jsonl:7: missing field 'output'"})
-    with operator():
+    async with operator():
         await cluster.create(finetunejob(runPolicy={"backoffLimit": 1}))
         job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         assert job["spec"]["backoffLimit"] == 1
@@ -136,7 +136,7 @@ async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(c
 
 
 async def test_deadline_fails_the_job_and_stops_the_workers(cluster: Cluster):
-    with operator():
+    async with operator():
         await start_running(cluster, runPolicy={"activeDeadlineSeconds": 1})
         failed = await phase_is(cluster, "Failed")
         assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
@@ -148,7 +148,7 @@ async def _gone(api: Cluster, kind: str, name: str) -> bool:
 
 
 async def test_suspend_and_resume(cluster: Cluster):
-    with operator():
+    async with operator():
         await start_running(cluster)
 
         await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"suspend": True}}})
@@ -171,11 +171,11 @@ async def test_suspend_and_resume(cluster: Cluster):
 
 
 async def test_an_operator_restart_creates_nothing_twice(cluster: Cluster):
-    with operator():
+    async with operator():
         await start_running(cluster)
     posts = {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")}
     assert posts == {"Job": 1, "ConfigMap": 1, "Service": 1}
-    with operator():  # a new operator process adopts what exists
+    async with operator():  # a new operator process adopts what exists
         summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
         await cluster.patch("Pod", f"{NAMES.workers}-0-a", terminated("Succeeded", 0, summary), sub="status")
         await job_status(cluster, NAMES.workers, active=0, succeeded=1, conditions=condition("Complete"))
@@ -191,7 +191,7 @@ async def test_an_invalid_spec_fails_with_the_fields_named(cluster: Cluster):
     # The real API server refuses most of this through the CRD's schema; the operator still checks.
     bad = finetunejob(nodes=0, backend="cuda")
     bad["spec"]["training"] = {"training": {"lr": -1}, "distributed": {"backend": "ccl"}}
-    with operator():
+    async with operator():
         await cluster.create(bad)
         failed = await phase_is(cluster, "Failed")
         await events_seen(cluster, "InvalidSpec", type_="Warning")
@@ -202,7 +202,7 @@ async def test_an_invalid_spec_fails_with_the_fields_named(cluster: Cluster):
 
 async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
     summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
-    with operator():
+    async with operator():
         await cluster.create(finetunejob(merge={"enabled": False}, runPolicy={"ttlSecondsAfterFinished": 1}))
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
@@ -257,13 +257,13 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
     cluster: Cluster,
 ):
     summary = {"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "best_step": 4}
-    with operator():
+    async with operator():
         await cluster.create(remote())
         initializing = await phase_is(cluster, "Initializing")
         init = await eventually(lambda: cluster.get("Job", INIT), what="initializer Job")
         assert await cluster.get("Job", NAMES.workers) is None  # nobody trains on a half-filled cache
         assert "hf://org/smollm2@v1" in initializing["status"]["message"]
-    with operator():  # a restarted operator adopts the initializer instead of starting a second fetch
+    async with operator():  # a restarted operator adopts the initializer instead of starting a second fetch
         await job_status(cluster, INIT, succeeded=1, conditions=condition("Complete"))
         workers = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         await pod(cluster, 0, "Succeeded", exit_code=0, message=json.dumps({**summary, "pushed_to": "s3://results/q"}))
@@ -302,7 +302,7 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
 
 async def test_a_fetch_that_fails_ends_the_job_with_the_trainers_message(cluster: Cluster):
     line = "data.path: s3://data/quotes.jsonl: no such bucket 'data' at http://s3.local"
-    with operator():
+    async with operator():
         await cluster.create(remote())
         await eventually(lambda: cluster.get("Job", INIT), what="initializer Job")
         await fetch_pod(cluster, "Failed", 10, json.dumps({"event": "error", "exit_code": 10, "message": line}))

@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -451,12 +451,23 @@ async def events_seen(api: Cluster, *reasons: str, type_: str | None = None) -> 
     return await eventually(probe, what=f"{type_ or 'any'} Events {sorted(reasons)}")
 
 
-@contextlib.contextmanager
-def operator(*args: str, env: dict[str, str] | None = None) -> Iterator[KopfRunner]:
+@contextlib.asynccontextmanager
+async def operator(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[KopfRunner]:
     """The real operator (kubetune-operator's own command line) in a background thread. `env` is what the
-    chart would set (the operator also reads it from os.environ: set it there too with monkeypatch)."""
-    with KopfRunner(command(list(args) or ["--standalone"], env or {}), timeout=30) as runner:
+    chart would set (the operator also reads it from os.environ: set it there too with monkeypatch).
+
+    It is stopped from another thread because the API emulator (and the local kubelet) serve this
+    test's event loop: kopf may still have a request in flight when it stops (an Event from its queue),
+    and a blocking join here would leave that request unanswered until the join timed out.
+    """
+    runner = KopfRunner(command(list(args) or ["--standalone"], env or {}), timeout=30)
+    runner.__enter__()
+    try:
         yield runner
+    except BaseException as exc:
+        await asyncio.to_thread(runner.__exit__, type(exc), exc, exc.__traceback__)
+        raise
+    await asyncio.to_thread(runner.__exit__, None, None, None)
     assert runner.exception is None, runner.exception
 
 

@@ -4,11 +4,13 @@ import json
 
 import pytest
 
+from kubetune.api.config import TrainConfig
 from kubetune.trainer.checkpoints import (
     MARKER,
     STAGING,
     clean_incomplete,
     complete_checkpoints,
+    identity,
     mismatches,
     rotate,
     select_resume,
@@ -79,3 +81,36 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tmp_path):
     (make(tmp_path, 4) / MARKER).write_text("[]")
     with pytest.raises(UsageError, match=r"checkpoint-4/COMPLETE is damaged \(not a JSON object\)"):
         select_resume(tmp_path, "auto", ID, force=False)
+
+
+def order_of(world_size: int = 1, **sections: dict) -> dict:
+    cfg = TrainConfig.model_validate({"model": {"path": "m"}, **sections})
+    return identity(cfg, {"d": "h"}, "f", world_size)["order"]
+
+
+def test_the_data_order_is_part_of_a_checkpoints_identity():
+    base = order_of(training={"batch_size": 4})
+    # Whatever decides which records a step sees: a resume would skip the wrong ones.
+    for changed in (
+        order_of(training={"batch_size": 4, "seed": 7}),
+        order_of(training={"batch_size": 8}),
+        order_of(training={"batch_size": 4, "gradient_accumulation": 2}),
+        order_of(2, training={"batch_size": 4}),
+        order_of(training={"batch_size": 4}, data={"group_by_length": False}),
+        order_of(training={"batch_size": 4}, data={"max_length": 256}),
+        order_of(training={"batch_size": 4}, data={"eval_split": 0.1}),
+    ):
+        assert changed != base, changed
+    # The same global batch over more processes sees the same records at every step: resumable.
+    assert order_of(2, training={"batch_size": 2}) == base
+    assert order_of(training={"batch_size": 2, "gradient_accumulation": 2}) == base
+    # Packing has no padding to save, so grouping by length is off whatever the setting says.
+    assert order_of(data={"packing": True})["group_by_length"] is False
+
+
+def test_a_checkpoint_of_another_data_order_is_refused_by_name(tmp_path):
+    written = {**ID, "order": order_of(training={"batch_size": 4})}
+    make(tmp_path, 5, identity=written)
+    with pytest.raises(UsageError, match=r"different run \(order changed\)"):
+        select_resume(tmp_path, "auto", {**ID, "order": order_of(training={"batch_size": 8})}, force=False)
+    assert select_resume(tmp_path, "auto", {**ID, "order": order_of(2, training={"batch_size": 2})}, force=False)

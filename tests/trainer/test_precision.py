@@ -31,7 +31,7 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def train(data: Path, out: Path, precision: str, *more: str) -> subprocess.CompletedProcess:
+def train(data: Path, out: Path, precision: str, *more: str, code: int = 0) -> subprocess.CompletedProcess:
     argv = [
         "train",
         "--data",
@@ -58,7 +58,7 @@ def train(data: Path, out: Path, precision: str, *more: str) -> subprocess.Compl
     proc = subprocess.run(
         [sys.executable, "-m", "kubetune.trainer.cli", *argv], env=env, capture_output=True, text=True, timeout=900
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stderr[-3000:]
     return proc
 
 
@@ -82,3 +82,9 @@ def test_loss_goes_down_and_resume_is_exact(data, tmp_path, precision):
     assert again.keys() == whole.keys()
     for key in whole:  # same process count, threads and data order: the same arithmetic, bit for bit
         assert again[key].dtype == whole[key].dtype and bool((again[key] == whole[key]).all()), key
+
+    # Another seed is another data order: resuming would skip the wrong records, so it is refused.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    refused = train(data, out, precision, "--max-steps", "9", "--set", "training.seed=7", code=2)
+    assert "checkpoint-6 was written by a different run (order changed)" in refused.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

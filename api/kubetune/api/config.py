@@ -213,6 +213,10 @@ class TrainingSection(Section):
         "OUTPUT_DIR/tensorboard), mlflow (see tracking), wandb (needs the wandb package and WANDB_API_KEY).",
     )
 
+    def global_batch(self, world_size: int) -> int:
+        """Records per optimizer step across all processes; the data order is cut into batches of this size."""
+        return self.batch_size * self.gradient_accumulation * world_size
+
 
 class DistributedSection(Section):
     """How processes talk; how many there are comes from KUBETUNE_NPROC_PER_NODE / KUBETUNE_NNODES."""

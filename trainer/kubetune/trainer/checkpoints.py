@@ -2,7 +2,7 @@
 
 A checkpoint is staged in `checkpoints/.incomplete/checkpoint-N`, gets a
 `COMPLETE` marker (which records what the run was: model, LoRA shape, data
-hash) and is then renamed into `checkpoints/checkpoint-N`, an atomic step.
+hash, data order) and is then renamed into `checkpoints/checkpoint-N`, an atomic step.
 A kill at any moment leaves either the previous checkpoint set or the new one.
 A directory without the marker is never loaded and is removed at the next start.
 """
@@ -52,14 +52,26 @@ def rotate(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def identity(cfg: Any, data_hashes: dict[str, str], model_fingerprint: str) -> dict[str, Any]:
-    """What must not change between a checkpoint and the run resuming from it."""
+def identity(cfg: Any, data_hashes: dict[str, str], model_fingerprint: str, world_size: int) -> dict[str, Any]:
+    """What must not change between a checkpoint and the run resuming from it.
+
+    `order` is what decides which records each step sees: a resume skips the steps already
+    trained, so with another seed, global batch or record shaping it would skip the wrong records.
+    """
     return {
         "model": cfg.model.path,
         "model_fingerprint": model_fingerprint,
         "quantization": cfg.model.quantization,
         "lora": {k: getattr(cfg.lora, k) for k in ("r", "alpha", "target_modules", "bias", "modules_to_save")},
         "data": data_hashes,
+        "order": {
+            "seed": cfg.training.seed,
+            "global_batch": cfg.training.global_batch(world_size),
+            "group_by_length": cfg.data.group_by_length and not cfg.data.packing,
+            "packing": cfg.data.packing,
+            "max_length": cfg.data.max_length,
+            "eval_split": cfg.data.eval_split,
+        },
     }
 
 

@@ -111,9 +111,14 @@ def training_arguments(
     )
 
 
+def world_size() -> int:
+    """Processes in this run: torchrun's WORLD_SIZE in a worker, else one."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if os.environ.get(launch.LAUNCHED_ENV) else 1
+
+
 def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Placement, str]:
     """In a torchrun worker: check the world size, pick the backend, agree on one precision, pin cores."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     layout = launch.layout_from_env(os.environ)
     if world != layout.world_size:
@@ -304,7 +309,7 @@ def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
 def plan_resume(cfg: TrainConfig) -> Resume:
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
-    identity = checkpoints.identity(cfg, data_hashes, fingerprint)
+    identity = checkpoints.identity(cfg, data_hashes, fingerprint, world_size())
     ckpt_root = Path(cfg.output_dir) / "checkpoints"
     checkpoint = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
     if checkpoint:
@@ -483,7 +488,7 @@ def run_record(cfg: TrainConfig, setup: Setup, world_size: int, summary: dict[st
             "data_format": data.format,
             "template": data.template,
             "world_size": world_size,
-            "global_batch": cfg.training.batch_size * cfg.training.gradient_accumulation * world_size,
+            "global_batch": cfg.training.global_batch(world_size),
             "trainable_parameters": loaded.trainable,
             "total_parameters": loaded.total,
         },

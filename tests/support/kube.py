@@ -457,8 +457,8 @@ async def operator(*args: str, env: dict[str, str] | None = None) -> AsyncIterat
     chart would set (the operator also reads it from os.environ: set it there too with monkeypatch).
 
     It is stopped from another thread because the API emulator (and the local kubelet) serve this
-    test's event loop: kopf may still have a request in flight when it stops (an Event from its queue),
-    and a blocking join here would leave that request unanswered until the join timed out.
+    test's event loop, and kopf can still be waiting on the API while it stops: a blocking join here
+    leaves that request unanswered until the join gives up (CI saw it: 30 s, then "didn't stop").
     """
     runner = KopfRunner(command(list(args) or ["--standalone"], env or {}), timeout=30)
     runner.__enter__()

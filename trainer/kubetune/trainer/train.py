@@ -111,14 +111,14 @@ def training_arguments(
     )
 
 
-def world_size() -> int:
+def launched_world_size() -> int:
     """Processes in this run: torchrun's WORLD_SIZE in a worker, else one."""
     return int(os.environ.get("WORLD_SIZE", "1")) if os.environ.get(launch.LAUNCHED_ENV) else 1
 
 
 def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Placement, str]:
     """In a torchrun worker: check the world size, pick the backend, agree on one precision, pin cores."""
-    world = world_size()
+    world = launched_world_size()
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     layout = launch.layout_from_env(os.environ)
     if world != layout.world_size:
@@ -309,7 +309,7 @@ def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
 def plan_resume(cfg: TrainConfig) -> Resume:
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
-    identity = checkpoints.identity(cfg, data_hashes, fingerprint, world_size())
+    identity = checkpoints.identity(cfg, data_hashes, fingerprint, launched_world_size())
     ckpt_root = Path(cfg.output_dir) / "checkpoints"
     checkpoint = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
     if checkpoint:

@@ -153,6 +153,11 @@ class DataSection(Section):
         False, description="Skip and count malformed records instead of stopping before training."
     )
 
+    @property
+    def length_grouped(self) -> bool:
+        """Whether records are batched by length: packing leaves no padding to save, so it turns grouping off."""
+        return self.group_by_length and not self.packing
+
 
 class TrainingSection(Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")

@@ -67,7 +67,7 @@ def identity(cfg: Any, data_hashes: dict[str, str], model_fingerprint: str, worl
         "order": {
             "seed": cfg.training.seed,
             "global_batch": cfg.training.global_batch(world_size),
-            "group_by_length": cfg.data.group_by_length and not cfg.data.packing,
+            "group_by_length": cfg.data.length_grouped,
             "packing": cfg.data.packing,
             "max_length": cfg.data.max_length,
             "eval_split": cfg.data.eval_split,

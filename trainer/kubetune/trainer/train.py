@@ -379,7 +379,7 @@ def build_trainer(cfg: TrainConfig, setup: Setup, progress: str, callbacks: list
         callbacks=[reporter, *callbacks],
         identity=setup.resume.identity,
         extra_metrics=selection.extra_metrics(cfg.training.eval_metric, tokenizer, eval_rows),
-        group_by_length=cfg.data.group_by_length and not cfg.data.packing,
+        group_by_length=cfg.data.length_grouped,
     )
     trainer.remove_callback(PrinterCallback)  # its dict prints would interleave with JSON lines
     return trainer, reporter

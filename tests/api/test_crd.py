@@ -199,7 +199,9 @@ def test_the_backend_table_is_the_one_list_of_backends():
     for backend in backends.TABLE.values():
         assert backend.collectives <= collectives and "gloo" in backend.collectives, backend.name
         assert (backend.device is None) == (backend.name.startswith("cpu")), backend.name
-        assert backend.device is None or backend.limits.get(backend.device) == 1, backend.name
+        assert backend.device is None or backend.limits.get(backend.device) == "1", (
+            backend.name
+        )  # strings: see test_k8s
 
 
 def test_claims_are_needed_only_for_local_paths_and_remote_ones_need_the_cache():

@@ -313,3 +313,25 @@ async def test_a_fetch_that_fails_ends_the_job_with_the_trainers_message(cluster
     cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert (cond["reason"], cond["message"]) == ("SourceNotFound", line)
     assert await cluster.get("Job", NAMES.workers) is None
+
+
+async def test_an_error_that_is_not_the_api_servers_is_a_condition_and_the_daemon_goes_on(cluster: Cluster):
+    # A garbled answer (a proxy's HTML page with 200) makes the client raise a ValueError, not an ApiException:
+    # the daemon must neither die nor hide it; the FinetuneJob shows it, and the next good pass clears it.
+    broken = {"on": True}
+    jobs = cluster.kmock["get", cluster.kmock.resource("batch/v1/jobs")]
+    jobs << (lambda request: b"<html>bad gateway</html>" if broken["on"] else None)
+
+    async def error_condition() -> dict[str, Any] | None:
+        obj = await cluster.get("FinetuneJob", "quotes")
+        conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "ReconcileError"), None)
+
+    async with operator():
+        await cluster.create(finetunejob())
+        found = await eventually(error_condition, what="ReconcileError condition")
+        assert found["status"] == "True" and found["reason"] == "JSONDecodeError"
+        broken["on"] = False
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job once the answers are good")
+        await phase_is(cluster, "Pending")
+        assert await error_condition() is None

@@ -111,7 +111,8 @@ def test_pods_meet_the_restricted_pod_security_standard(render):
 
 
 @pytest.mark.parametrize(
-    ("backend", "key", "value"), [("cpu", "cpu", "1"), ("xpu", "gpu.intel.com/i915", 1), ("cuda", "nvidia.com/gpu", 1)]
+    ("backend", "key", "value"),
+    [("cpu", "cpu", "1"), ("xpu", "gpu.intel.com/i915", "1"), ("cuda", "nvidia.com/gpu", "1")],
 )
 def test_resources_and_image_per_backend(backend, key, value):
     spec = SPEC.model_copy(update={"backend": backend})

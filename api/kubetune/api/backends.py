@@ -8,7 +8,7 @@ worker pod when a FinetuneJob gives none. Adding a backend is adding a row here 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 # The literal spelled out once for pydantic/the CRD enum; `test_backends` checks it matches TABLE.
 BackendName = Literal["cpu", "cpu-ccl", "xpu", "cuda"]
@@ -22,8 +22,9 @@ class Backend:
     description: str  # one line, shown in values.yaml and the CRD
     collectives: frozenset[str]  # what distributed.backend may be besides "auto"
     device: str | None  # the extended resource a worker asks for, None on CPU
-    requests: dict[str, Any] = field(default_factory=dict)
-    limits: dict[str, Any] = field(default_factory=dict)
+    # Quantities as strings: what the kubernetes client's models accept (an int is refused client-side).
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
 
     @property
     def image(self) -> str:
@@ -35,7 +36,7 @@ class Backend:
         """The operator's environment variable overriding the image (set by the chart)."""
         return "KUBETUNE_IMAGE_" + self.name.upper().replace("-", "_")
 
-    def resources(self) -> dict[str, dict[str, Any]]:
+    def resources(self) -> dict[str, dict[str, str]]:
         return {"requests": dict(self.requests), "limits": dict(self.limits)}
 
 
@@ -66,7 +67,7 @@ TABLE: dict[str, Backend] = {
             frozenset({"gloo", "xccl"}),
             "gpu.intel.com/i915",
             requests={"cpu": "4", "memory": "32Gi"},
-            limits={"gpu.intel.com/i915": 1, "memory": "64Gi"},
+            limits={"gpu.intel.com/i915": "1", "memory": "64Gi"},
         ),
         Backend(
             "cuda",
@@ -74,7 +75,7 @@ TABLE: dict[str, Backend] = {
             frozenset({"gloo", "nccl"}),
             "nvidia.com/gpu",
             requests={"cpu": "4", "memory": "32Gi"},
-            limits={"nvidia.com/gpu": 1, "memory": "64Gi"},
+            limits={"nvidia.com/gpu": "1", "memory": "64Gi"},
         ),
     )
 }

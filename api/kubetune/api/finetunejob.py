@@ -10,9 +10,9 @@ the same keys as its YAML file.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -28,7 +28,10 @@ SHORT_NAMES = ["ftj"]
 
 Backend = BackendName  # the rows of kubetune.api.backends.TABLE
 Phase = Literal["Pending", "Initializing", "Running", "Merging", "Succeeded", "Failed", "Suspended"]
-Quantity = int | str  # Kubernetes quantities: 4, "500m", "16Gi"
+# Kubernetes quantities: 4, "500m", "16Gi". The CRD takes int-or-string, as the API server does, but they leave
+# the model as strings: the kubernetes client (37) validates request bodies with pydantic, and its
+# V1ResourceRequirements wants strings, so an integer would be refused before any request is sent.
+Quantity = Annotated[int | str, PlainSerializer(str, return_type=str)]
 
 # A FinetuneJob's name becomes a label value (at most 63 characters) and the start of its Service's name
 # (an RFC 1035 label: lowercase letters, digits and '-', starting with a letter); worker pod hostnames are

@@ -23,7 +23,7 @@ from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator import k8s
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.settings import SettingsError, from_env
-from kubetune.operator.status import Plan, decide, not_ours, refused, status_patch
+from kubetune.operator.status import Plan, decide, not_ours, reconcile_error, refused, status_patch
 
 
 @kopf.on.startup()
@@ -125,6 +125,20 @@ async def _report(cluster: k8s.Cluster, ftj: dict[str, Any], old: dict[str, Any]
     memo.reconciles += 1
 
 
+async def _report_error(cluster: k8s.Cluster, namespace: str, name: str, exc: Exception, logger: Any) -> None:
+    """Best effort: write the ReconcileError condition; the API being down is what may have caused it."""
+    try:
+        ftj = await asyncio.to_thread(cluster.get_finetunejob, namespace, name)
+        if ftj is None:
+            return
+        old = ftj.get("status") or {}
+        patch = status_patch(old, reconcile_error(old, datetime.now(UTC), type(exc).__name__, str(exc)))
+        if patch:
+            await asyncio.to_thread(cluster.patch_status, namespace, name, patch)
+    except Exception:  # the original error matters more than this one
+        logger.warning("could not report the reconcile error on the FinetuneJob", exc_info=True)
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=5)
 async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     namespace, name = meta["namespace"], meta["name"]
@@ -140,6 +154,12 @@ async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, log
             logger.warning(
                 "reconcile failed (retrying in %.0fs): %s %s", memo.config.poll_seconds, exc.status, exc.reason
             )
+        except Exception as exc:  # the client's own checks, a garbled answer, a bug of ours
+            # Never let it end the daemon (kopf would restart it, silently, with a growing backoff): the
+            # FinetuneJob shows the error as a condition, and the next pass tries again.
+            memo.metrics.errors.inc()
+            logger.exception("reconcile failed (retrying in %.0fs)", memo.config.poll_seconds)
+            await _report_error(memo.cluster, namespace, name, exc, logger)
         finally:
             memo.metrics.reconciles.observe(time.perf_counter() - started)
         await stopped.wait(memo.config.poll_seconds)

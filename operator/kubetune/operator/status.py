@@ -47,7 +47,8 @@ from kubetune.operator.render import (
 
 TERMINAL = ("Succeeded", "Failed")
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-CONDITION_TYPES = ("Created", "Initialized", "Running", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Created", "Initialized", "Running", "Succeeded", "Failed", "Suspended", "ReconcileError")
+RECONCILE_ERROR = "ReconcileError"  # a pass that raised; removed by the next pass that does not
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ def decide(
     """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
     the pass. The deadline comes before the children, so a job past it never gets a child created."""
     st = _Status(status or {}, seen.now)
+    st.data["conditions"] = [c for c in st.data["conditions"] if c.get("type") != RECONCILE_ERROR]  # this one ran
     spec, problems = spec_problems(raw_spec)
     name = name_problem(meta["name"])
     if spec is None or name:
@@ -382,6 +384,13 @@ def refused(old: dict[str, Any], now: datetime, kind: str, name: str, code: int,
         st.data["phase"], st.data["message"] = st.current or "Pending", text
         return _finish(Plan(), st)
     return _fail(Plan(), st, "Invalid" if code in (400, 422) else "CreateRefused", text)
+
+
+def reconcile_error(old: dict[str, Any], now: datetime, kind: str, message: str) -> dict[str, Any]:
+    """The status after a pass that raised (not an API refusal): the error as a condition, retried next poll."""
+    st = _Status(old, now)
+    st.condition(RECONCILE_ERROR, "True", kind, f"retrying at the next poll: {message}"[:1000])
+    return checked(st.data)
 
 
 def _deadline(run: _Pass) -> Plan | None:

@@ -244,3 +244,26 @@ def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():
     cfg = load_config(cm["data"]["config.yaml"], "config.yaml")  # what the pods parse
     assert cfg.model.path == "s3://models/llama" and cfg.data.path == ["hf://datasets/org/quotes@v2/train.jsonl"]
     assert cfg.output.push_to == "s3://results/quotes" and cfg.output_dir == "/output"
+
+
+@pytest.mark.parametrize("role", ["worker", "merge", "initializer"])
+def test_pods_get_no_service_links_from_the_namespace(role):
+    # The kubelet would inject KUBETUNE_METRICS_* for the chart's Service into every pod of a namespaced install.
+    from kubelet import pod_env
+
+    from kubetune.operator.initializer import render_initializer_job
+
+    render = {
+        "worker": lambda: render_worker_job(META, REMOTE, Settings()),
+        "merge": lambda: render_merge_job(META, REMOTE, Settings()),
+        "initializer": lambda: render_initializer_job(META, REMOTE, REMOTE.sources, Settings()),
+    }[role]
+    job = render()
+    metrics = {
+        "metadata": {"name": "kubetune-metrics"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "metrics", "port": 9090}]},
+    }
+    env = pod_env(job["spec"]["template"]["spec"], [metrics], {}, env_of(job))
+    assert not [k for k in env if k.startswith("KUBETUNE_METRICS")]
+    cfg = load_config(render_configmap(META, REMOTE)["data"]["config.yaml"], "config.yaml", environ=env)
+    assert cfg.model.path == "s3://models/llama"

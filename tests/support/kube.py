@@ -190,7 +190,8 @@ KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus what the API server does that kubetune meets:
 
-    - fills in on create: generateName (kopf's events), uid (ownerReferences), creationTimestamp, resourceVersion;
+    - fills in on create: generateName (kopf's events), uid (ownerReferences), creationTimestamp, resourceVersion,
+      a Service's clusterIP (which the kubelet's service-link variables carry: tests/support/kubelet.py);
     - 422 for a name or label the server refuses (`object_problems`), 403 where `rbac` (when set) forbids;
     - `kueue`: Kueue's mutating webhook, which creates every Job labelled with a queue name suspended
       (kueue.sigs.k8s.io/docs/tasks/run/jobs); the test admits it by unsuspending;
@@ -250,6 +251,9 @@ class Emulator(kmock.KubernetesEmulator):
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("resourceVersion", "1")
         meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if obj.get("kind") == "Service" and not (obj.get("spec") or {}).get("clusterIP"):
+            # A ClusterIP Service gets its address from the server (headless ones keep "None").
+            obj.setdefault("spec", {})["clusterIP"] = f"10.96.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
         if self.kueue and obj.get("kind") == "Job" and KUEUE_LABEL in (meta.get("labels") or {}):
             obj.setdefault("spec", {})["suspend"] = True
 
@@ -471,13 +475,17 @@ async def operator(*args: str, env: dict[str, str] | None = None) -> AsyncIterat
     assert runner.exception is None, runner.exception
 
 
-def chart_rbac(values: dict[str, Any] | None = None) -> RBAC:
-    """The operator's rights as the chart grants them (rendered with Helm's Go SDK)."""
+def chart_objects(values: dict[str, Any] | None = None, namespace: str = "kubetune-system") -> list[dict[str, Any]]:
+    """The chart's objects as Helm renders them (Helm's Go SDK as a wheel)."""
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's Go SDK as a wheel) is not installed")
     import yaml
 
     chart = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
     with helm.Chart.load(str(chart)) as loaded:
-        files = loaded.render(values or {}, name="kubetune", namespace="kubetune-system")
-    docs = [d for path, text in files.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
-    return RBAC.from_manifests(docs)
+        files = loaded.render(values or {}, name="kubetune", namespace=namespace)
+    return [d for path, text in files.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+
+
+def chart_rbac(values: dict[str, Any] | None = None) -> RBAC:
+    """The operator's rights as the chart grants them."""
+    return RBAC.from_manifests(chart_objects(values))

@@ -21,7 +21,8 @@ Either way: pod phases, exit codes, termination messages (FallbackToLogsOnError 
 conditions, suspend) follows the Indexed Job rules, podFailurePolicy's Ignore rules included; deleting a
 Job deletes its pods.
 
-Secrets reach containers through envFrom (secretRef: every key of the Secret's data as a variable).
+Secrets reach containers through envFrom (secretRef: every key of the Secret's data as a variable); the
+namespace's Services through the kubelet's service-link variables unless the pod sets enableServiceLinks: false.
 What it does not emulate: scheduling, image pulls (container mode runs local images only: `--pull never`),
 networking beyond one host's loopback, resource requests and limits, secret volumes, pod restarts by the
 kubelet (restartPolicy is Never for every pod the operator renders), the Job controller's backoff delay
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
+import kubelet
 from kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,7 +360,10 @@ class LocalNode:
         }
         await self.cluster.create(pod)
         container = pod_spec["containers"][0]
-        env = {**await self._env_from(meta["namespace"], container), **_plain_env(container)}
+        services = await self.cluster.list("Service", meta["namespace"])
+        env = kubelet.pod_env(
+            pod_spec, services, await self._env_from(meta["namespace"], container), _plain_env(container)
+        )
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         hostname = f"{meta['name']}-{index}" if index is not None else name

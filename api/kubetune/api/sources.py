@@ -8,6 +8,7 @@ Everything here is pure: the caller passes the environment and file text in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,13 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 # KUBETUNE_* variables that configure the process, not the run: never config keys.
 RESERVED_ENV = contract.PROCESS_ENV
+# What the kubelet injects for every Service of the pod's namespace while enableServiceLinks is on
+# (kubernetes.io/docs/concepts/services-networking/service/#environment-variables): a Service named
+# `kubetune-metrics` gives KUBETUNE_METRICS_SERVICE_HOST, _SERVICE_PORT[_<port name>], _PORT and
+# _PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]. Config keys nest with `__`, which a Service name cannot produce.
+SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
 
 Path_ = tuple[str, ...]
 
@@ -168,6 +176,12 @@ def unusable_mounts(root: str, usable: Callable[[str, bool], bool | None], uid: 
     return problems
 
 
+def is_service_link(name: str) -> bool:
+    """A kubelet service-link variable (not a config key): flat, of that shape, and no top-level key's name."""
+    key = name[len(ENV_PREFIX) :]
+    return "__" not in key and bool(SERVICE_LINK.fullmatch(key)) and key.lower() not in TrainConfig.model_fields
+
+
 def layer_from_env(environ: Mapping[str, str]) -> Layer:
     """KUBETUNE_<SECTION>__<KEY>=value (nested with `__`) plus the seeds' aliases."""
     layer = Layer()
@@ -176,7 +190,7 @@ def layer_from_env(environ: Mapping[str, str]) -> Layer:
             layer.put(path, environ[name], f"env {name}")
     problems = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or is_service_link(name):
             continue
         parts = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
         if any(not p for p in parts):

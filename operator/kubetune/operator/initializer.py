@@ -68,6 +68,7 @@ def render_initializer_job(
     pod = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # as the workers' (render._pod_spec)
         "securityContext": render.pod_security_context(),
         "containers": [container],
         "volumes": volumes + token_volumes,

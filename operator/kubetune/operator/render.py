@@ -237,6 +237,9 @@ def _pod_spec(
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
+        # No kubelet variables for the namespace's Services: KUBETUNE_METRICS_PORT (the chart's metrics
+        # Service, namespaced installs) would reach the trainer as a config key; the rendezvous uses DNS.
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": pod_security_context(),
         "containers": [

@@ -66,6 +66,8 @@ def _setup_logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes asks at import for the optional `kernels` package (a hub download): nothing to act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
     # Library deprecation notices are for us, not for the person running a fine-tune.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")

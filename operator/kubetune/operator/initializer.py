@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune.api import conditions as cond
 from kubetune.api import contract
 from kubetune.api.contract import ExitCode
 from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
@@ -103,10 +104,10 @@ def render_initializer_job(
 
 # Why `kubetune fetch` failed, by its exit code (kubetune.api.contract; the operator never imports the trainer).
 FETCH_REASONS = {
-    ExitCode.CONFIG: "InvalidSource",
-    ExitCode.SOURCE_MISSING: "SourceNotFound",
-    ExitCode.SOURCE_DENIED: "SourceAccessDenied",
-    ExitCode.TRANSFER: "SourceTransferFailed",
+    ExitCode.CONFIG: cond.INVALID_SOURCE,
+    ExitCode.SOURCE_MISSING: cond.SOURCE_NOT_FOUND,
+    ExitCode.SOURCE_DENIED: cond.SOURCE_ACCESS_DENIED,
+    ExitCode.TRANSFER: cond.SOURCE_TRANSFER_FAILED,
 }
 
 
@@ -132,7 +133,7 @@ def initializer_outcome(
             record = {"message": termination.strip().splitlines()[-1]}  # FallbackToLogsOnError: the log's last line
         if isinstance(record, dict) and record.get("message"):
             message = str(record["message"])
-    return "failed", FETCH_REASONS.get(exit_code or 0, "InitializerFailed"), message
+    return "failed", FETCH_REASONS.get(exit_code or 0, cond.INITIALIZER_FAILED), message
 
 
 def result_location(summary: dict[str, Any] | None) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune.api import backends, contract
+from kubetune.api import conditions as cond
 from kubetune.api.finetunejob import (
     KIND,
     QUEUED_SUSPEND_MESSAGE,
@@ -47,8 +48,7 @@ from kubetune.operator.render import (
 
 TERMINAL = ("Succeeded", "Failed")
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-CONDITION_TYPES = ("Created", "Initialized", "Running", "Succeeded", "Failed", "Suspended", "ReconcileError")
-RECONCILE_ERROR = "ReconcileError"  # a pass that raised; removed by the next pass that does not
+CONDITION_TYPES = tuple(cond.CONDITION_TYPES)
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def decide(
     """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
     the pass. The deadline comes before the children, so a job past it never gets a child created."""
     st = _Status(status or {}, seen.now)
-    st.data["conditions"] = [c for c in st.data["conditions"] if c.get("type") != RECONCILE_ERROR]  # this one ran
+    st.data["conditions"] = [c for c in st.data["conditions"] if c.get("type") != cond.RECONCILE_ERROR]  # this one ran
     spec, problems = spec_problems(raw_spec)
     name = name_problem(meta["name"])
     if spec is None or name:
@@ -318,8 +318,8 @@ def decide(
 
 def _invalid(plan: Plan, st: _Status, problems: list[str]) -> Plan:
     message = "; ".join(problems)
-    st.condition("Failed", "True", "InvalidSpec", message)
-    st.phase("Failed", "InvalidSpec", message, warning=True)
+    st.condition(cond.FAILED, "True", cond.INVALID_SPEC, message)
+    st.phase("Failed", cond.INVALID_SPEC, message, warning=True)
     st.data.setdefault("completionTime", iso(st.now))
     return _finish(plan, st, done=True)
 
@@ -363,11 +363,11 @@ def not_ours(old: dict[str, Any], now: datetime, found: str, kind: str, name: st
 def _not_ours(plan: Plan, st: _Status, found: str, kind: str, name: str) -> Plan:
     if found == "previous":  # delete + re-apply at once: the old children are still being collected
         message = f"{kind} {name} of a deleted FinetuneJob with this name is still being garbage-collected"
-        st.phase(st.current if st.current in ("Pending", "Suspended") else "Pending", "WaitingForCleanup", message)
+        st.phase(st.current if st.current in ("Pending", "Suspended") else "Pending", cond.WAITING_FOR_CLEANUP, message)
         return _finish(plan, st)
     message = f"{kind} {name} exists and is not owned by this FinetuneJob"
-    st.condition("Failed", "True", "NameConflict", message)
-    st.phase("Failed", "NameConflict", message, warning=True)
+    st.condition(cond.FAILED, "True", cond.NAME_CONFLICT, message)
+    st.phase("Failed", cond.NAME_CONFLICT, message, warning=True)
     st.data["completionTime"] = iso(st.now)
     return _finish(plan, st, done=True)
 
@@ -378,18 +378,18 @@ def refused(old: dict[str, Any], now: datetime, kind: str, name: str, code: int,
     st = _Status(old, now)
     text = f"creating {kind} {name} was refused ({code}): {message}"
     if code == 403:
-        st.condition("Created", "False", "Forbidden", text)
+        st.condition(cond.CREATED, "False", cond.FORBIDDEN, text)
         if st.data.get("message") != text:
-            st.events.append(Event("Warning", "Forbidden", text))
+            st.events.append(Event("Warning", cond.FORBIDDEN, text))
         st.data["phase"], st.data["message"] = st.current or "Pending", text
         return _finish(Plan(), st)
-    return _fail(Plan(), st, "Invalid" if code in (400, 422) else "CreateRefused", text)
+    return _fail(Plan(), st, cond.INVALID if code in (400, 422) else cond.CREATE_REFUSED, text)
 
 
 def reconcile_error(old: dict[str, Any], now: datetime, kind: str, message: str) -> dict[str, Any]:
     """The status after a pass that raised (not an API refusal): the error as a condition, retried next poll."""
     st = _Status(old, now)
-    st.condition(RECONCILE_ERROR, "True", kind, f"retrying at the next poll: {message}"[:1000])
+    st.condition(cond.RECONCILE_ERROR, "True", kind, f"retrying at the next poll: {message}"[:1000])
     return checked(st.data)
 
 
@@ -400,14 +400,14 @@ def _deadline(run: _Pass) -> Plan | None:
     job_failed = job_condition(run.seen.workers, "Failed")
     if not deadline or not (
         (started and run.seen.now - started > timedelta(seconds=deadline))
-        or (job_failed and job_failed.get("reason") == "DeadlineExceeded")
+        or (job_failed and job_failed.get("reason") == cond.DEADLINE_EXCEEDED)
     ):
         return None
     run.plan.delete += [("Job", run.names.workers), ("Job", run.names.merge)]
     if run.seen.initializer is not None:
         run.plan.delete.append(("Job", run.names.initializer))
     return _fail(
-        run.plan, run.st, "DeadlineExceeded", f"activeDeadlineSeconds={deadline} passed before the job finished"
+        run.plan, run.st, cond.DEADLINE_EXCEEDED, f"activeDeadlineSeconds={deadline} passed before the job finished"
     )
 
 
@@ -415,7 +415,7 @@ def _initializing(run: _Pass) -> Plan | None:
     """Remote sources: the initializer Job fills the cache first, and no worker exists before it completed
     (like Kubeflow Trainer's model and dataset initializers). Its failure ends the job with the trainer's line."""
     st, seen, spec = run.st, run.seen, run.spec
-    initialized = any(c.get("type") == "Initialized" and c.get("status") == "True" for c in st.data["conditions"])
+    initialized = any(c.get("type") == cond.INITIALIZED and c.get("status") == "True" for c in st.data["conditions"])
     if not needs_initializer(spec) or initialized or seen.workers is not None or st.current == "Merging":
         return None
     failed = sorted((p for p in seen.initializer_pods if p.phase == "Failed"), key=lambda p: p.created)
@@ -424,10 +424,10 @@ def _initializing(run: _Pass) -> Plan | None:
         seen.initializer, last.exit_code if last else None, last.termination_message if last else None
     )
     if state == "failed":
-        st.condition("Initialized", "False", reason or "InitializerFailed", message)
-        return _fail(run.plan, st, reason or "InitializerFailed", message)
+        st.condition(cond.INITIALIZED, "False", reason or cond.INITIALIZER_FAILED, message)
+        return _fail(run.plan, st, reason or cond.INITIALIZER_FAILED, message)
     if state == "succeeded":
-        st.condition("Initialized", "True", "SourcesFetched", message)
+        st.condition(cond.INITIALIZED, "True", cond.SOURCES_FETCHED, message)
         return None  # the workers are created by this same pass
     if not seen.has_config:
         run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
@@ -435,11 +435,13 @@ def _initializing(run: _Pass) -> Plan | None:
         assert spec.sources is not None  # needs_initializer
         run.plan.create.append(render_initializer_job(run.meta, spec, spec.sources, run.settings))
         if st.current is None:
-            st.condition("Created", "True", "ChildrenCreated", f"ConfigMap and initializer Job {run.names.initializer}")
+            st.condition(
+                cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap and initializer Job {run.names.initializer}"
+            )
     locations = spec.remote_locations()
     st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
-    st.condition("Initialized", "False", "Fetching", ", ".join(locations))
-    st.phase("Initializing", "Initializing", f"{message}: {', '.join(locations)}")
+    st.condition(cond.INITIALIZED, "False", cond.FETCHING, ", ".join(locations))
+    st.phase("Initializing", cond.INITIALIZING, f"{message}: {', '.join(locations)}")
     return _finish(run.plan, st)
 
 
@@ -455,8 +457,10 @@ def _ensure_children(run: _Pass) -> None:
     if phase != "Merging" and seen.workers is None:
         plan.create.append(render_worker_job(run.meta, run.spec, run.settings))
         if phase in (None, "Initializing"):
-            run.st.condition("Created", "True", "ChildrenCreated", f"ConfigMap, Service and Job {run.names.workers}")
-            run.st.phase("Pending", "Created", f"waiting for {run.spec.nodes} worker pod(s)")
+            run.st.condition(
+                cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap, Service and Job {run.names.workers}"
+            )
+            run.st.phase("Pending", cond.CREATED_PHASE, f"waiting for {run.spec.nodes} worker pod(s)")
 
 
 def _restarts(run: _Pass) -> None:
@@ -473,7 +477,7 @@ def _suspension(run: _Pass) -> Plan | None:
     queue = spec.scheduling.queue_name
     if queue:
         if seen.workers is not None and job_suspended:
-            st.phase("Pending", "Queued", f"queued in Kueue LocalQueue {queue}: waiting for admission")
+            st.phase("Pending", cond.QUEUED, f"queued in Kueue LocalQueue {queue}: waiting for admission")
             return _finish(run.plan, st)
         return None
     want = spec.run_policy.suspend
@@ -481,11 +485,11 @@ def _suspension(run: _Pass) -> Plan | None:
         run.plan.suspend_workers = want
     if want:
         active = [p for p in seen.worker_pods if p.phase in ("Pending", "Running")]
-        st.condition("Running", "False", "Suspended", "")
-        st.condition("Suspended", "True", "Suspended", "runPolicy.suspend is true")
+        st.condition(cond.RUNNING, "False", cond.SUSPENDED_REASON, "")
+        st.condition(cond.SUSPENDED, "True", cond.SUSPENDED_REASON, "runPolicy.suspend is true")
         st.phase(
             "Suspended",
-            "Suspended",
+            cond.SUSPENDED_REASON,
             f"suspended; {len(active)} worker pod(s) still stopping"
             if active
             else "suspended; checkpoints are kept on the output volume",
@@ -493,8 +497,8 @@ def _suspension(run: _Pass) -> Plan | None:
         st.data.pop("startTime", None)  # like a Job: the deadline restarts on resume
         return _finish(run.plan, st)
     if st.current == "Suspended":
-        st.condition("Suspended", "False", "Resumed", "")
-        st.phase("Pending", "Resumed", "resuming from the last checkpoint")
+        st.condition(cond.SUSPENDED, "False", cond.RESUMED, "")
+        st.phase("Pending", cond.RESUMED, "resuming from the last checkpoint")
     return None
 
 
@@ -506,7 +510,7 @@ def _observe_workers(run: _Pass) -> Plan | None:
     job_failed = job_condition(seen.workers, "Failed")
     if job_failed:
         fallback = f"{job_failed.get('reason', 'Failed')}: {job_failed.get('message', '')}".strip(": ")
-        reason = job_failed.get("reason") or "WorkersFailed"
+        reason = job_failed.get("reason") or cond.WORKERS_FAILED
         return _fail(run.plan, st, reason, _failure_message(seen.worker_pods, fallback))
     record = parse_progress(seen.rank0_log)
     if record:
@@ -519,9 +523,9 @@ def _observe_workers(run: _Pass) -> Plan | None:
     active = int(((seen.workers.get("status") or {}).get("active")) or 0)
     if running or active:
         st.data.setdefault("startTime", iso(seen.now))
-        st.condition("Running", "True", "WorkersRunning", f"{len(running) or active}/{spec.nodes} worker pod(s)")
+        st.condition(cond.RUNNING, "True", cond.WORKERS_RUNNING, f"{len(running) or active}/{spec.nodes} worker pod(s)")
         progress = st.data.get("progressSummary")
-        st.phase("Running", "Running", f"training{' step ' + progress if progress else ''}")
+        st.phase("Running", cond.RUNNING_PHASE, f"training{' step ' + progress if progress else ''}")
     return None
 
 
@@ -534,13 +538,13 @@ def _trained(run: _Pass) -> Plan:
     location = result_location(summary)
     if location:
         st.data["resultLocation"] = location
-    st.condition("Running", "False", "TrainingSucceeded", "")
+    st.condition(cond.RUNNING, "False", cond.TRAINING_SUCCEEDED, "")
     done_msg = _trained_message(summary)
     if not spec.merge.enabled:
         return _succeed(run.plan, st, done_msg)
     if run.seen.merge is None:
         run.plan.create.append(render_merge_job(run.meta, spec, run.settings))
-    st.phase("Merging", "TrainingSucceeded", f"{done_msg}; merging the adapter into the base model")
+    st.phase("Merging", cond.TRAINING_SUCCEEDED, f"{done_msg}; merging the adapter into the base model")
     return _finish(run.plan, st)
 
 
@@ -553,7 +557,7 @@ def _merging(run: _Pass) -> Plan | None:
     failed = job_condition(seen.merge, "Failed")
     if failed:
         fallback = f"merge Job {run.names.merge} failed: {failed.get('reason', '')}"
-        return _fail(plan, st, "MergeFailed", _failure_message(seen.merge_pods, fallback))
+        return _fail(plan, st, cond.MERGE_FAILED, _failure_message(seen.merge_pods, fallback))
     if job_condition(seen.merge, "Complete"):
         st.data["mergedPath"] = volume_path(run.spec.storage.output, "merged")
         location = result_location(_merge_result(seen.merge_pods))
@@ -564,15 +568,15 @@ def _merging(run: _Pass) -> Plan | None:
 
 
 def _succeed(plan: Plan, st: _Status, message: str) -> Plan:
-    st.condition("Succeeded", "True", "Succeeded", message)
-    st.phase("Succeeded", "Succeeded", message)
+    st.condition(cond.SUCCEEDED, "True", cond.SUCCEEDED_REASON, message)
+    st.phase("Succeeded", cond.SUCCEEDED_REASON, message)
     st.data["completionTime"] = iso(st.now)
     return _finish(plan, st)
 
 
 def _fail(plan: Plan, st: _Status, reason: str, message: str) -> Plan:
-    st.condition("Running", "False", reason, "")
-    st.condition("Failed", "True", reason, message)
+    st.condition(cond.RUNNING, "False", reason, "")
+    st.condition(cond.FAILED, "True", reason, message)
     st.phase("Failed", reason, message, warning=True)
     st.data["completionTime"] = iso(st.now)
     return _finish(plan, st)
@@ -596,7 +600,7 @@ def _expire(run: _Pass) -> Plan:
     ]
     plan.delete = [p for p in present if p]
     if plan.delete:
-        st.events.append(Event("Normal", "TTLExpired", f"deleted {len(plan.delete)} child object(s)"))
+        st.events.append(Event("Normal", cond.TTL_EXPIRED, f"deleted {len(plan.delete)} child object(s)"))
     return _finish(plan, st, done=not plan.delete)
 
 
@@ -618,7 +622,7 @@ def _count_restarts(st: _Status, pods: tuple[PodView, ...]) -> None:
         new = names[names.index(last) + 1 :] if last in names else names if last else names[1:]
         restarts += len(new)
         for pod in new:
-            st.events.append(Event("Normal", "WorkerRestarted", f"worker {index} restarted as {pod}"))
+            st.events.append(Event("Normal", cond.WORKER_RESTARTED, f"worker {index} restarted as {pod}"))
         recorded[index] = names[-1]
     st.data["restarts"] = restarts
     if recorded:

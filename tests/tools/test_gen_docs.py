@@ -9,6 +9,7 @@ import gen_docs
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubetune.api import conditions
 from kubetune.api.config import TrainConfig
 from kubetune.api.finetunejob import FinetuneJobSpec
 
@@ -89,16 +90,8 @@ def test_values_rows_take_defaults_and_comments_from_values_yaml():
     assert gen_docs.flatten({"a": {"b": 1}}) == {"a": {"b": 1}, "a.b": 1}
 
 
-def test_condition_constants_are_read_with_their_comments():
-    source = (
-        "from typing import Final\n"
-        "# The workers' Job is done.\n"
-        'SUCCEEDED = "Succeeded"\n'
-        'BACKOFF: Final = "BackoffLimitExceeded"  # retries used up\n'
-        '_PRIVATE = "x"\n'
-        "COUNT = 3\n"
-    )
-    assert gen_docs.constants_with_comments(source) == [
-        ("SUCCEEDED", "Succeeded", "The workers' Job is done."),
-        ("BACKOFF", "BackoffLimitExceeded", "retries used up"),
-    ]
+def test_every_condition_type_and_reason_is_in_the_finetunejob_reference():
+    page = gen_docs.finetunejob_page()
+    names = [*conditions.CONDITION_TYPES, *conditions.REASONS, *conditions.JOB_REASONS]
+    missing = [n for n in names if f"| `{n}` |" not in page]
+    assert names and not missing, missing

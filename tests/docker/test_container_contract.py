@@ -1,4 +1,5 @@
-"""README's "Container contract" table and the code agree: nothing read is undocumented, nothing unread documented."""
+"""The "Container contract" table (docs/user/containers.md) and the code agree: nothing read is undocumented,
+nothing unread documented."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from kubetune.api import contract
 from kubetune.api.sources import ENV_ALIASES, RESERVED_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "user" / "containers.md"
 # The variable name in environ.get("X"), environ["X"], environ.setdefault("X"), getenv("X"), "X" in environ,
 # env.setdefault("X") (the launcher's copy of the environment), and constants named *_ENV = "X".
 ACCESS = [
@@ -35,8 +37,7 @@ def read_by_code() -> set[str]:
 
 
 def documented() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Container contract", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text().split("## Container contract", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     names = set()
     for row in rows:
@@ -47,10 +48,10 @@ def documented() -> set[str]:
 
 def test_table_lists_exactly_what_the_code_reads():
     code, docs = read_by_code(), documented()
-    assert code - docs == set(), f"read by the code but missing from README's Container contract: {sorted(code - docs)}"
+    assert code - docs == set(), f"read by the code but missing from the contract table: {sorted(code - docs)}"
     assert docs - code == set(), f"documented but read by nothing: {sorted(docs - code)}"
 
 
 def test_the_config_pattern_row_is_documented():
-    section = (ROOT / "README.md").read_text().split("## Container contract", 1)[1]
+    section = PAGE.read_text().split("## Container contract", 1)[1]
     assert "`KUBETUNE_<SECTION>__<KEY>`" in section

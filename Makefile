@@ -15,7 +15,7 @@ MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup mlflow-server demo test test-fast e2e lint format bench quality chart images images-dry-run base-image clean
+.PHONY: help setup mlflow-server demo test test-fast e2e lint format bench quality chart docs images images-dry-run base-image clean
 
 # Trainer images: one per backend, built with docker or podman, whichever works (`info` succeeds).
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -105,6 +105,9 @@ quality: setup ## Exact match after one epoch on each task of the suite: kubetun
 
 chart: setup ## Regenerate the chart's CRD template and values.schema.json from their models
 	$(PY) tools/gen_chart.py
+
+docs: setup ## Regenerate docs/reference/ (config, FinetuneJob, chart values) from the models and values.yaml
+	$(PY) tools/gen_docs.py
 
 images: ## Build the trainer images and the operator image with docker or podman (BACKEND=cpu for one)
 	@test -n "$(ENGINE)" || { echo "error: no working container engine: neither 'docker info' nor 'podman info' succeeds" >&2; exit 2; }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kubetune.api import conditions
-from kubetune.operator.status import CONDITION_TYPES, Observed, decide
+from kubetune.operator.decide import CONDITION_TYPES, decide
+from kubetune.operator.observed import Observed
 
 
 def test_each_reason_is_one_named_constant_with_its_meaning():

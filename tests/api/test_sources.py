@@ -60,3 +60,20 @@ def test_a_misspelled_key_is_still_refused():
         load_config(environ={"KUBETUNE_TRAINING__LRR": "1"})
     with pytest.raises(ConfigError, match="KUBETUNE_SEED"):  # flat, but no service-link shape
         load_config(environ={"KUBETUNE_SEED": "1"})
+
+
+def test_a_key_starting_with_str_keeps_its_name_in_errors():
+    from pydantic import BaseModel, ValidationError
+
+    from kubetune.api.sources import format_errors
+
+    class Section(BaseModel):
+        strategy: int | str = 1
+        stride: list[int] = []
+
+    try:
+        Section.model_validate({"strategy": [1], "stride": ["x"]})
+    except ValidationError as exc:
+        lines = format_errors(exc, {("strategy",): "c.yaml:3", ("stride",): "c.yaml:4"})
+    assert any(line.startswith("c.yaml:3: strategy: ") for line in lines), lines
+    assert any(line.startswith("c.yaml:4: stride.0: ") for line in lines), lines

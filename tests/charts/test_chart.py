@@ -173,8 +173,8 @@ def test_operator_settings_read_what_the_chart_sets():
     env = {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
     config = from_env(env)
     assert config.poll_seconds == 3 and config.metrics_port == 9090
-    assert config.render.images == {b.name: b.image for b in backends.TABLE.values()}
-    assert config.render.image_pull_secrets == ("regcred", "mirror")  # the trainer pods pull with them too
+    assert config.pods.images == {b.name: b.image for b in backends.TABLE.values()}
+    assert config.pods.image_pull_secrets == ("regcred", "mirror")  # the trainer pods pull with them too
 
 
 def test_replicas_peer_with_priorities_of_their_own():

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from kubetune.api import load_config
 from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import initializer as init
-from kubetune.operator.render import CACHE_MOUNT, LABEL_ROLE, Settings, container_config
+from kubetune.operator.render import CACHE_MOUNT, LABEL_ROLE, container_config
+from kubetune.operator.settings import PodSettings
 from kubetune.trainer import errors
 
 META = {"name": "llama-quotes", "namespace": "ml", "uid": "1234-abcd"}
@@ -44,7 +45,7 @@ def test_only_remote_sources_need_an_initializer():
 
 def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_secrets():
     assert REMOTE.sources == RemoteSources.model_validate(SOURCES)
-    job = init.render_initializer_job(META, REMOTE, REMOTE.sources, Settings(image_pull_secrets=("registry",)))
+    job = init.render_initializer_job(META, REMOTE, PodSettings(image_pull_secrets=("registry",)))
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -126,5 +127,9 @@ def test_fetch_reasons_match_the_trainers_exit_codes():
 
 
 def test_result_location_comes_from_the_summary():
-    assert init.result_location({"pushed_to": "s3://results/quotes"}) == "s3://results/quotes"
-    assert init.result_location({"steps": 3}) is None
+    from kubetune.api.contract import MergedEvent, SummaryEvent
+    from kubetune.operator.reports import result_location
+
+    assert result_location(SummaryEvent(pushed_to="s3://results/quotes")) == "s3://results/quotes"
+    assert result_location(MergedEvent(merged_path="/output/merged", pushed_to="s3://r/q")) == "s3://r/q"
+    assert result_location(SummaryEvent(steps=3)) is None and result_location(None) is None

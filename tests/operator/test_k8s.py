@@ -20,12 +20,12 @@ from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator import k8s
 from kubetune.operator.initializer import render_initializer_job
 from kubetune.operator.render import (
-    Settings,
     render_configmap,
     render_merge_job,
     render_service,
     render_worker_job,
 )
+from kubetune.operator.settings import PodSettings
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "k8s").glob("finetunejob-*.yaml"))
 
@@ -34,7 +34,7 @@ def children(ftj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]
     """(owner metadata, every child the operator may create for this FinetuneJob)."""
     meta = {"name": ftj["metadata"]["name"], "namespace": NAMESPACE, "uid": "0000-owner"}
     spec = FinetuneJobSpec.model_validate(ftj["spec"])
-    settings = Settings()
+    settings = PodSettings()
     made = [
         render_configmap(meta, spec),
         render_service(meta),
@@ -42,7 +42,7 @@ def children(ftj: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]
         render_merge_job(meta, spec, settings),
     ]
     if spec.sources:
-        made.append(render_initializer_job(meta, spec, spec.sources, settings))
+        made.append(render_initializer_job(meta, spec, settings))
     return meta, made
 
 

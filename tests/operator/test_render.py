@@ -8,18 +8,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kubetune.api import backends, load_config
+from kubetune.api import backends, contract, load_config
 from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator.render import (
-    EXIT_PREEMPTED,
     Names,
-    Settings,
     render_configmap,
     render_merge_job,
     render_service,
     render_worker_job,
     short_name,
 )
+from kubetune.operator.settings import PodSettings
 from kubetune.trainer.errors import EXIT_PREEMPTED as TRAINER_EXIT_PREEMPTED
 from kubetune.trainer.launch import layout_from_env
 
@@ -50,7 +49,7 @@ def env_of(job: dict[str, Any]) -> dict[str, str]:
 
 
 def test_worker_env_is_the_trainers_contract():
-    job = render_worker_job(META, SPEC, Settings())
+    job = render_worker_job(META, SPEC, PodSettings())
     env = env_of(job)
     names = Names.of("llama-quotes")
     assert env["MASTER_ADDR"] == f"{names.workers}-0.{names.service}"
@@ -58,7 +57,7 @@ def test_worker_env_is_the_trainers_contract():
         layout = layout_from_env({**env, "JOB_COMPLETION_INDEX": str(index)})
         assert (layout.nnodes, layout.nproc_per_node, layout.node_rank, layout.world_size) == (2, 4, index, 8)
     assert env["KUBETUNE_CONFIG"] == "/config/config.yaml" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
-    assert EXIT_PREEMPTED == TRAINER_EXIT_PREEMPTED
+    assert contract.ExitCode.PREEMPTED == TRAINER_EXIT_PREEMPTED
 
 
 def test_config_map_is_a_valid_trainer_config_pointing_at_the_mounts():
@@ -72,12 +71,12 @@ def test_config_map_is_a_valid_trainer_config_pointing_at_the_mounts():
 
 def test_indexed_job_shape_and_failure_policy():
     spec = SPEC.model_copy(update={"run_policy": SPEC.run_policy.model_copy(update={"active_deadline_seconds": 3600})})
-    job = render_worker_job(META, spec, Settings())["spec"]
+    job = render_worker_job(META, spec, PodSettings())["spec"]
     assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 2, 2)
     assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 3600
     assert job["suspend"] is True  # queued (scheduling.queueName): created suspended, Kueue admits it
     unqueued = spec.model_copy(update={"scheduling": spec.scheduling.model_copy(update={"queue_name": None})})
-    assert render_worker_job(META, unqueued, Settings())["spec"]["suspend"] is False
+    assert render_worker_job(META, unqueued, PodSettings())["spec"]["suspend"] is False
     rules = job["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}} in rules
     fail = next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]
@@ -89,7 +88,7 @@ def test_indexed_job_shape_and_failure_policy():
 
 
 def test_mounts_read_only_where_they_should_be():
-    pod = render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]
+    pod = render_worker_job(META, SPEC, PodSettings())["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in container({"spec": {"template": {"spec": pod}}})["volumeMounts"]}
     assert mounts["/model"]["readOnly"] and mounts["/data"]["readOnly"] and not mounts["/output"]["readOnly"]
     assert mounts["/model"]["subPath"] == "llama-2-7b" and mounts["/output"]["subPath"] == "quotes"
@@ -100,7 +99,7 @@ def test_mounts_read_only_where_they_should_be():
 
 @pytest.mark.parametrize("render", [render_worker_job, render_merge_job])
 def test_pods_meet_the_restricted_pod_security_standard(render):
-    pod = render(META, SPEC, Settings())["spec"]["template"]["spec"]
+    pod = render(META, SPEC, PodSettings())["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -116,19 +115,19 @@ def test_pods_meet_the_restricted_pod_security_standard(render):
 )
 def test_resources_and_image_per_backend(backend, key, value):
     spec = SPEC.model_copy(update={"backend": backend})
-    c = container(render_worker_job(META, spec, Settings()))
+    c = container(render_worker_job(META, spec, PodSettings()))
     assert value in (c["resources"]["requests"].get(key), c["resources"]["limits"].get(key))
-    assert c["image"] == Settings().images[backend]
+    assert c["image"] == PodSettings().images[backend]
     override = SPEC.model_copy(update={"backend": backend, "image": "registry.local/trainer:x"})
-    assert container(render_worker_job(META, override, Settings()))["image"] == "registry.local/trainer:x"
+    assert container(render_worker_job(META, override, PodSettings()))["image"] == "registry.local/trainer:x"
 
 
 def test_every_child_is_owned_and_labelled():
     children = [
         render_configmap(META, SPEC),
         render_service(META),
-        render_worker_job(META, SPEC, Settings()),
-        render_merge_job(META, SPEC, Settings()),
+        render_worker_job(META, SPEC, PodSettings()),
+        render_merge_job(META, SPEC, PodSettings()),
     ]
     for child in children:
         ref = child["metadata"]["ownerReferences"][0]
@@ -144,7 +143,7 @@ def test_every_child_is_owned_and_labelled():
 
 
 def test_merge_job_runs_merge_without_the_data_volume():
-    job = render_merge_job(META, SPEC, Settings())
+    job = render_merge_job(META, SPEC, PodSettings())
     assert container(job)["args"] == ["merge", "--output-dir", "/output"]
     assert "data" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
 
@@ -164,8 +163,8 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(backend):
     for manifest in (
         render_configmap(META, spec),
         render_service(META),
-        render_worker_job(META, spec, Settings()),
-        render_merge_job(META, spec, Settings()),
+        render_worker_job(META, spec, PodSettings()),
+        render_merge_job(META, spec, PodSettings()),
     ):
         kubernetes_validate.validate(manifest, "1.30", strict=True)
 
@@ -180,8 +179,8 @@ def test_names_at_the_limits_give_children_the_api_server_accepts(name: str):
     for manifest in (
         render_configmap(meta, spec),
         render_service(meta),
-        render_worker_job(meta, spec, Settings()),
-        render_merge_job(meta, spec, Settings()),
+        render_worker_job(meta, spec, PodSettings()),
+        render_merge_job(meta, spec, PodSettings()),
     ):
         assert object_problems(manifest) == [], manifest["kind"]
         kubernetes_validate.validate(manifest, "1.30", strict=True)
@@ -193,16 +192,16 @@ def test_the_rules_refuse_what_the_api_server_refuses():
     service = render_service({**META, "name": "quotes"})
     assert object_problems({**service, "metadata": {**service["metadata"], "name": "1quotes"}})  # RFC 1035
     assert object_problems({**service, "metadata": {**service["metadata"], "labels": {"a": "v" * 64}}})
-    job = render_worker_job({**META, "name": "q" * 70}, SPEC, Settings())
+    job = render_worker_job({**META, "name": "q" * 70}, SPEC, PodSettings())
     too_long = {**job, "metadata": {**job["metadata"], "name": "q" * 64}}
     assert any("no more than 63" in p for p in object_problems(too_long))
 
 
 def test_trainer_pods_get_the_pull_secrets():
-    settings = Settings(image_pull_secrets=("regcred",))
+    settings = PodSettings(image_pull_secrets=("regcred",))
     for job in (render_worker_job(META, SPEC, settings), render_merge_job(META, SPEC, settings)):
         assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    assert "imagePullSecrets" not in render_worker_job(META, SPEC, Settings())["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in render_worker_job(META, SPEC, PodSettings())["spec"]["template"]["spec"]
 
 
 REMOTE = FinetuneJobSpec.model_validate(
@@ -221,7 +220,7 @@ REMOTE = FinetuneJobSpec.model_validate(
 
 @pytest.mark.parametrize("render", [render_worker_job, render_merge_job])
 def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializers_credentials(render):
-    job = render(META, REMOTE, Settings())
+    job = render(META, REMOTE, PodSettings())
     pod, c = job["spec"]["template"]["spec"], container(job)
     claims = {
         v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
@@ -234,7 +233,7 @@ def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializ
     assert env["KUBETUNE_CACHE_DIR"] == "/cache" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
     assert c["envFrom"] == [{"secretRef": {"name": "s3"}}]
     kubernetes_validate.validate(job, "1.30", strict=True)
-    local = render(META, SPEC, Settings())  # local paths: no cache, no credentials
+    local = render(META, SPEC, PodSettings())  # local paths: no cache, no credentials
     assert "envFrom" not in container(local) and "KUBETUNE_CACHE_DIR" not in env_of(local)
     assert not any(v["name"] == "cache" for v in local["spec"]["template"]["spec"]["volumes"])
 
@@ -254,9 +253,9 @@ def test_pods_get_no_service_links_from_the_namespace(role):
     from kubetune.operator.initializer import render_initializer_job
 
     render = {
-        "worker": lambda: render_worker_job(META, REMOTE, Settings()),
-        "merge": lambda: render_merge_job(META, REMOTE, Settings()),
-        "initializer": lambda: render_initializer_job(META, REMOTE, REMOTE.sources, Settings()),
+        "worker": lambda: render_worker_job(META, REMOTE, PodSettings()),
+        "merge": lambda: render_merge_job(META, REMOTE, PodSettings()),
+        "initializer": lambda: render_initializer_job(META, REMOTE, PodSettings()),
     }[role]
     job = render()
     metrics = {

@@ -12,8 +12,8 @@ def test_defaults_and_overrides():
     config = from_env({})
     assert config.poll_seconds == 10 and config.metrics_port == 9090
     config = from_env({"KUBETUNE_IMAGE_CPU_CCL": "r/t:ccl", "KUBETUNE_POLL_SECONDS": "0.5", "KUBETUNE_SHM_SIZE": "8Gi"})
-    assert config.render.images["cpu-ccl"] == "r/t:ccl" and config.render.images["cpu"].endswith(":cpu-0.1.0")
-    assert config.poll_seconds == 0.5 and config.render.shm_size == "8Gi"
+    assert config.pods.images["cpu-ccl"] == "r/t:ccl" and config.pods.images["cpu"].endswith(":cpu-0.1.0")
+    assert config.poll_seconds == 0.5 and config.pods.shm_size == "8Gi"
 
 
 @pytest.mark.parametrize(
@@ -56,5 +56,5 @@ def test_replicas_get_distinct_peering_priorities():
 
 def test_pull_secrets_and_namespaces_are_lists():
     config = from_env({"KUBETUNE_IMAGE_PULL_SECRETS": "regcred, other", "KUBETUNE_WATCH_NAMESPACES": "a,b"})
-    assert config.render.image_pull_secrets == ("regcred", "other") and config.watch_namespaces == ("a", "b")
-    assert from_env({}).render.image_pull_secrets == ()
+    assert config.pods.image_pull_secrets == ("regcred", "other") and config.watch_namespaces == ("a", "b")
+    assert from_env({}).pods.image_pull_secrets == ()

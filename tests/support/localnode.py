@@ -53,11 +53,12 @@ import engine
 import kubelet
 from kube import Cluster
 
+from kubetune.api.contract import IMAGE_UID
+from kubetune.operator.observed import INDEX_LABEL
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile.cpu"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-IMAGE_UID = 10001
 
 
 MODE_ENV = "KTEST_LOCALNODE"

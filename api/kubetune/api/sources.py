@@ -246,13 +246,22 @@ def _origin_for(loc: tuple[Any, ...], origin: Mapping[Path_, str]) -> str | None
     return inside[0] if inside else None
 
 
+_BRANCH_TYPES = {"str", "int", "float", "bool", "none"}
+
+
+def _branch(part: Any) -> bool:
+    """A union branch tag in a pydantic error location (never a config key: keys are snake_case words)."""
+    text = str(part)
+    return not isinstance(part, int) and (text in _BRANCH_TYPES or text.startswith(("literal[", "list[", "dict[")))
+
+
 def format_errors(exc: ValidationError, origin: Mapping[Path_, str]) -> list[str]:
     """One line per problem: `<where>: <dotted.key>: <message>`."""
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic appends the literal/union branch name; drop it from the dotted key.
-        key = ".".join(str(p) for p in loc if not str(p).startswith(("literal[", "list[", "str")))
+        # pydantic appends the union branch's name (`str`, `int`, `literal['a']`, `list[str]`): not a key.
+        key = ".".join(str(p) for p in loc if not _branch(p))
         where = _origin_for(loc, origin)
         msg = err["msg"].removeprefix("Value error, ")  # our validators' messages stand on their own
         if err["type"] == "extra_forbidden":

@@ -1,5 +1,5 @@
 """kopf handlers: thin. Settings in one startup hook; one daemon per FinetuneJob that observes,
-asks `status.decide` what to do, and does it.
+asks `decide` what to do, and does it.
 
 Why a daemon and not a chain of on.create/on.update handlers: the state that matters (Jobs, pods,
 logs) lives in other objects, so the job is level-triggered: every `poll_seconds` it looks at
@@ -21,9 +21,10 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator import k8s
+from kubetune.operator.decide import Plan, decide, reconcile_error
 from kubetune.operator.metrics import Metrics
+from kubetune.operator.observed import Observed, Refusal
 from kubetune.operator.settings import SettingsError, from_env
-from kubetune.operator.status import Plan, decide, not_ours, reconcile_error, refused, status_patch
 
 
 @kopf.on.startup()
@@ -47,7 +48,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     logger.info(
         "kubetune operator: poll %.1fs, images %s, metrics port %s",
         memo.config.poll_seconds,
-        memo.config.render.images,
+        memo.config.pods.images,
         memo.config.metrics_port or "off",
     )
 
@@ -63,7 +64,8 @@ def reconciles(memo: kopf.Memo, **_: Any) -> int:
     return int(getattr(memo, "reconciles", 0))
 
 
-# Refusals that retrying the same request cannot cure: shown on the FinetuneJob (status.refused).
+# Refusals decide reports on the FinetuneJob (400/422 fail it; 403 is shown and retried, an admin may fix it);
+# any other status (409 is Cluster.create's, 5xx an outage) raises and is retried at the next poll.
 REFUSED = (400, 403, 422)
 
 
@@ -77,20 +79,19 @@ async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid
     meta, old = ftj["metadata"], ftj.get("status") or {}
     now = datetime.now(UTC)
     seen = await asyncio.to_thread(cluster.observe, meta, now)
-    plan = decide(meta, ftj.get("spec") or {}, old, seen, memo.config.render)
-    instead = await _create(cluster, meta, old, now, plan, logger)
-    if instead is None:
+    spec = ftj.get("spec") or {}
+    plan = decide(meta, spec, old, seen, memo.config.pods)
+    met = await _create(cluster, meta, plan, logger)
+    if met is None:
         await _act_on_jobs(cluster, namespace, seen, plan, logger)
-    else:
-        plan = instead
+    else:  # a refusal or someone else's object: decide again with what the create met
+        plan = decide(meta, spec, old, dataclasses.replace(seen, **met), memo.config.pods)
     await _report(cluster, ftj, old, plan, memo)
     return plan.done
 
 
-async def _create(
-    cluster: k8s.Cluster, meta: dict[str, Any], old: dict[str, Any], now: datetime, plan: Plan, logger: Any
-) -> Plan | None:
-    """Create the plan's children; a refusal or someone else's object ends the pass with the plan to report."""
+async def _create(cluster: k8s.Cluster, meta: dict[str, Any], plan: Plan, logger: Any) -> dict[str, Any] | None:
+    """Create the plan's children; stop at a refusal or someone else's object, returned as an observation."""
     for manifest in plan.create:
         kind, child = manifest["kind"], manifest["metadata"]["name"]
         try:
@@ -99,14 +100,14 @@ async def _create(
             if exc.status not in REFUSED:
                 raise
             logger.warning("creating %s %s refused: %s %s", kind, child, exc.status, k8s.server_message(exc))
-            return refused(old, now, kind, child, exc.status, k8s.server_message(exc))
+            return {"refused": Refusal(kind, child, exc.status, k8s.server_message(exc))}
         if outcome in ("previous", "foreign"):
-            return not_ours(old, now, outcome, kind, child)
+            return {"not_ours": ((outcome, kind, child),)}
         logger.info("%s %s %s", outcome, kind, child)
     return None
 
 
-async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Any, plan: Plan, logger: Any) -> None:
+async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Observed, plan: Plan, logger: Any) -> None:
     if plan.suspend_workers is not None:
         await asyncio.to_thread(cluster.suspend_job, namespace, seen.workers["metadata"]["name"], plan.suspend_workers)
     for kind, child in plan.delete:
@@ -116,9 +117,7 @@ async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Any, plan: Pl
 
 async def _report(cluster: k8s.Cluster, ftj: dict[str, Any], old: dict[str, Any], plan: Plan, memo: kopf.Memo) -> None:
     meta = ftj["metadata"]
-    patch = status_patch(old, plan.status)
-    if patch:
-        await asyncio.to_thread(cluster.patch_status, meta["namespace"], meta["name"], patch)
+    await asyncio.to_thread(cluster.patch_status, meta["namespace"], meta["name"], old, plan.status)
     for event in plan.events:
         kopf.event(ftj, type=event.type, reason=event.reason, message=event.message[:1000])
     memo.metrics.phase((meta["namespace"], meta["name"]), plan.status.get("phase"))
@@ -132,9 +131,8 @@ async def _report_error(cluster: k8s.Cluster, namespace: str, name: str, exc: Ex
         if ftj is None:
             return
         old = ftj.get("status") or {}
-        patch = status_patch(old, reconcile_error(old, datetime.now(UTC), type(exc).__name__, str(exc)))
-        if patch:
-            await asyncio.to_thread(cluster.patch_status, namespace, name, patch)
+        new = reconcile_error(old, datetime.now(UTC), type(exc).__name__, str(exc))
+        await asyncio.to_thread(cluster.patch_status, namespace, name, old, new)
     except Exception:  # the original error matters more than this one
         logger.warning("could not report the reconcile error on the FinetuneJob", exc_info=True)
 

@@ -2,8 +2,9 @@
 
 Thin and blocking: handlers call it through `asyncio.to_thread`. Objects travel
 as plain dicts in the API's own camelCase (`_preload_content=False`), the same
-shape the renderers produce and `status.decide` reads, so nothing converts
-between client models and manifests.
+shape the renderers produce and `decide` reads, so nothing converts between
+client models and manifests. It fills the observation types (observed.py) and
+never imports the decision.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
 from kubetune.operator.initializer import ROLE
+from kubetune.operator.observed import Observed, PodView, job_condition, ownership
 from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
-from kubetune.operator.status import Observed, PodView, job_condition, ownership
 
 log = logging.getLogger("kubetune.operator")
 LOG_TAIL_LINES = 40
@@ -177,7 +178,18 @@ class Cluster:
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
-        )
+    def patch_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Write the status through its subresource as a merge patch from `old`; False when nothing changed."""
+        patch = status_patch(old, new)
+        if patch:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False
+            )
+        return bool(patch)
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from old to new status (removed keys become null); empty when nothing changed."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch

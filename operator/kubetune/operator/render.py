@@ -10,7 +10,7 @@ trainer's own functions.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -19,14 +19,14 @@ from kubetune.api import backends, contract
 from kubetune.api.config import TrainConfig
 from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec, RemoteSources
 from kubetune.api.remote import is_remote
+from kubetune.operator.settings import PodSettings
 
 PORT = 29500
-EXIT_PREEMPTED = contract.ExitCode.PREEMPTED  # the trainer's retryable exit code
-PERMANENT_EXIT_CODES = sorted(int(code) for code in contract.PERMANENT_EXIT_CODES)
 CONTAINER = "trainer"
 MOUNTS = {"model": contract.MOUNT_MODEL, "data": contract.MOUNT_DATA, "output": contract.MOUNT_OUTPUT}
 LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits Jobs by this label on the Job itself
 CACHE_MOUNT = "/cache"  # spec.sources.cache: remote models and data, fetched once by the initializer
 
 
@@ -40,16 +40,6 @@ def pod_security_context() -> dict[str, Any]:
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The operator's configuration (Helm values), passed in explicitly."""
-
-    images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
-    shm_size: str = "2Gi"  # dataloader shared memory
-    termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
-    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
 
 
 def short_name(name: str, suffix: str, limit: int = 63) -> str:
@@ -73,13 +63,15 @@ class Names:
 
     @staticmethod
     def of(name: str) -> Names:
-        # Worker pod hostnames are <workers>-<index>: keep room for up to 3 index digits.
         return Names(
-            short_name(name, "config"),
-            short_name(name, "workers"),
-            short_name(name, "workers", 59),
-            short_name(name, "merge"),
-            short_name(name, "fetch"),
+            config=short_name(name, "config"),
+            # The headless Service is the pods' DNS subdomain: hostnames <workers>-<index>.<service> read as
+            # "worker i of this job's workers", so it carries the same suffix.
+            service=short_name(name, "workers"),
+            # Worker pod hostnames are <workers>-<index>: keep room for up to 3 index digits.
+            workers=short_name(name, "workers", 59),
+            merge=short_name(name, "merge"),
+            initializer=short_name(name, "fetch"),
         )
 
 
@@ -94,7 +86,8 @@ def owner_reference(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _metadata(meta: dict[str, Any], name: str, role: str) -> dict[str, Any]:
+def child_metadata(meta: dict[str, Any], name: str, role: str) -> dict[str, Any]:
+    """A child's metadata: in the FinetuneJob's namespace, labelled with it and its role, owned by it."""
     return {
         "name": name,
         "namespace": meta["namespace"],
@@ -159,7 +152,7 @@ def render_configmap(meta: dict[str, Any], spec: FinetuneJobSpec) -> dict[str, A
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(meta, Names.of(meta["name"]).config, "config"),
+        "metadata": child_metadata(meta, Names.of(meta["name"]).config, "config"),
         "data": {contract.CONFIG_FILE_NAME: config},
     }
 
@@ -170,7 +163,7 @@ def render_service(meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(meta, names.service, "rendezvous"),
+        "metadata": child_metadata(meta, names.service, "rendezvous"),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
@@ -189,14 +182,26 @@ RESTRICTED_CONTAINER = {
 }
 
 
+@dataclass(frozen=True)
+class PodRole:
+    """What differs between the worker, merge and initializer pods; the rest is one template (`pod_template`)."""
+
+    role: str  # the LABEL_ROLE value
+    args: list[str]
+    claims: tuple[str, ...]  # the storage claims it mounts (model, data, output), where the spec gives them
+    env: tuple[dict[str, Any], ...] = ()
+    resources: dict[str, Any] | None = None  # None: spec.resources, else the backend's defaults
+    scratch_output: bool = False  # an emptyDir at /output instead of the claim (the image checks it is writable)
+
+
 def _volumes(
-    meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings, mounts: list[str]
+    meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings, role: PodRole
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The pod's volumes, the container's mounts, and the env the mounts bring (cache dir, HF token file)."""
     names = Names.of(meta["name"])
     env: list[dict[str, Any]] = []
     read_only = {"model": True, "data": True, "output": False}
-    claims = {m: getattr(spec.storage, m) for m in claim_mounts(spec, mounts)}
+    claims = {m: getattr(spec.storage, m) for m in claim_mounts(spec, list(role.claims))}
     volumes: list[dict[str, Any]] = [
         {"name": m, "persistentVolumeClaim": {"claimName": ref.claim_name, "readOnly": read_only[m]}}
         for m, ref in claims.items()
@@ -220,53 +225,47 @@ def _volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if role.scratch_output:
+        volumes.append({"name": "scratch", "emptyDir": {}})
+        volume_mounts.append({"name": "scratch", "mountPath": contract.MOUNT_OUTPUT})
     token_volumes, token_mounts, token_env = hf_token(spec)
     return volumes + token_volumes, volume_mounts + token_mounts, env + token_env
 
 
-def _pod_spec(
-    meta: dict[str, Any],
-    spec: FinetuneJobSpec,
-    settings: Settings,
-    args: list[str],
-    env: list[dict[str, Any]],
-    mounts: list[str],
-) -> dict[str, Any]:
-    volumes, volume_mounts, mount_env = _volumes(meta, spec, settings, mounts)
-    resources = spec.resources.model_dump() if spec.resources else backends.get(spec.backend).resources()
+def pod_template(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings, role: PodRole) -> dict[str, Any]:
+    """The one pod template of every Job the operator makes: restricted security, no API token, no service
+    links, the run's config, its volumes, and placed by the FinetuneJob's scheduling."""
+    volumes, volume_mounts, mount_env = _volumes(meta, spec, settings, role)
+    resources = role.resources or (
+        spec.resources.model_dump() if spec.resources else backends.get(spec.backend).resources()
+    )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or settings.images[spec.backend],
+        "args": role.args,
+        "env": [{"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *role.env, *mount_env],
+        "resources": resources,
+        "volumeMounts": volume_mounts,
+        "securityContext": RESTRICTED_CONTAINER,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.sources and spec.sources.s3_credentials_secret:
+        container["envFrom"] = source_env(spec.sources)[1]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
+        "automountServiceAccountToken": False,  # trainer pods never talk to the Kubernetes API
         # No kubelet variables for the namespace's Services: KUBETUNE_METRICS_PORT (the chart's metrics
         # Service, namespaced installs) would reach the trainer as a config key; the rendezvous uses DNS.
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": spec.image or settings.images[spec.backend],
-                "args": args,
-                "env": [
-                    {"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE},
-                    {"name": contract.ENV_PROGRESS, "value": "json"},
-                    *env,
-                    *mount_env,
-                ],
-                "resources": resources,
-                "volumeMounts": volume_mounts,
-                "securityContext": RESTRICTED_CONTAINER,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        ],
+        "containers": [container],
         "volumes": volumes,
     }
-    if spec.sources and spec.sources.s3_credentials_secret:
-        pod["containers"][0]["envFrom"] = source_env(spec.sources)[1]
-    return _place(pod, spec, settings)
+    return {"metadata": {"labels": pod_labels(meta, spec, role.role)}, "spec": _place(pod, spec, settings)}
 
 
-def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:
     """Where and how the pod may run: pull secrets and the FinetuneJob's scheduling."""
     if settings.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
@@ -282,24 +281,42 @@ def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> di
     return pod
 
 
-def _labels(meta: dict[str, Any], spec: FinetuneJobSpec, role: str) -> dict[str, str]:
+def pod_labels(meta: dict[str, Any], spec: FinetuneJobSpec, role: str) -> dict[str, str]:
+    """The labels of a Job and of its pods: the FinetuneJob, the role, and the Kueue queue when queued."""
     labels = {LABEL_JOB: meta["name"], LABEL_ROLE: role}
     if spec.scheduling.queue_name:
-        labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queue_name
+        labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
     return labels
 
 
-def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+def fail_fast_rule() -> dict[str, Any]:
+    """podFailurePolicy's rule for every Job: a permanent exit code (bad config, data or model, a diverged
+    run, a missing or denied source) would fail the same way again, so the Job fails at once instead of
+    spending backoffLimit on retries."""
+    codes = sorted(int(code) for code in contract.PERMANENT_EXIT_CODES)
+    return {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": codes}}
+
+
+def child_job(meta: dict[str, Any], name: str, role: str, spec: FinetuneJobSpec, job_spec: dict[str, Any]) -> dict:
+    """A batch/v1 Job child: its labels (Kueue's queue label included) on the Job as on its pods."""
+    metadata = child_metadata(meta, name, role)
+    metadata["labels"].update(pod_labels(meta, spec, role))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:
     """The Indexed Job: completions = parallelism = nodes; node rank from JOB_COMPLETION_INDEX."""
     names = Names.of(meta["name"])
-    env = [
+    env = (
+        {"name": contract.ENV_PROGRESS, "value": "json"},
         {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
         {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
         {"name": contract.ENV_MASTER_ADDR, "value": f"{names.workers}-0.{names.service}"},
         {"name": contract.ENV_MASTER_PORT, "value": str(PORT)},
-    ]
-    pod = _pod_spec(meta, spec, settings, ["train"], env, ["model", "data", "output"])
-    pod["subdomain"] = names.service  # with the headless Service: <workers>-<index>.<service> resolves
+    )
+    template = pod_template(meta, spec, settings, PodRole("worker", ["train"], ("model", "data", "output"), env))
+    template["spec"]["subdomain"] = names.service  # with the headless Service: <workers>-<index>.<service>
+    preempted = [int(contract.ExitCode.PREEMPTED)]
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": spec.nodes,
@@ -311,34 +328,28 @@ def render_worker_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Set
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {
                     "action": "Ignore",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]},
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": preempted},
                 },
-                # Bad config, data or model, a diverged run, a missing or denied source: the same pod would fail
-                # the same way, so the Job fails at once instead of spending backoffLimit on retries.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": PERMANENT_EXIT_CODES},
-                },
+                fail_fast_rule(),
             ]
         },
         # Queued: created suspended, as Kueue's webhook would make it anyway; Kueue unsuspends it on admission.
         "suspend": spec.run_policy.suspend or bool(spec.scheduling.queue_name),
-        "template": {"metadata": {"labels": _labels(meta, spec, "worker")}, "spec": pod},
+        "template": template,
     }
     if spec.run_policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
-    metadata = _metadata(meta, names.workers, "worker")
-    metadata["labels"].update(_labels(meta, spec, "worker"))
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    return child_job(meta, names.workers, "worker", spec, job_spec)
 
 
-def render_merge_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: Settings) -> dict[str, Any]:
+def render_merge_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:
     """`kubetune merge` on the output volume, once training succeeded."""
-    names = Names.of(meta["name"])
-    pod = _pod_spec(meta, spec, settings, ["merge", "--output-dir", MOUNTS["output"]], [], ["model", "output"])
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(meta, names.merge, "merge"),
-        "spec": {"backoffLimit": 1, "template": {"metadata": {"labels": _labels(meta, spec, "merge")}, "spec": pod}},
-    }
+    role = PodRole(
+        "merge",
+        ["merge", "--output-dir", MOUNTS["output"]],
+        ("model", "output"),
+        ({"name": contract.ENV_PROGRESS, "value": "json"},),
+    )
+    job_spec = {"backoffLimit": 1, "template": pod_template(meta, spec, settings, role)}
+    metadata = child_metadata(meta, Names.of(meta["name"]).merge, "merge")
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}

@@ -7,11 +7,20 @@ from dataclasses import dataclass, field
 
 from kubetune.api import backends
 from kubetune.api.sources import env_number
-from kubetune.operator.render import Settings
 
 
 class SettingsError(ValueError):
     """One line naming the variable that is wrong."""
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """What the operator's configuration says about the pods it renders (images, shared memory, grace)."""
+
+    images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
+    shm_size: str = "2Gi"  # dataloader shared memory
+    termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
 
 
 @dataclass(frozen=True)
@@ -36,13 +45,13 @@ class Knob:
 
 
 POLL_SECONDS = Knob("KUBETUNE_POLL_SECONDS", 10.0, float, 0.05, 3600)
-TERMINATION_GRACE_SECONDS = Knob("KUBETUNE_TERMINATION_GRACE_SECONDS", Settings().termination_grace_seconds, int, 1)
+TERMINATION_GRACE_SECONDS = Knob("KUBETUNE_TERMINATION_GRACE_SECONDS", PodSettings().termination_grace_seconds, int, 1)
 METRICS_PORT = Knob("KUBETUNE_METRICS_PORT", 9090, int, 0, 65535)
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    render: Settings = field(default_factory=Settings)
+    pods: PodSettings = field(default_factory=PodSettings)
     poll_seconds: float = POLL_SECONDS.default  # how often each running FinetuneJob is reconciled and its progress read
     metrics_port: int = int(METRICS_PORT.default)  # Prometheus /metrics; 0 turns it off
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
@@ -58,16 +67,16 @@ def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def from_env(env: Mapping[str, str]) -> OperatorConfig:
-    defaults = Settings()
+    defaults = PodSettings()
     images = {b.name: env.get(b.image_var) or defaults.images[b.name] for b in backends.TABLE.values()}
-    render = Settings(
+    pods = PodSettings(
         images=images,
         shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,
         image_pull_secrets=_csv(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
         termination_grace_seconds=int(TERMINATION_GRACE_SECONDS.read(env)),
     )
     return OperatorConfig(
-        render=render,
+        pods=pods,
         poll_seconds=float(POLL_SECONDS.read(env)),
         metrics_port=int(METRICS_PORT.read(env)),
         watch_namespaces=watch_namespaces(env),

@@ -10,91 +10,29 @@ same observation: that is what makes it idempotent.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
-from kubetune.api import backends, contract
 from kubetune.api import conditions as cond
-from kubetune.api.finetunejob import (
-    KIND,
-    QUEUED_SUSPEND_MESSAGE,
-    SOURCES_ERROR,
-    FinetuneJobSpec,
-    FinetuneJobStatus,
-    Progress,
-    name_problem,
-)
-from kubetune.operator.initializer import (
-    initializer_outcome,
-    needs_initializer,
-    render_initializer_job,
-    result_location,
-)
+from kubetune.api import contract
+from kubetune.api.finetunejob import FinetuneJobSpec, FinetuneJobStatus, Progress, name_problem
+from kubetune.operator.initializer import initializer_outcome, needs_initializer, render_initializer_job
+from kubetune.operator.observed import Observed, PodView, iso, job_condition, ownership, parse_time
 from kubetune.operator.render import (
-    CONTAINER,
-    EXIT_PREEMPTED,
     Names,
-    Settings,
     render_configmap,
     render_merge_job,
     render_service,
     render_worker_job,
 )
+from kubetune.operator.reports import failure_message, merge_result, parse_progress, result_location, summary_of
+from kubetune.operator.settings import PodSettings
+from kubetune.operator.validation import spec_problems
 
 TERMINAL = ("Succeeded", "Failed")
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 CONDITION_TYPES = tuple(cond.CONDITION_TYPES)
-
-
-@dataclass(frozen=True)
-class PodView:
-    """The parts of a pod the decision needs."""
-
-    name: str
-    index: int | None
-    phase: str  # Pending | Running | Succeeded | Failed
-    created: str = ""
-    exit_code: int | None = None
-    termination_message: str | None = None
-
-    @staticmethod
-    def of(pod: dict[str, Any]) -> PodView:
-        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
-        index = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
-        exit_code = message = None
-        for cs in status.get("containerStatuses") or []:
-            if cs.get("name") == CONTAINER:
-                terminated = (cs.get("state") or {}).get("terminated")
-                if terminated:
-                    exit_code, message = terminated.get("exitCode"), terminated.get("message")
-        return PodView(
-            name=meta.get("name", ""),
-            index=int(index) if index not in (None, "") else None,
-            phase=status.get("phase") or "Pending",
-            created=meta.get("creationTimestamp") or "",
-            exit_code=exit_code,
-            termination_message=message,
-        )
-
-
-@dataclass(frozen=True)
-class Observed:
-    now: datetime
-    has_config: bool = False
-    has_service: bool = False
-    workers: dict[str, Any] | None = None  # the worker Job as the API returns it
-    merge: dict[str, Any] | None = None
-    initializer: dict[str, Any] | None = None  # the `kubetune fetch` Job of a spec with remote sources
-    worker_pods: tuple[PodView, ...] = ()
-    merge_pods: tuple[PodView, ...] = ()
-    initializer_pods: tuple[PodView, ...] = ()
-    rank0_log: str | None = None  # the tail of the newest rank-0 pod's log
-    not_ours: tuple[tuple[str, str, str], ...] = ()  # (ownership, kind, name) of a ConfigMap/Service not ours
 
 
 @dataclass(frozen=True)
@@ -114,90 +52,6 @@ class Plan:
     done: bool = False  # nothing left to watch: the daemon may stop
 
 
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str]]:
-    """Parse the spec; every problem at once, each naming its field (`spec.training.lr: ...`)."""
-    try:
-        spec = FinetuneJobSpec.model_validate(raw or {})
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            if err["type"] == SOURCES_ERROR:  # the claims the paths need: each problem names its own field
-                problems.extend(err["ctx"]["problems"])
-                continue
-            where = ".".join(str(p) for p in ("spec", *err["loc"]))
-            problems.append(f"{where}: {err['msg']}")
-        return None, problems
-    problems = []
-    if spec.scheduling.queue_name and spec.run_policy.suspend:
-        problems.append(QUEUED_SUSPEND_MESSAGE)
-    backend = backends.get(spec.backend)
-    collective = spec.training.distributed.backend
-    if collective != "auto" and collective not in backend.collectives:
-        problems.append(
-            f"spec.training.distributed.backend: {spec.training.distributed.backend!r} does not run on backend "
-            f"{spec.backend!r} (leave it 'auto')"
-        )
-    if backend.device and spec.training.training.device not in ("auto", spec.backend):
-        problems.append(
-            f"spec.training.training.device: {spec.training.training.device!r} on backend {spec.backend!r} "
-            "would leave the requested accelerator idle"
-        )
-    return (spec if not problems else None), problems
-
-
-def parse_progress(log: str | None) -> dict[str, Any] | None:
-    """The last well-formed progress event of a log tail (other lines, garbled ones too, are ignored)."""
-    for line in reversed((log or "").splitlines()):
-        event = contract.parse_event(line)
-        if isinstance(event, contract.ProgressEvent) and _valid_progress(event.model_dump()):
-            return event.model_dump()
-    return None
-
-
-def _valid_progress(record: dict[str, Any]) -> bool:
-    try:
-        Progress.model_validate(progress_status(record))
-    except ValidationError:
-        return False  # a garbled line must not stop the reconcile (status goes through the model)
-    return True
-
-
-def parse_termination(message: str | None) -> dict[str, Any] | None:
-    """The trainer's termination message (a contract event); plain text (log fallback) becomes {"message": ...}."""
-    if not message:
-        return None
-    event = contract.parse_event(message)
-    if event is not None:
-        return event.model_dump()
-    try:
-        json.loads(message)
-    except ValueError:
-        return {"message": message.strip().splitlines()[-1] if message.strip() else ""}
-    return None  # JSON, but not ours
-
-
-def progress_status(record: dict[str, Any]) -> dict[str, Any]:
-    keys = {
-        "step": "step",
-        "totalSteps": "total_steps",
-        "loss": "loss",
-        "epoch": "epoch",
-        "tokensPerSecond": "tokens_per_second",
-        "etaSeconds": "eta_seconds",
-    }
-    return {k: record.get(v) for k, v in keys.items()}
-
-
 def set_condition(
     conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str, now: datetime
 ) -> list[dict[str, Any]]:
@@ -213,34 +67,6 @@ def set_condition(
     }
     rest = [c for c in conditions if c.get("type") != type_]
     return sorted([*rest, new], key=lambda c: CONDITION_TYPES.index(c["type"]) if c["type"] in CONDITION_TYPES else 99)
-
-
-def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for c in ((job or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return c
-    return None
-
-
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
-
-
-def volume_path(ref: Any, leaf: str) -> str:
-    """Where an output lands, as a user finds it: pvc://<claim>/<subPath>/<leaf>."""
-    sub = ref.sub_path.strip("/")
-    return f"pvc://{ref.claim_name}/{sub + '/' if sub else ''}{leaf}"
-
-
-def _failure_message(pods: tuple[PodView, ...], fallback: str) -> str:
-    """The trainer's own words from the newest failed pod, else what the Job controller says."""
-    for pod in sorted(pods, key=lambda p: p.created, reverse=True):
-        if pod.phase == "Failed" and pod.exit_code not in (None, 0, EXIT_PREEMPTED):
-            record = parse_termination(pod.termination_message)
-            if record and record.get("message"):
-                return f"{pod.name} exited {pod.exit_code}: {record['message']}"
-            return f"{pod.name} exited {pod.exit_code}"
-    return fallback
 
 
 class _Status:
@@ -273,7 +99,7 @@ class _Pass:
     meta: dict[str, Any]
     spec: FinetuneJobSpec
     seen: Observed
-    settings: Settings
+    settings: PodSettings
     st: _Status
     plan: Plan = field(default_factory=Plan)
 
@@ -286,7 +112,7 @@ Step = Callable[[_Pass], Plan | None]  # a Plan ends the pass, None goes on to t
 
 
 def decide(
-    meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed, settings: Settings
+    meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed, settings: PodSettings
 ) -> Plan:
     """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
     the pass. The deadline comes before the children, so a job past it never gets a child created."""
@@ -300,6 +126,7 @@ def decide(
     if st.current in TERMINAL:
         return _expire(run)
     steps: tuple[Step, ...] = (
+        _refused,
         _ownership,
         _deadline,
         _initializing,
@@ -324,23 +151,6 @@ def _invalid(plan: Plan, st: _Status, problems: list[str]) -> Plan:
     return _finish(plan, st, done=True)
 
 
-def owner_of(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """The controller (or first) ownerReference of an object."""
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return next((r for r in refs if r.get("controller")), refs[0] if refs else None)
-
-
-def ownership(obj: dict[str, Any], meta: dict[str, Any]) -> str:
-    """ours | previous (a deleted FinetuneJob of the same name, awaiting garbage collection) | foreign."""
-    if _owned_by(obj, meta.get("uid", "")):
-        return "ours"
-    ref = owner_of(obj) or {}
-    same_name = ref.get("kind") == KIND and ref.get("name") == meta["name"]
-    if same_name or obj.get("metadata", {}).get("deletionTimestamp"):
-        return "previous"
-    return "foreign"
-
-
 def _ownership(run: _Pass) -> Plan | None:
     """Someone else's object under our name is never adopted; the previous run's is waited for (GC)."""
     st = run.st
@@ -355,11 +165,6 @@ def _ownership(run: _Pass) -> Plan | None:
     return None
 
 
-def not_ours(old: dict[str, Any], now: datetime, found: str, kind: str, name: str) -> Plan:
-    """A create met an existing object that is not ours (Cluster.create's "previous" or "foreign")."""
-    return _not_ours(Plan(), _Status(old, now), found, kind, name)
-
-
 def _not_ours(plan: Plan, st: _Status, found: str, kind: str, name: str) -> Plan:
     if found == "previous":  # delete + re-apply at once: the old children are still being collected
         message = f"{kind} {name} of a deleted FinetuneJob with this name is still being garbage-collected"
@@ -372,18 +177,21 @@ def _not_ours(plan: Plan, st: _Status, found: str, kind: str, name: str) -> Plan
     return _finish(plan, st, done=True)
 
 
-def refused(old: dict[str, Any], now: datetime, kind: str, name: str, code: int, message: str) -> Plan:
-    """The API server refused to create a child. 400/422 (invalid) will not change: the job fails with the
-    server's words. 403 (RBAC, quota, admission) may be fixed by an admin: reported, and retried."""
-    st = _Status(old, now)
-    text = f"creating {kind} {name} was refused ({code}): {message}"
-    if code == 403:
+def _refused(run: _Pass) -> Plan | None:
+    """The API server refused to create a child (the handlers observed it and asked again). 400/422 (invalid)
+    will not change: the job fails with the server's words. 403 (RBAC, quota, admission) may be fixed by an
+    admin: reported, and retried at the next poll."""
+    refusal, st = run.seen.refused, run.st
+    if refusal is None:
+        return None
+    text = f"creating {refusal.kind} {refusal.name} was refused ({refusal.code}): {refusal.message}"
+    if refusal.code == 403:
         st.condition(cond.CREATED, "False", cond.FORBIDDEN, text)
         if st.data.get("message") != text:
             st.events.append(Event("Warning", cond.FORBIDDEN, text))
         st.data["phase"], st.data["message"] = st.current or "Pending", text
-        return _finish(Plan(), st)
-    return _fail(Plan(), st, cond.INVALID if code in (400, 422) else cond.CREATE_REFUSED, text)
+        return _finish(run.plan, st)
+    return _fail(run.plan, st, cond.INVALID if refusal.code in (400, 422) else cond.CREATE_REFUSED, text)
 
 
 def reconcile_error(old: dict[str, Any], now: datetime, kind: str, message: str) -> dict[str, Any]:
@@ -391,6 +199,12 @@ def reconcile_error(old: dict[str, Any], now: datetime, kind: str, message: str)
     st = _Status(old, now)
     st.condition(cond.RECONCILE_ERROR, "True", kind, f"retrying at the next poll: {message}"[:1000])
     return checked(st.data)
+
+
+def volume_path(ref: Any, leaf: str) -> str:
+    """Where an output lands, as a user finds it: pvc://<claim>/<subPath>/<leaf>."""
+    sub = ref.sub_path.strip("/")
+    return f"pvc://{ref.claim_name}/{sub + '/' if sub else ''}{leaf}"
 
 
 def _deadline(run: _Pass) -> Plan | None:
@@ -433,7 +247,7 @@ def _initializing(run: _Pass) -> Plan | None:
         run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
     if seen.initializer is None:
         assert spec.sources is not None  # needs_initializer
-        run.plan.create.append(render_initializer_job(run.meta, spec, spec.sources, run.settings))
+        run.plan.create.append(render_initializer_job(run.meta, spec, run.settings))
         if st.current is None:
             st.condition(
                 cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap and initializer Job {run.names.initializer}"
@@ -511,12 +325,12 @@ def _observe_workers(run: _Pass) -> Plan | None:
     if job_failed:
         fallback = f"{job_failed.get('reason', 'Failed')}: {job_failed.get('message', '')}".strip(": ")
         reason = job_failed.get("reason") or cond.WORKERS_FAILED
-        return _fail(run.plan, st, reason, _failure_message(seen.worker_pods, fallback))
-    record = parse_progress(seen.rank0_log)
-    if record:
-        st.data["progress"] = progress_status(record)
-        if record.get("step") is not None and record.get("total_steps"):
-            st.data["progressSummary"] = f"{record['step']}/{record['total_steps']}"
+        return _fail(run.plan, st, reason, failure_message(seen.worker_pods, fallback))
+    progress = parse_progress(seen.rank0_log)
+    if progress:
+        st.data["progress"] = progress
+        if progress.get("step") is not None and progress.get("totalSteps"):
+            st.data["progressSummary"] = f"{progress['step']}/{progress['totalSteps']}"
     if job_condition(seen.workers, "Complete"):
         return _trained(run)
     running = [p for p in seen.worker_pods if p.phase == "Running"]
@@ -531,7 +345,7 @@ def _observe_workers(run: _Pass) -> Plan | None:
 
 def _trained(run: _Pass) -> Plan:
     st, spec = run.st, run.spec
-    summary = _summary(run.seen.worker_pods)
+    summary = summary_of(run.seen.worker_pods)
     if summary:
         _apply_summary(st, summary)
     st.data["adapterPath"] = volume_path(spec.storage.output, "adapter")
@@ -557,10 +371,10 @@ def _merging(run: _Pass) -> Plan | None:
     failed = job_condition(seen.merge, "Failed")
     if failed:
         fallback = f"merge Job {run.names.merge} failed: {failed.get('reason', '')}"
-        return _fail(plan, st, cond.MERGE_FAILED, _failure_message(seen.merge_pods, fallback))
+        return _fail(plan, st, cond.MERGE_FAILED, failure_message(seen.merge_pods, fallback))
     if job_condition(seen.merge, "Complete"):
         st.data["mergedPath"] = volume_path(run.spec.storage.output, "merged")
-        location = result_location(_merge_result(seen.merge_pods))
+        location = result_location(merge_result(seen.merge_pods))
         if location:  # the merge pushed again, the merged model with it: that copy is the result
             st.data["resultLocation"] = location
         return _succeed(plan, st, "adapter trained and merged" + (f"; pushed to {location}" if location else ""))
@@ -629,49 +443,26 @@ def _count_restarts(st: _Status, pods: tuple[PodView, ...]) -> None:
         st.data["workerPods"] = dict(sorted(recorded.items(), key=lambda kv: int(kv[0])))
 
 
-def _summary(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
-    for pod in sorted(pods, key=lambda p: p.created, reverse=True):
-        if pod.index == 0 and pod.phase == "Succeeded":
-            record = parse_termination(pod.termination_message)
-            if record and record.get("event") == "summary":
-                return record
-    return None
-
-
-def _merge_result(pods: tuple[PodView, ...]) -> dict[str, Any] | None:
-    """`kubetune merge`'s last words (a MergedEvent) from the newest merge pod that succeeded."""
-    for pod in sorted(pods, key=lambda p: p.created, reverse=True):
-        if pod.phase == "Succeeded":
-            event = contract.parse_event(pod.termination_message)
-            if isinstance(event, contract.MergedEvent):
-                return event.model_dump()
-    return None
-
-
-def _apply_summary(st: _Status, summary: dict[str, Any]) -> None:
-    progress = dict(st.data.get("progress") or {})
-    progress.update(
-        {
-            "step": summary.get("steps"),
-            "totalSteps": summary.get("steps"),
-            "loss": summary.get("final_loss"),
-            "epoch": summary.get("epochs"),
-            "tokensPerSecond": summary.get("tokens_per_second"),
-            "etaSeconds": 0,
-        }
+def _apply_summary(st: _Status, summary: contract.SummaryEvent) -> None:
+    """The finished run's figures over the last progress read (the summary has the whole run's)."""
+    final = Progress(
+        step=summary.steps,
+        total_steps=summary.steps,
+        loss=summary.final_loss,
+        epoch=summary.epochs,
+        tokens_per_second=summary.tokens_per_second,
+        eta_seconds=0,
     )
-    st.data["progress"] = progress
-    st.data["progressSummary"] = f"{summary.get('steps')}/{summary.get('steps')}"
-    if summary.get("best_step") is not None:  # an eval chose the adapter: which step, by what, how good
-        st.data.update(
-            evalMetric=summary.get("eval_metric"), bestStep=summary["best_step"], bestValue=summary.get("best_value")
-        )
+    st.data["progress"] = {**(st.data.get("progress") or {}), **final.model_dump(by_alias=True)}
+    st.data["progressSummary"] = f"{summary.steps}/{summary.steps}"
+    if summary.best_step is not None:  # an eval chose the adapter: which step, by what, how good
+        st.data.update(evalMetric=summary.eval_metric, bestStep=summary.best_step, bestValue=summary.best_value)
 
 
-def _trained_message(summary: dict[str, Any] | None) -> str:
-    if not summary or summary.get("first_loss") is None or summary.get("final_loss") is None:
+def _trained_message(summary: contract.SummaryEvent | None) -> str:
+    if not summary or summary.first_loss is None or summary.final_loss is None:
         return "training succeeded"
-    return f"trained {summary.get('steps')} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
+    return f"trained {summary.steps} steps, loss {summary.first_loss:.4f} -> {summary.final_loss:.4f}"
 
 
 def checked(status: dict[str, Any]) -> dict[str, Any]:
@@ -685,10 +476,3 @@ def _finish(plan: Plan, st: _Status, done: bool = False) -> Plan:
     plan.events = st.events
     plan.done = done
     return plan
-
-
-def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from old to new status (removed keys become null); empty when nothing changed."""
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
-    return patch

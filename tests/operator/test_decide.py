@@ -1,4 +1,4 @@
-"""status.decide: every transition of a FinetuneJob from an observation, no cluster."""
+"""decide: every transition of a FinetuneJob from an observation, no cluster."""
 
 from __future__ import annotations
 
@@ -6,20 +6,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.api.finetunejob import CACHE_MESSAGE, DATA_CLAIM_MESSAGE, MODEL_CLAIM_MESSAGE
-from kubetune.operator.render import Names, Settings
-from kubetune.operator.status import (
-    Observed,
-    PodView,
-    checked,
-    decide,
-    parse_progress,
-    parse_termination,
-    refused,
-    set_condition,
-    spec_problems,
-    status_patch,
-)
+from kubetune.operator.decide import checked, decide, set_condition
+from kubetune.operator.k8s import status_patch
+from kubetune.operator.observed import Observed, PodView, Refusal
+from kubetune.operator.render import Names
+from kubetune.operator.reports import last_words, parse_progress
+from kubetune.operator.settings import PodSettings
+from kubetune.operator.validation import spec_problems
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 META = {"name": "quotes", "namespace": "ml", "uid": "uid-1"}
@@ -60,7 +55,7 @@ def seen(**kw: Any) -> Observed:
 
 
 def run(spec: dict[str, Any] = SPEC, status: dict[str, Any] | None = None, observed: Observed | None = None):
-    return decide(META, spec, status or {}, observed or seen(), Settings())
+    return decide(META, spec, status or {}, observed or seen(), PodSettings())
 
 
 def progress_line(step: int, total: int = 10, loss: float = 1.5) -> str:
@@ -242,13 +237,13 @@ def test_ttl_removes_children_after_finishing():
         spec,
         finished,
         seen(now=NOW + timedelta(seconds=31), workers=observed.workers, merge=observed.merge),
-        Settings(),
+        PodSettings(),
     )
     assert sorted(later.delete) == sorted(
         [("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Job", NAMES.workers), ("Job", NAMES.merge)]
     )
     assert later.status["phase"] == "Succeeded"
-    gone = decide(META, spec, finished, Observed(now=NOW + timedelta(seconds=31)), Settings())
+    gone = decide(META, spec, finished, Observed(now=NOW + timedelta(seconds=31)), PodSettings())
     assert gone.done and gone.delete == []
 
 
@@ -269,8 +264,10 @@ def test_conditions_keep_their_transition_time_while_unchanged():
 def test_parsers():
     assert parse_progress("noise\n" + progress_line(2) + '\n{"event": "summary"}\n')["step"] == 2
     assert parse_progress("no json here") is None and parse_progress(None) is None
-    assert parse_termination('{"event": "summary", "steps": 3}')["steps"] == 3
-    assert parse_termination("Traceback...\nValueError: boom\n") == {"message": "ValueError: boom"}
+    summary = last_words('{"event": "summary", "steps": 3}')
+    assert isinstance(summary, contract.SummaryEvent) and summary.steps == 3
+    assert last_words("Traceback...\nValueError: boom\n") == "ValueError: boom"
+    assert last_words('{"not": "ours"}') is None and last_words("") is None
 
 
 def test_pod_view_reads_index_and_termination():
@@ -289,7 +286,7 @@ def test_pod_view_reads_index_and_termination():
 
 
 def test_a_name_the_api_server_would_refuse_for_a_child_fails_up_front():
-    plan = decide({**META, "name": "1.quotes"}, SPEC, {}, Observed(now=NOW), Settings())
+    plan = decide({**META, "name": "1.quotes"}, SPEC, {}, Observed(now=NOW), PodSettings())
     assert plan.status["phase"] == "Failed" and plan.create == [] and plan.done
     assert "metadata.name must be at most 63 characters" in plan.status["message"]
 
@@ -312,17 +309,22 @@ def test_the_previous_runs_job_is_waited_for_not_taken_as_foreign():
     assert stranger.status["phase"] == "Failed" and stranger.status["message"].startswith("ConfigMap quotes-config")
 
 
+def refused(status: dict[str, Any], code: int, message: str) -> Any:
+    """decide after the handlers' create was refused (they observe the refusal and decide again)."""
+    return decide(META, SPEC, status, seen(refused=Refusal("Job", NAMES.workers, code, message)), PodSettings())
+
+
 def test_refusals_fail_or_report_with_the_servers_words():
-    invalid = refused({}, NOW, "Job", NAMES.workers, 422, 'Job "x" is invalid: metadata.labels: bad')
+    invalid = refused({}, 422, 'Job "x" is invalid: metadata.labels: bad')
     assert invalid.status["phase"] == "Failed"
     assert (
         invalid.status["message"]
         == f'creating Job {NAMES.workers} was refused (422): Job "x" is invalid: metadata.labels: bad'
     )
-    forbidden = refused({"phase": "Pending"}, NOW, "Job", NAMES.workers, 403, "jobs is forbidden")
+    forbidden = refused({"phase": "Pending"}, 403, "jobs is forbidden")
     assert forbidden.status["phase"] == "Pending" and not forbidden.done
     assert [e.reason for e in forbidden.events] == ["Forbidden"]
-    again = refused(forbidden.status, NOW, "Job", NAMES.workers, 403, "jobs is forbidden")
+    again = refused(forbidden.status, 403, "jobs is forbidden")
     assert again.events == [] and status_patch(forbidden.status, again.status) == {}
 
 

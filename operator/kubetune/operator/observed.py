@@ -1,0 +1,113 @@
+"""What the operator saw of one FinetuneJob's world: the types `k8s.Cluster.observe` fills and `decide` reads.
+
+Its own module so that the API door (k8s.py) and the decision (decide.py) both import it and neither
+imports the other. Pure: plain dicts in (the API's camelCase), frozen views out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubetune.api.finetunejob import KIND
+from kubetune.operator.render import CONTAINER
+
+# The Job controller's label (and annotation) on an Indexed Job's pods (kubernetes.io/docs/concepts/workloads/
+# controllers/job/#completion-mode); tests/support reads the same constant.
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The parts of a pod the decision needs."""
+
+    name: str
+    index: int | None
+    phase: str  # Pending | Running | Succeeded | Failed
+    created: str = ""
+    exit_code: int | None = None
+    termination_message: str | None = None
+
+    @staticmethod
+    def of(pod: dict[str, Any]) -> PodView:
+        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+        index = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
+        exit_code = message = None
+        for cs in status.get("containerStatuses") or []:
+            if cs.get("name") == CONTAINER:
+                terminated = (cs.get("state") or {}).get("terminated")
+                if terminated:
+                    exit_code, message = terminated.get("exitCode"), terminated.get("message")
+        return PodView(
+            name=meta.get("name", ""),
+            index=int(index) if index not in (None, "") else None,
+            phase=status.get("phase") or "Pending",
+            created=meta.get("creationTimestamp") or "",
+            exit_code=exit_code,
+            termination_message=message,
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server refused to create a child (an ApiException's status and the server's own words)."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: datetime
+    has_config: bool = False
+    has_service: bool = False
+    workers: dict[str, Any] | None = None  # the worker Job as the API returns it
+    merge: dict[str, Any] | None = None
+    initializer: dict[str, Any] | None = None  # the `kubetune fetch` Job of a spec with remote sources
+    worker_pods: tuple[PodView, ...] = ()
+    merge_pods: tuple[PodView, ...] = ()
+    initializer_pods: tuple[PodView, ...] = ()
+    rank0_log: str | None = None  # the tail of the newest rank-0 pod's log
+    # (ownership, kind, name) of an object under a child's name that is not ours: seen, or met by a create
+    not_ours: tuple[tuple[str, str, str], ...] = ()
+    refused: Refusal | None = None  # this pass's create was refused: decide reports it
+
+
+def iso(t: datetime) -> str:
+    """A time as the API server writes it (RFC 3339, seconds, UTC)."""
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    """A Job's condition of this type when it is True, else None."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def owner_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The controller (or first) ownerReference of an object."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+
+
+def ownership(obj: dict[str, Any], meta: dict[str, Any]) -> str:
+    """ours | previous (a deleted FinetuneJob of the same name, awaiting garbage collection) | foreign."""
+    uid = meta.get("uid", "")
+    if any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []):
+        return "ours"
+    ref = owner_of(obj) or {}
+    same_name = ref.get("kind") == KIND and ref.get("name") == meta["name"]
+    if same_name or obj.get("metadata", {}).get("deletionTimestamp"):
+        return "previous"
+    return "foreign"

@@ -266,3 +266,18 @@ def test_pods_get_no_service_links_from_the_namespace(role):
     assert not [k for k in env if k.startswith("KUBETUNE_METRICS")]
     cfg = load_config(render_configmap(META, REMOTE)["data"]["config.yaml"], "config.yaml", environ=env)
     assert cfg.model.path == "s3://models/llama"
+
+
+@pytest.mark.parametrize("role", ["worker", "merge", "initializer"])
+def test_every_job_of_a_queued_spec_is_queued_on_the_job_itself(role):
+    # Kueue reads kueue.x-k8s.io/queue-name on the Job (kueue.sigs.k8s.io/docs/tasks/run/jobs): a label on the
+    # pod template only lets the merge pod (a GPU on cuda) run outside the queue's quota.
+    from kubetune.operator.initializer import render_initializer_job
+
+    queued = REMOTE.model_copy(update={"scheduling": REMOTE.scheduling.model_copy(update={"queue_name": "team-a"})})
+    job = {
+        "worker": lambda: render_worker_job(META, queued, PodSettings()),
+        "merge": lambda: render_merge_job(META, queued, PodSettings()),
+        "initializer": lambda: render_initializer_job(META, queued, PodSettings()),
+    }[role]()
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

@@ -351,5 +351,5 @@ def render_merge_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodS
         ({"name": contract.ENV_PROGRESS, "value": "json"},),
     )
     job_spec = {"backoffLimit": 1, "template": pod_template(meta, spec, settings, role)}
-    metadata = child_metadata(meta, Names.of(meta["name"]).merge, "merge")
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    # Queued like the workers: Kueue admits a Job by the label on the Job (the merge pod may hold a GPU).
+    return child_job(meta, Names.of(meta["name"]).merge, "merge", spec, job_spec)

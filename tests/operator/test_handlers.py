@@ -335,3 +335,19 @@ async def test_an_error_that_is_not_the_api_servers_is_a_condition_and_the_daemo
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job once the answers are good")
         await phase_is(cluster, "Pending")
         assert await error_condition() is None
+
+
+async def test_a_log_read_the_kubelet_cannot_answer_does_not_stall_the_job(cluster: Cluster):
+    # A NotReady node: the API server answers 503 for the pod's log. Status, deadline and completion go on.
+    from kube import Refused
+
+    async with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        name = await pod(cluster, 0, "Running")
+        cluster.logs[name] = Refused(503, "ServiceUnavailable", "the node is NotReady")
+        await job_status(cluster, NAMES.workers, active=1)
+        await phase_is(cluster, "Running")
+        await cluster.patch("Pod", name, terminated("Succeeded", 0, ""), sub="status")
+        await job_status(cluster, NAMES.workers, active=0, succeeded=1, conditions=condition("Complete"))
+        await phase_is(cluster, "Merging")  # merge.enabled by default

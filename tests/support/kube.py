@@ -283,7 +283,14 @@ class Cluster:
     def __init__(self, session: aiohttp.ClientSession, kmock: Any):
         self.session = session
         self.kmock = kmock
-        self.logs: dict[str, str] = {}  # pod name -> log text, served at pods/{name}/log
+        self.logs: dict[str, str | Refused] = {}  # pod name -> log text (or the error), at pods/{name}/log
+
+    def serve_log(self, request: Any) -> bytes:
+        """The kubelet's log endpoint, through the API server: the text, or its error (5xx: node NotReady)."""
+        log = self.logs.get(request.name, "")
+        if isinstance(log, Refused):
+            raise log
+        return log.encode()
 
     @staticmethod
     def path(kind: str, name: str | None = None, ns: str = NAMESPACE, sub: str | None = None) -> str:
@@ -342,9 +349,7 @@ async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         )
     async with aiohttp.ClientSession(base_url=str(kmock.url)) as session:
         api = Cluster(session, kmock)
-        kmock["get", kmock.resource("v1/pods"), kmock.subresource("log")] << (
-            lambda request: api.logs.get(request.name, "").encode()
-        )
+        kmock["get", kmock.resource("v1/pods"), kmock.subresource("log")] << api.serve_log
         kubeconfig = tmp_path / "kubeconfig"
         server = str(kmock.url).rstrip("/")
         kubeconfig.write_text(

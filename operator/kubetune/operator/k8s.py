@@ -107,7 +107,11 @@ class Cluster:
                 pod, namespace, container=CONTAINER, tail_lines=LOG_TAIL_LINES, _preload_content=False
             ).data.decode("utf-8", "replace")
         except ApiException as exc:
-            if exc.status in (400, 404):  # not started yet, or gone
+            # 400/404: not started yet, or gone. 5xx: the kubelet behind the API server cannot answer (a node
+            # NotReady): progress is best effort and must never hold up the rest of the reconcile.
+            if exc.status in (400, 404) or (exc.status or 0) >= 500:
+                if (exc.status or 0) >= 500:
+                    log.warning("reading the log of pod %s/%s failed: %s %s", namespace, pod, exc.status, exc.reason)
                 return None
             raise
 

@@ -470,3 +470,57 @@ def test_result_location_and_best_eval_come_from_the_summaries():
     local = run(spec, {"phase": "Running"}, seen(workers=job(condition="Complete"), worker_pods=pods))
     assert local.status["phase"] == "Succeeded"
     assert not {"bestStep", "evalMetric", "resultLocation"} & set(local.status)
+
+
+def waiting_pod(reason: str, message: str) -> PodView:
+    return PodView.of(
+        {
+            "metadata": {"name": "w-0-a", "labels": {"batch.kubernetes.io/job-completion-index": "0"}},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}
+                ],
+            },
+        }
+    )
+
+
+def test_pending_pods_are_not_running_and_their_reason_is_in_status():
+    # Job.status.active counts Pending pods too: a pod in ImagePullBackOff must not make the job Running.
+    stuck = waiting_pod("ImagePullBackOff", 'Back-off pulling image "kubetune/trainer:nope"')
+    plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(stuck,)))
+    assert plan.status["phase"] == "Pending" and "startTime" not in plan.status
+    running = next(c for c in plan.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "ImagePullBackOff")
+    assert (
+        plan.status["message"]
+        == 'waiting for worker pod w-0-a: ImagePullBackOff: Back-off pulling image "kubetune/trainer:nope"'
+    )
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ImagePullBackOff")]
+    again = run(status=plan.status, observed=seen(workers=job(active=1), worker_pods=(stuck,)))
+    assert again.events == [] and status_patch(plan.status, again.status) == {}
+
+
+def test_an_unschedulable_pod_and_a_missing_secret_are_named():
+    unschedulable = PodView.of(
+        {
+            "metadata": {"name": "w-0-a"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            },
+        }
+    )
+    plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(unschedulable,)))
+    assert plan.status["message"].endswith("Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    secret = waiting_pod("CreateContainerConfigError", 'secret "s3" not found')
+    plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(secret,)))
+    assert plan.status["phase"] == "Pending" and 'secret "s3" not found' in plan.status["message"]

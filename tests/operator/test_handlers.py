@@ -351,3 +351,22 @@ async def test_a_log_read_the_kubelet_cannot_answer_does_not_stall_the_job(clust
         await cluster.patch("Pod", name, terminated("Succeeded", 0, ""), sub="status")
         await job_status(cluster, NAMES.workers, active=0, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Merging")  # merge.enabled by default
+
+
+async def test_a_pod_that_cannot_pull_its_image_leaves_the_job_pending_with_the_reason(cluster: Cluster):
+    async with operator():
+        await cluster.create(finetunejob(image="kubetune/trainer:does-not-exist"))
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        name = await pod(cluster, 0, "Pending")
+        waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+        status = {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": waiting}]}
+        await cluster.patch("Pod", name, {"status": status}, sub="status")
+        await job_status(cluster, NAMES.workers, active=1)  # the Job controller counts the Pending pod as active
+
+        async def reported() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return obj if "ImagePullBackOff" in ((obj or {}).get("status") or {}).get("message", "") else None
+
+        obj = await eventually(reported, what="the waiting reason in status.message")
+        await events_seen(cluster, "ImagePullBackOff", type_="Warning")
+    assert obj["status"]["phase"] == "Pending" and "startTime" not in obj["status"]

@@ -2,7 +2,8 @@
 
 The operator writes only these (status.conditions[].type/reason, status.phase's Events); docs list them
 from `CONDITION_TYPES` and `REASONS` (like Kubeflow Trainer's trainjob_types.go). A Failed reason may also
-be the Job controller's own, passed through from the worker Job's Failed condition: `JOB_REASONS`.
+be the Job controller's own, passed through from the worker Job's Failed condition (`JOB_REASONS`), and
+Running=False may carry the kubelet's or scheduler's reason for a pod that waits (`POD_WAITING_REASONS`).
 """
 
 from __future__ import annotations
@@ -77,4 +78,15 @@ JOB_REASONS: dict[str, str] = {
     "BackoffLimitExceeded": "Failed: worker pods failed more than runPolicy.backoffLimit times.",
     "PodFailurePolicy": "Failed: a worker exited with a permanent exit code (bad config, data or model).",
     "DeadlineExceeded": "Failed: the worker Job's own activeDeadlineSeconds passed.",
+}
+
+# The kubelet's and scheduler's reasons a worker pod may wait with (Running=False, status.message, and a Warning
+# Event): passed through, since they name what to fix. Others (ContainerCreating) are shown, without an Event.
+POD_WAITING_REASONS: dict[str, str] = {
+    "Unschedulable": "No node fits the pod (resources, node selector, taints); the scheduler's message says why.",
+    "ErrImagePull": "The image could not be pulled (name, tag, registry credentials).",
+    "ImagePullBackOff": "The image pull keeps failing; the kubelet retries with a back-off.",
+    "InvalidImageName": "The image reference does not parse.",
+    "CreateContainerConfigError": "A Secret or ConfigMap the pod references is missing (hfTokenSecret, S3 keys).",
+    "CreateContainerError": "The runtime could not create the container.",
 }

@@ -333,14 +333,30 @@ def _observe_workers(run: _Pass) -> Plan | None:
             st.data["progressSummary"] = f"{progress['step']}/{progress['totalSteps']}"
     if job_condition(seen.workers, "Complete"):
         return _trained(run)
+    # Running means a pod runs: the Job's `active` also counts pods still Pending (pulling, unschedulable).
     running = [p for p in seen.worker_pods if p.phase == "Running"]
-    active = int(((seen.workers.get("status") or {}).get("active")) or 0)
-    if running or active:
+    if running:
         st.data.setdefault("startTime", iso(seen.now))
-        st.condition(cond.RUNNING, "True", cond.WORKERS_RUNNING, f"{len(running) or active}/{spec.nodes} worker pod(s)")
+        st.condition(cond.RUNNING, "True", cond.WORKERS_RUNNING, f"{len(running)}/{spec.nodes} worker pod(s)")
         progress = st.data.get("progressSummary")
         st.phase("Running", cond.RUNNING_PHASE, f"training{' step ' + progress if progress else ''}")
+    else:
+        _waiting(st, seen.worker_pods)
     return None
+
+
+def _waiting(st: _Status, pods: tuple[PodView, ...]) -> None:
+    """Why no worker runs yet, in status and (for a reason that needs someone's action) as a Warning Event."""
+    waiting = sorted((p for p in pods if p.phase == "Pending" and p.waiting), key=lambda p: p.created)
+    if not waiting:
+        return
+    pod = waiting[-1]
+    reason, detail = pod.waiting or ("", "")
+    message = f"waiting for worker pod {pod.name}: {reason}" + (f": {detail}" if detail else "")
+    st.condition(cond.RUNNING, "False", reason, message)
+    if st.data.get("message") != message and reason in cond.POD_WAITING_REASONS:
+        st.events.append(Event("Warning", reason, message))
+    st.data["message"] = message
 
 
 def _trained(run: _Pass) -> Plan:

@@ -28,17 +28,23 @@ class PodView:
     created: str = ""
     exit_code: int | None = None
     termination_message: str | None = None
+    # Why a Pending pod does not run: the kubelet's waiting reason (ImagePullBackOff, CreateContainerConfigError,
+    # ...) or the scheduler's (Unschedulable), with its message.
+    waiting: tuple[str, str] | None = None
 
     @staticmethod
     def of(pod: dict[str, Any]) -> PodView:
         meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
         index = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
         exit_code = message = None
+        waiting = _unscheduled(status)
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") == CONTAINER:
-                terminated = (cs.get("state") or {}).get("terminated")
-                if terminated:
-                    exit_code, message = terminated.get("exitCode"), terminated.get("message")
+                state = cs.get("state") or {}
+                if state.get("terminated"):
+                    exit_code, message = state["terminated"].get("exitCode"), state["terminated"].get("message")
+                if (state.get("waiting") or {}).get("reason"):
+                    waiting = (state["waiting"]["reason"], state["waiting"].get("message") or "")
         return PodView(
             name=meta.get("name", ""),
             index=int(index) if index not in (None, "") else None,
@@ -46,7 +52,16 @@ class PodView:
             created=meta.get("creationTimestamp") or "",
             exit_code=exit_code,
             termination_message=message,
+            waiting=waiting,
         )
+
+
+def _unscheduled(status: dict[str, Any]) -> tuple[str, str] | None:
+    """The scheduler's PodScheduled=False condition (reason Unschedulable, message: which nodes and why)."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return (c.get("reason") or "Unschedulable", c.get("message") or "")
+    return None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from kubetune.api.contract import ExitCode
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
@@ -95,3 +97,9 @@ def test_user_pages_carry_no_dated_run_logs(page: Path):
     text = page.read_text()
     found = DATE.findall(text) + COMMIT.findall(text) + PASS_COUNT.findall(text)
     assert not found, f"{page.relative_to(ROOT)}: {found} (run records go to docs/contributors/runs.md)"
+
+
+def test_the_exit_codes_page_lists_exactly_the_contracts_codes():
+    page = ROOT / "docs" / "user" / "exit-codes.md"
+    rows = re.findall(r"^\| (\d+) \|", page.read_text(), re.M)
+    assert sorted(int(code) for code in rows) == sorted(int(code) for code in ExitCode)

@@ -5,6 +5,7 @@ the children of deleted owners. Each test fails on an operator that ignores that
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from kube import (
     pod,
 )
 
+from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
 from kubetune.operator.render import Names
 
 
@@ -222,3 +224,53 @@ async def test_the_charts_rbac_and_a_name_at_the_limit_suffice_for_the_initializ
         await eventually(lambda: cluster.get("Job", Names.of(name).workers), what="worker Job")
     assert len(init["metadata"]["name"]) <= 63 and init["metadata"]["labels"]["kubetune.dev/finetunejob"] == name
     assert await warning_events(cluster, "Forbidden") == []
+
+
+def foreign_pod(name: str, phase: str, message: str, **meta: Any) -> dict[str, Any]:
+    """A pod that carries the FinetuneJob's labels without being its current Job's: a deleted run's, or forged."""
+    labels = {"kubetune.dev/finetunejob": "quotes", "kubetune.dev/role": "worker", INDEX_LABEL: "0"}
+    state = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1, "message": message}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {**labels, **meta.pop("labels", {})}, **meta},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+async def test_a_deleted_runs_terminating_pods_are_not_this_runs(cluster: Cluster):
+    # Delete and re-apply: the old run's pod (its Job's uid; Terminating, or orphaned by a Job deleted without
+    # Background propagation) must not count as a restart or a failure of the new run.
+    old = foreign_pod(
+        f"{NAMES.workers}-0-old",
+        "Failed",
+        '{"event": "error", "exit_code": 3, "message": "old run: bad record"}',
+        labels={CONTROLLER_UID_LABEL: "uid-of-the-deleted-runs-job"},
+        creationTimestamp="2026-11-22T09:00:00Z",  # (kmock hides objects created with a deletionTimestamp)
+    )
+    await cluster.create(old)
+    async with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Running")
+        running = await phase_is(cluster, "Running")
+    assert running["status"]["restarts"] == 0 and running["status"]["workerPods"] == {"0": f"{NAMES.workers}-0-a"}
+    assert not [e for e in await cluster.list("Event") if e.get("reason") == "WorkerRestarted"]
+
+
+async def test_a_forged_pod_does_not_change_another_jobs_result(cluster: Cluster):
+    # Anyone who may create pods in the namespace can copy a FinetuneJob's labels (issue 29: pods trusted by label).
+    real = {"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "pushed_to": "s3://results/quotes"}
+    forged = {**real, "pushed_to": "s3://attacker/loot", "final_loss": 0.01}
+    async with operator():
+        await cluster.create(finetunejob(merge={"enabled": False}))
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Succeeded", exit_code=0, message=json.dumps(real))
+        await cluster.create(
+            foreign_pod(
+                f"{NAMES.workers}-0-zzz", "Succeeded", json.dumps(forged), creationTimestamp="2026-11-22T11:00:00Z"
+            )
+        )
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        done = await phase_is(cluster, "Succeeded")
+    assert done["status"]["resultLocation"] == "s3://results/quotes" and done["status"]["progress"]["loss"] == 0.5

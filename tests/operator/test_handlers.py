@@ -17,6 +17,7 @@ from kube import (
     events_seen,
     eventually,
     finetunejob,
+    job_pod_metadata,
     job_status,
     operator,
     phase_is,
@@ -242,12 +243,12 @@ def remote(**spec: Any) -> dict[str, Any]:
 
 async def fetch_pod(api: Cluster, phase: str, exit_code: int, message: str) -> None:
     """The initializer's pod, as the Job controller and kubelet leave it."""
-    labels = {"kubetune.dev/finetunejob": "quotes", "kubetune.dev/role": "initializer"}
+    metadata = await job_pod_metadata(api, INIT, f"{INIT}-x")
     await api.create(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"{INIT}-x", "labels": labels, "creationTimestamp": "2026-11-22T10:00:00Z"},
+            "metadata": {**metadata, "creationTimestamp": "2026-11-22T10:00:00Z"},
             "status": terminated(phase, exit_code, message)["status"],
         }
     )
@@ -276,10 +277,7 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {
-                    "name": f"{NAMES.merge}-x",
-                    "labels": {"kubetune.dev/finetunejob": "quotes", "kubetune.dev/role": "merge"},
-                },
+                "metadata": await job_pod_metadata(cluster, NAMES.merge, f"{NAMES.merge}-x"),
                 "status": terminated("Succeeded", 0, json.dumps(merged))["status"],
             }
         )

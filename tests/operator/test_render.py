@@ -282,3 +282,13 @@ def test_every_job_of_a_queued_spec_is_queued_on_the_job_itself(role):
         "initializer": lambda: render_initializer_job(META, queued, PodSettings()),
     }[role]()
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_the_rendezvous_service_selects_this_runs_workers_only():
+    service = render_service(META)
+    workers = render_worker_job(META, SPEC, PodSettings())["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector["kubetune.dev/run"] == META["uid"]
+    assert all(workers.get(k) == v for k, v in selector.items())  # this run's worker pods match it
+    again = render_worker_job({**META, "uid": "a-new-run"}, SPEC, PodSettings())["spec"]["template"]["metadata"]
+    assert not all(again["labels"].get(k) == v for k, v in selector.items())  # a re-applied run's pods do not

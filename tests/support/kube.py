@@ -27,6 +27,7 @@ import pytest
 from kopf.testing import KopfRunner
 
 from kubetune.operator.main import command
+from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
 from kubetune.operator.render import Names
 
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
@@ -406,23 +407,24 @@ async def pod(
         status["containerStatuses"] = [
             {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
         ]
+    metadata = await job_pod_metadata(api, NAMES.workers, name)
+    metadata["labels"][INDEX_LABEL] = str(index)
     await api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "creationTimestamp": created,
-                "labels": {
-                    "kubetune.dev/finetunejob": "quotes",
-                    "kubetune.dev/role": "worker",
-                    "batch.kubernetes.io/job-completion-index": str(index),
-                },
-            },
-            "status": status,
-        }
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {**metadata, "creationTimestamp": created}, "status": status}
     )
     return name
+
+
+async def job_pod_metadata(api: Cluster, job_name: str, name: str) -> dict[str, Any]:
+    """A pod's metadata as the Job controller writes it for an existing Job: the template's labels plus the Job's
+    name and uid (kubernetes.io/docs/reference/labels-annotations-taints), and the Job as controller owner."""
+    job = await api.get("Job", job_name)
+    assert job is not None, f"Job {job_name} does not exist: the Job controller makes no pods for it"
+    uid = job["metadata"]["uid"]
+    template = ((job["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+    controller = {CONTROLLER_UID_LABEL: uid, "controller-uid": uid, "batch.kubernetes.io/job-name": job_name}
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": uid, "controller": True}
+    return {"name": name, "labels": {**template, **controller, "job-name": job_name}, "ownerReferences": [owner]}
 
 
 def terminated(phase: str, exit_code: int, message: str) -> dict[str, Any]:

@@ -54,7 +54,7 @@ import kubelet
 from kube import Cluster
 
 from kubetune.api.contract import IMAGE_UID
-from kubetune.operator.observed import INDEX_LABEL
+from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile.cpu"
@@ -333,7 +333,11 @@ class LocalNode:
         meta, template = job["metadata"], job["spec"]["template"]
         suffix = uuid.uuid4().hex[:5]
         name = f"{meta['name']}-{index}-{suffix}" if index is not None else f"{meta['name']}-{suffix}"
-        labels = {**(template["metadata"].get("labels") or {}), "job-name": meta["name"]}
+        labels = {
+            **(template["metadata"].get("labels") or {}),
+            **{"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]},
+            **{CONTROLLER_UID_LABEL: meta["uid"], "controller-uid": meta["uid"]},  # as the Job controller does
+        }
         if index is not None:
             labels[INDEX_LABEL] = str(index)
         pod_spec = template["spec"]

@@ -18,9 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
-from kubetune.operator.initializer import ROLE
-from kubetune.operator.observed import Observed, PodView, job_condition, ownership
-from kubetune.operator.render import CONTAINER, LABEL_JOB, LABEL_ROLE, Names
+from kubetune.operator.observed import CONTROLLER_UID_LABEL, Observed, PodView, job_condition, made_by, ownership
+from kubetune.operator.render import CONTAINER, Names
 
 log = logging.getLogger("kubetune.operator")
 LOG_TAIL_LINES = 40
@@ -90,16 +89,16 @@ class Cluster:
                 return None
             raise
 
-    def _pods(self, namespace: str, job_name: str, role: str) -> list[dict[str, Any]]:
-        selector = f"{LABEL_JOB}={job_name},{LABEL_ROLE}={role}"
+    def _pods(self, namespace: str, job: dict[str, Any] | None) -> tuple[PodView, ...]:
+        """The pods the Job controller made for this Job: selected by the Job's uid (CONTROLLER_UID_LABEL), not
+        by the FinetuneJob's labels, which a deleted run's Terminating pods and anyone's pod can carry."""
+        uid = ((job or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return ()
+        selector = f"{CONTROLLER_UID_LABEL}={uid}"
         items = _data(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
-        # Filter again: the selector is the server's job, but a list is cheap to check and emulators skip it.
-        return [
-            p
-            for p in items.get("items", [])
-            if (p.get("metadata", {}).get("labels") or {}).get(LABEL_JOB) == job_name
-            and (p.get("metadata", {}).get("labels") or {}).get(LABEL_ROLE) == role
-        ]
+        # Checked again, with the owner too: the selector is the server's job, but emulators skip it.
+        return tuple(PodView.of(p) for p in items.get("items", []) if made_by(p, job or {}))
 
     def pod_log_tail(self, namespace: str, pod: str) -> str | None:
         try:
@@ -121,11 +120,9 @@ class Cluster:
         workers = self._read("Job", ns, names.workers)
         merge = self._read("Job", ns, names.merge)
         initializer = self._read("Job", ns, names.initializer)  # remote sources: `kubetune fetch` first
-        worker_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "worker"))
-        merge_pods = tuple(PodView.of(p) for p in self._pods(ns, name, "merge")) if merge else ()
-        initializer_pods = (
-            tuple(PodView.of(p) for p in self._pods(ns, name, ROLE)) if job_condition(initializer, "Failed") else ()
-        )
+        worker_pods = self._pods(ns, workers)
+        merge_pods = self._pods(ns, merge)
+        initializer_pods = self._pods(ns, initializer) if job_condition(initializer, "Failed") else ()
         # Once training is over its summary is in the termination message: no more log reads while merging/TTL.
         training_over = job_condition(workers, "Complete") or job_condition(workers, "Failed")
         rank0 = sorted(

@@ -16,6 +16,18 @@ from kubetune.operator.render import CONTAINER
 # The Job controller's label (and annotation) on an Indexed Job's pods (kubernetes.io/docs/concepts/workloads/
 # controllers/job/#completion-mode); tests/support reads the same constant.
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# The Job controller labels every pod it creates with its Job's uid (and makes the Job its controller owner):
+# what tells this run's pods from a deleted run's Terminating ones, and from a pod someone made by hand with the
+# FinetuneJob's labels. Whoever may create pods and read the Job can still copy both: docs/install-policy.md.
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
+def made_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether the Job controller made this pod for this Job: its uid label and its controller ownerReference."""
+    uid = (job.get("metadata") or {}).get("uid")
+    meta = pod.get("metadata") or {}
+    owner = owner_of(pod) or {}
+    return bool(uid) and (meta.get("labels") or {}).get(CONTROLLER_UID_LABEL) == uid and owner.get("uid") == uid
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ CONTAINER = "trainer"
 MOUNTS = {"model": contract.MOUNT_MODEL, "data": contract.MOUNT_DATA, "output": contract.MOUNT_OUTPUT}
 LABEL_JOB = "kubetune.dev/finetunejob"
 LABEL_ROLE = "kubetune.dev/role"
+LABEL_RUN = "kubetune.dev/run"  # the FinetuneJob's uid on its pods: the Service selects this run's pods only
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits Jobs by this label on the Job itself
 CACHE_MOUNT = "/cache"  # spec.sources.cache: remote models and data, fetched once by the initializer
 
@@ -167,7 +168,8 @@ def render_service(meta: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
-            "selector": {LABEL_JOB: meta["name"], LABEL_ROLE: "worker"},
+            # This run's workers only: a deleted run's Terminating pods of the same name are not rendezvous peers.
+            "selector": {LABEL_JOB: meta["name"], LABEL_ROLE: "worker", LABEL_RUN: meta["uid"]},
             "ports": [{"name": "rendezvous", "port": PORT, "targetPort": PORT}],
         },
     }
@@ -262,7 +264,8 @@ def pod_template(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSetti
         "containers": [container],
         "volumes": volumes,
     }
-    return {"metadata": {"labels": pod_labels(meta, spec, role.role)}, "spec": _place(pod, spec, settings)}
+    labels = {**pod_labels(meta, spec, role.role), LABEL_RUN: meta["uid"]}
+    return {"metadata": {"labels": labels}, "spec": _place(pod, spec, settings)}
 
 
 def _place(pod: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:

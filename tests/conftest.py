@@ -21,6 +21,7 @@ TESTS = Path(__file__).parent
 TIERS = {
     "e2e_local": "e2e",
     "e2e": "e2e",
+    "install": "e2e",  # fresh venvs with pip installs of the distributions (docs/user/install.md): minutes
     "operator/test_handlers.py": "integration",
 }
 UNIT_TIMEOUT_S = 120  # generous for 2 loaded cores; a unit test needing more is a slow test or a hang

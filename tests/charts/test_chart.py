@@ -120,7 +120,7 @@ def test_rbac_is_least_privilege(values: dict[str, Any]):
         "services": {"get", "create", "delete"},
         "pods": {"list"},
         "pods/log": {"get"},
-        "events": {"create"},
+        "events": {"create", "list"},  # list: the Job controller's FailedCreate Events
         "customresourcedefinitions": {"list", "watch"},
         "clusterkopfpeerings": {"get", "list", "watch", "patch"},
         "kopfpeerings": {"get", "list", "watch", "patch"},

@@ -274,3 +274,34 @@ async def test_a_forged_pod_does_not_change_another_jobs_result(cluster: Cluster
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         done = await phase_is(cluster, "Succeeded")
     assert done["status"]["resultLocation"] == "s3://results/quotes" and done["status"]["progress"]["loss"] == 0.5
+
+
+async def test_pods_the_job_controller_cannot_create_are_reported(cluster: Cluster):
+    # A ResourceQuota refuses the worker pod: only a FailedCreate Event on the Job says so, and the chart's RBAC
+    # must let the operator read it.
+    from kube import failed_create
+
+    cluster.kmock.rbac = chart_rbac()
+    quota = 'pods "quotes-workers-0-x" is forbidden: exceeded quota: team-a, requested: cpu=4, limited: cpu=2'
+    async with operator():
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await failed_create(cluster, NAMES.workers, quota)
+
+        async def reported() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return obj if "exceeded quota" in ((obj or {}).get("status") or {}).get("message", "") else None
+
+        obj = await eventually(reported, what="the FailedCreate message in status")
+
+        async def warned() -> list[dict[str, Any]]:
+            return [
+                e
+                for e in await warning_events(cluster, "FailedCreate")
+                if e["involvedObject"].get("kind") == "FinetuneJob"
+            ]
+
+        await eventually(warned, what="a Warning Event on the FinetuneJob")
+    assert obj["status"]["phase"] == "Pending"
+    running = next(c for c in obj["status"]["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "FailedCreate") and quota in running["message"]

@@ -524,3 +524,14 @@ def test_an_unschedulable_pod_and_a_missing_secret_are_named():
     secret = waiting_pod("CreateContainerConfigError", 'secret "s3" not found')
     plan = run(status={"phase": "Pending"}, observed=seen(workers=job(active=1), worker_pods=(secret,)))
     assert plan.status["phase"] == "Pending" and 'secret "s3" not found' in plan.status["message"]
+
+
+def test_a_worker_pod_the_job_controller_cannot_create_is_named_once():
+    quota = "Error creating: pods is forbidden: exceeded quota: team-a"
+    observed = seen(workers=job(), create_failures=((NAMES.workers, quota),))
+    plan = run(status={"phase": "Pending"}, observed=observed)
+    assert plan.status["phase"] == "Pending" and quota in plan.status["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "FailedCreate")]
+    assert run(status=plan.status, observed=observed).events == []  # reported once, not every poll
+    other = seen(workers=job(), create_failures=((NAMES.merge, quota),))  # another Job's refusal is not the workers'
+    assert "exceeded quota" not in (run(status={"phase": "Pending"}, observed=other).status.get("message") or "")

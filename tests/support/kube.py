@@ -427,6 +427,27 @@ async def job_pod_metadata(api: Cluster, job_name: str, name: str) -> dict[str, 
     return {"name": name, "labels": {**template, **controller, "job-name": job_name}, "ownerReferences": [owner]}
 
 
+async def failed_create(api: Cluster, job_name: str, message: str) -> None:
+    """The Job controller's Event when the API server refuses its pod (a ResourceQuota, a LimitRange, a missing
+    PriorityClass, an admission webhook): a Warning FailedCreate on the Job, and no pod."""
+    job = await api.get("Job", job_name)
+    assert job is not None, job_name
+    involved = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "namespace": NAMESPACE}
+    await api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{job_name}."},
+            "involvedObject": {**involved, "uid": job["metadata"]["uid"]},
+            "reason": "FailedCreate",
+            "type": "Warning",
+            "message": f"Error creating: {message}",
+            "source": {"component": "job-controller"},
+            "lastTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+
+
 def terminated(phase: str, exit_code: int, message: str) -> dict[str, Any]:
     state = {"terminated": {"exitCode": exit_code, "message": message}}
     return {"status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}}

@@ -64,6 +64,11 @@ QUEUED = _reason("Queued", "Pending: the worker Job waits for admission by its K
 SUSPENDED_REASON = _reason("Suspended", "Suspended=True / Running=False: runPolicy.suspend is true.")
 RESUMED = _reason("Resumed", "Suspended=False: runPolicy.suspend went back to false; training resumes.")
 WORKER_RESTARTED = _reason("WorkerRestarted", "Event: a worker index got a new pod (preempted, evicted, retried).")
+FAILED_CREATE = _reason(
+    "FailedCreate",
+    "Running=False: the Job controller cannot create a Job's pods (ResourceQuota, LimitRange, a missing "
+    "PriorityClass, a policy engine); the message is its Event's. Retried by the Job controller.",
+)
 DEADLINE_EXCEEDED = _reason("DeadlineExceeded", "Failed: runPolicy.activeDeadlineSeconds passed.")
 WORKERS_FAILED = _reason("WorkersFailed", "Failed: the worker Job failed without a reason of its own.")
 

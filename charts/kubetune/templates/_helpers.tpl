@@ -65,10 +65,11 @@ app.kubernetes.io/component: operator
   - apiGroups: [""]
     resources: [pods/log]
     verbs: [get]
-  # Events on FinetuneJobs, one per transition (kubectl describe ftj).
+  # Events on FinetuneJobs, one per transition (kubectl describe ftj); listed to read the Job controller's
+  # FailedCreate Events (pods refused by a ResourceQuota, a LimitRange, a missing PriorityClass, a policy).
   - apiGroups: [""]
     resources: [events]
-    verbs: [create]
+    verbs: [create, list]
   {{- if gt (int .Values.replicaCount) 1 }}
   # Peering between replicas (namespaced operators): only one acts at a time.
   - apiGroups: [kopf.dev]

@@ -256,6 +256,7 @@ def _initializing(run: _Pass) -> Plan | None:
     st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
     st.condition(cond.INITIALIZED, "False", cond.FETCHING, ", ".join(locations))
     st.phase("Initializing", cond.INITIALIZING, f"{message}: {', '.join(locations)}")
+    _create_failed(st, seen, run.names.initializer)
     return _finish(run.plan, st)
 
 
@@ -340,9 +341,23 @@ def _observe_workers(run: _Pass) -> Plan | None:
         st.condition(cond.RUNNING, "True", cond.WORKERS_RUNNING, f"{len(running)}/{spec.nodes} worker pod(s)")
         progress = st.data.get("progressSummary")
         st.phase("Running", cond.RUNNING_PHASE, f"training{' step ' + progress if progress else ''}")
-    else:
+    elif not _create_failed(st, seen, run.names.workers):
         _waiting(st, seen.worker_pods)
     return None
+
+
+def _create_failed(st: _Status, seen: Observed, job_name: str) -> bool:
+    """The Job controller cannot create this Job's pods (quota, LimitRange, PriorityClass, a policy engine): its
+    FailedCreate Event is the only trace, so status says it (Running=False) and a Warning Event once."""
+    message = next((m for name, m in seen.create_failures if name == job_name), None)
+    if message is None:
+        return False
+    text = f"the Job controller cannot create the pods of Job {job_name}: {message}"
+    st.condition(cond.RUNNING, "False", cond.FAILED_CREATE, text)
+    if st.data.get("message") != text:
+        st.events.append(Event("Warning", cond.FAILED_CREATE, text))
+    st.data["message"] = text
+    return True
 
 
 def _waiting(st: _Status, pods: tuple[PodView, ...]) -> None:
@@ -394,6 +409,7 @@ def _merging(run: _Pass) -> Plan | None:
         if location:  # the merge pushed again, the merged model with it: that copy is the result
             st.data["resultLocation"] = location
         return _succeed(plan, st, "adapter trained and merged" + (f"; pushed to {location}" if location else ""))
+    _create_failed(st, seen, run.names.merge)
     return _finish(plan, st)
 
 

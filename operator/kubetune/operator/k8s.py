@@ -18,7 +18,16 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
-from kubetune.operator.observed import CONTROLLER_UID_LABEL, Observed, PodView, job_condition, made_by, ownership
+from kubetune.operator.observed import (
+    CONTROLLER_UID_LABEL,
+    Observed,
+    PodView,
+    failed_creates,
+    job_condition,
+    made_by,
+    ownership,
+    short_of_pods,
+)
 from kubetune.operator.render import CONTAINER, Names
 
 log = logging.getLogger("kubetune.operator")
@@ -129,6 +138,9 @@ class Cluster:
             (p for p in worker_pods if p.index == 0 and p.phase in ("Running", "Succeeded", "Failed")),
             key=lambda p: p.created,
         )
+        short = [j for j, pods in ((workers, worker_pods), (merge, merge_pods)) if short_of_pods(j, pods)]
+        if initializer is not None and not job_condition(initializer, "Failed"):
+            short += [initializer] if short_of_pods(initializer, self._pods(ns, initializer)) else []
         config, service = self._read("ConfigMap", ns, names.config), self._read("Service", ns, names.service)
         not_ours = [
             (ownership(o, meta), kind, o["metadata"]["name"])
@@ -147,7 +159,17 @@ class Cluster:
             merge_pods=merge_pods,
             initializer_pods=initializer_pods,
             rank0_log=self.pod_log_tail(ns, rank0[-1].name) if rank0 and not training_over else None,
+            create_failures=failed_creates(self._job_events(ns, short), short) if short else (),
         )
+
+    def _job_events(self, namespace: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The Events about these Jobs (the Job controller's FailedCreate among them)."""
+        events: list[dict[str, Any]] = []
+        for job in jobs:
+            selector = f"involvedObject.kind=Job,involvedObject.name={job['metadata']['name']},reason=FailedCreate"
+            found = self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
+            events += _data(found).get("items", [])
+        return events
 
     # --- writing --------------------------------------------------------------------------------------
 

@@ -101,6 +101,8 @@ class Observed:
     # (ownership, kind, name) of an object under a child's name that is not ours: seen, or met by a create
     not_ours: tuple[tuple[str, str, str], ...] = ()
     refused: Refusal | None = None  # this pass's create was refused: decide reports it
+    # The Job controller's FailedCreate Events on a current Job short of pods: (Job name, the server's words).
+    create_failures: tuple[tuple[str, str], ...] = ()
 
 
 def iso(t: datetime) -> str:
@@ -138,3 +140,28 @@ def ownership(obj: dict[str, Any], meta: dict[str, Any]) -> str:
     if same_name or obj.get("metadata", {}).get("deletionTimestamp"):
         return "previous"
     return "foreign"
+
+
+def short_of_pods(job: dict[str, Any] | None, pods: tuple[PodView, ...]) -> bool:
+    """A Job still running that has fewer live pods than it asks for: the Job controller may be refused."""
+    if job is None or job_condition(job, "Complete") or job_condition(job, "Failed"):
+        return False
+    if (job.get("spec") or {}).get("suspend"):
+        return False
+    wanted = int((job.get("spec") or {}).get("parallelism") or 1)
+    return sum(1 for p in pods if p.phase in ("Pending", "Running")) < wanted
+
+
+def failed_creates(events: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The newest FailedCreate Event of each of these Jobs (matched by uid: a deleted run's do not count)."""
+    uids = {(j.get("metadata") or {}).get("uid"): j["metadata"]["name"] for j in jobs}
+    newest: dict[str, tuple[str, str]] = {}
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") != "FailedCreate" or involved.get("uid") not in uids:
+            continue
+        when = event.get("lastTimestamp") or event.get("eventTime") or ""
+        name = uids[involved["uid"]]
+        if name not in newest or when >= newest[name][0]:
+            newest[name] = (when, event.get("message") or "")
+    return tuple((name, message) for name, (_, message) in sorted(newest.items()))

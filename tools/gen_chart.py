@@ -75,6 +75,16 @@ class Metrics(Strict):
     port: int = Field(int(settings.METRICS_PORT.default), ge=1, le=settings.METRICS_PORT.maximum)  # 0 is "off"
 
 
+class Policy(Strict):
+    """What a FinetuneJob may ask for (kubetune.operator.settings.Policy; globs)."""
+
+    images: list[str] = []
+    secrets: list[str] = Field(["*/*"], description="<namespace>/<secret> globs")
+    priorityClasses: list[str] = []
+    tolerationKeys: list[str] = []
+    allowRemoteCode: bool = False
+
+
 class ServiceAccount(Strict):
     create: bool = True
     name: str = ""
@@ -94,6 +104,7 @@ class ChartValues(Strict):
     crds: Crds
     operator: Operator
     metrics: Metrics
+    policy: Policy = Policy()
     probePort: int = Field(8080, ge=1, le=65535)
     serviceAccount: ServiceAccount
     rbac: Rbac

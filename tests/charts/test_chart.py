@@ -177,6 +177,27 @@ def test_operator_settings_read_what_the_chart_sets():
     assert config.pods.image_pull_secrets == ("regcred", "mirror")  # the trainer pods pull with them too
 
 
+def test_the_policy_values_reach_the_operator():
+    from kubetune.operator.settings import Policy, from_env
+
+    def policy(values: dict[str, Any]) -> Policy:
+        env = {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
+        return from_env(env).pods.policy
+
+    assert policy({}) == Policy()  # the chart's defaults are the operator's
+    values = {
+        "images": ["r.example/ml/*"],
+        "secrets": ["ml/s3", "*/hf"],
+        "priorityClasses": ["batch-*"],
+        "tolerationKeys": ["nvidia.com/gpu"],
+        "allowRemoteCode": True,
+    }
+    assert policy({"policy": values}) == Policy(
+        ("r.example/ml/*",), ("ml/s3", "*/hf"), ("batch-*",), ("nvidia.com/gpu",), True
+    )
+    assert policy({"policy": {"secrets": []}}).secrets == ()  # an empty list allows no Secret
+
+
 def test_replicas_peer_with_priorities_of_their_own():
     c = container(render({"replicaCount": 2}))
     pod_name = next(e for e in c["env"] if e["name"] == "KUBETUNE_POD_NAME")

@@ -353,7 +353,7 @@ async def test_a_log_read_the_kubelet_cannot_answer_does_not_stall_the_job(clust
 
 async def test_a_pod_that_cannot_pull_its_image_leaves_the_job_pending_with_the_reason(cluster: Cluster):
     async with operator():
-        await cluster.create(finetunejob(image="kubetune/trainer:does-not-exist"))
+        await cluster.create(finetunejob())  # its image is not on the node: the kubelet cannot pull it
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
         name = await pod(cluster, 0, "Pending")
         waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
@@ -368,3 +368,18 @@ async def test_a_pod_that_cannot_pull_its_image_leaves_the_job_pending_with_the_
         obj = await eventually(reported, what="the waiting reason in status.message")
         await events_seen(cluster, "ImagePullBackOff", type_="Warning")
     assert obj["status"]["phase"] == "Pending" and "startTime" not in obj["status"]
+
+
+async def test_an_image_or_secret_the_policy_forbids_is_refused_with_the_reason(cluster: Cluster, monkeypatch):
+    # issue 29: a user allowed FinetuneJobs but not pods must not run any image with any Secret of the namespace.
+    policy = {"KUBETUNE_ALLOWED_SECRETS": "ml/s3-readonly"}
+    for key, value in policy.items():
+        monkeypatch.setenv(key, value)
+    async with operator(env=policy):
+        await cluster.create(finetunejob(image="attacker/x:latest", hfTokenSecret={"name": "db-password"}))
+        failed = await phase_is(cluster, "Failed")
+        await events_seen(cluster, "NotAllowed", type_="Warning")
+    condition_ = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert condition_["reason"] == "NotAllowed"
+    assert "spec.image: 'attacker/x:latest'" in condition_["message"] and "'db-password'" in condition_["message"]
+    assert await cluster.get("Job", NAMES.workers) is None and await cluster.get("ConfigMap", NAMES.config) is None

@@ -42,6 +42,11 @@ FORBIDDEN = _reason(
 INVALID = _reason("Invalid", "Failed: the API server refused a child as invalid (400/422), with its message.")
 CREATE_REFUSED = _reason("CreateRefused", "Failed: the API server refused a child for another permanent reason.")
 INVALID_SPEC = _reason("InvalidSpec", "Failed: the spec or the name breaks a rule; every problem is listed.")
+NOT_ALLOWED = _reason(
+    "NotAllowed",
+    "Failed: the spec asks for what the operator's policy forbids (an image, a Secret, a priority class, a "
+    "toleration, remote code); every problem names its field and the chart's policy value.",
+)
 NAME_CONFLICT = _reason("NameConflict", "Failed: an object with a child's name exists and is someone else's.")
 WAITING_FOR_CLEANUP = _reason(
     "WaitingForCleanup", "Pending: a deleted FinetuneJob of this name still has children being garbage-collected."

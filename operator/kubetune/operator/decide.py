@@ -29,7 +29,7 @@ from kubetune.operator.render import (
 )
 from kubetune.operator.reports import failure_message, merge_result, parse_progress, result_location, summary_of
 from kubetune.operator.settings import PodSettings
-from kubetune.operator.validation import spec_problems
+from kubetune.operator.validation import policy_problems, spec_problems
 
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_TYPES = tuple(cond.CONDITION_TYPES)
@@ -122,6 +122,10 @@ def decide(
     name = name_problem(meta["name"])
     if spec is None or name:
         return _invalid(Plan(), st, [name] if name else problems)
+    # The policy admits a job once, before any child exists: a running job is not stopped by a later change.
+    denied = policy_problems(spec, meta["namespace"], settings) if st.current is None else []
+    if denied:
+        return _invalid(Plan(), st, denied, cond.NOT_ALLOWED)
     run = _Pass(meta, spec, seen, settings, st)
     if st.current in TERMINAL:
         return _expire(run)
@@ -143,10 +147,10 @@ def decide(
     return _finish(run.plan, st)
 
 
-def _invalid(plan: Plan, st: _Status, problems: list[str]) -> Plan:
+def _invalid(plan: Plan, st: _Status, problems: list[str], reason: str = cond.INVALID_SPEC) -> Plan:
     message = "; ".join(problems)
-    st.condition(cond.FAILED, "True", cond.INVALID_SPEC, message)
-    st.phase("Failed", cond.INVALID_SPEC, message, warning=True)
+    st.condition(cond.FAILED, "True", reason, message)
+    st.phase("Failed", reason, message, warning=True)
     st.data.setdefault("completionTime", iso(st.now))
     return _finish(plan, st, done=True)
 

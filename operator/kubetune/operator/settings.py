@@ -14,13 +14,27 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class Policy:
+    """What a FinetuneJob may ask for (chart `policy`): creating one is close to creating pods, so the pods'
+    image, Secrets, scheduling and remote code are the administrator's to allow. Patterns are globs (fnmatch).
+    The defaults change nothing a single-team install does, except remote code, which is off."""
+
+    images: tuple[str, ...] = ()  # spec.image beyond the trainer images; "*" allows any
+    secrets: tuple[str, ...] = ("*/*",)  # "<namespace>/<secret>" a spec may reference (S3 keys, HF token)
+    priority_classes: tuple[str, ...] = ()  # empty: any but system-* (those preempt cluster components)
+    toleration_keys: tuple[str, ...] = ()  # empty: any key, but not a key-less toleration (it tolerates every taint)
+    remote_code: bool = False  # model.trust_remote_code; allowed only with a pinned hf:// commit
+
+
+@dataclass(frozen=True)
 class PodSettings:
-    """What the operator's configuration says about the pods it renders (images, shared memory, grace)."""
+    """What the operator's configuration says about the pods it renders (images, shared memory, grace, policy)."""
 
     images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
     shm_size: str = "2Gi"  # dataloader shared memory
     termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
     image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
+    policy: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True)
@@ -74,10 +88,29 @@ def from_env(env: Mapping[str, str]) -> OperatorConfig:
         shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,
         image_pull_secrets=_csv(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
         termination_grace_seconds=int(TERMINATION_GRACE_SECONDS.read(env)),
+        policy=policy_from_env(env),
     )
     return OperatorConfig(
         pods=pods,
         poll_seconds=float(POLL_SECONDS.read(env)),
         metrics_port=int(METRICS_PORT.read(env)),
         watch_namespaces=watch_namespaces(env),
+    )
+
+
+def policy_from_env(env: Mapping[str, str]) -> Policy:
+    """KUBETUNE_ALLOWED_* (comma-separated globs, set by the chart's `policy`); unset keeps each default."""
+    remote_code = env.get("KUBETUNE_ALLOW_REMOTE_CODE", "false").strip().lower()
+    if remote_code not in ("true", "false"):
+        raise SettingsError(f"env KUBETUNE_ALLOW_REMOTE_CODE: must be true or false, got {remote_code!r}")
+    secrets = _csv(env, "KUBETUNE_ALLOWED_SECRETS") if "KUBETUNE_ALLOWED_SECRETS" in env else Policy().secrets
+    bad = [s for s in secrets if s.count("/") != 1]
+    if bad:
+        raise SettingsError(f"env KUBETUNE_ALLOWED_SECRETS: {bad[0]!r} is not <namespace>/<secret> (globs allowed)")
+    return Policy(
+        images=_csv(env, "KUBETUNE_ALLOWED_IMAGES"),
+        secrets=secrets,
+        priority_classes=_csv(env, "KUBETUNE_ALLOWED_PRIORITY_CLASSES"),
+        toleration_keys=_csv(env, "KUBETUNE_ALLOWED_TOLERATION_KEYS"),
+        remote_code=remote_code == "true",
     )

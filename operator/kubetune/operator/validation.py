@@ -5,12 +5,17 @@ Every problem at once, each naming its field (`spec.training.lr: ...`), so one s
 
 from __future__ import annotations
 
+import re
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import ValidationError
 
 from kubetune.api import backends
 from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, SOURCES_ERROR, FinetuneJobSpec
+from kubetune.operator.settings import PodSettings
+
+PINNED_HF = re.compile(r"hf://[^@]+@[0-9a-f]{40}(/.*)?")  # a model repo at one commit: its code cannot change
 
 
 def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str]]:
@@ -42,3 +47,49 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
             "would leave the requested accelerator idle"
         )
     return (spec if not problems else None), problems
+
+
+def _any(value: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(value, p) for p in patterns)
+
+
+def policy_problems(spec: FinetuneJobSpec, namespace: str, settings: PodSettings) -> list[str]:
+    """What the operator's policy (chart `policy`, settings.Policy) forbids in this spec, one line per field."""
+    policy, problems = settings.policy, []
+    trainer_images = tuple(settings.images.values())
+    if spec.image and spec.image not in trainer_images and not _any(spec.image, policy.images):
+        problems.append(f"spec.image: {spec.image!r} is not an allowed trainer image (chart policy.images)")
+    secrets = [
+        ("spec.sources.s3CredentialsSecret", spec.sources.s3_credentials_secret if spec.sources else None),
+        ("spec.hfTokenSecret.name", spec.hf_token_secret.name if spec.hf_token_secret else None),
+    ]
+    for where, name in secrets:
+        if name and not _any(f"{namespace}/{name}", policy.secrets):
+            problems.append(f"{where}: Secret {name!r} may not be used in namespace {namespace!r} (policy.secrets)")
+    priority = spec.scheduling.priority_class_name
+    if priority and not (
+        _any(priority, policy.priority_classes) if policy.priority_classes else not priority.startswith("system-")
+    ):
+        problems.append(f"spec.scheduling.priorityClassName: {priority!r} is not allowed (policy.priorityClasses)")
+    for i, toleration in enumerate(spec.scheduling.tolerations or []):
+        key = str((toleration or {}).get("key") or "")
+        if not key or (policy.toleration_keys and not _any(key, policy.toleration_keys)):
+            problems.append(
+                f"spec.scheduling.tolerations[{i}]: a toleration of key {key or '(any)'!r} is not allowed "
+                "(policy.tolerationKeys; a key-less toleration tolerates every taint)"
+            )
+    return problems + _remote_code_problems(spec, settings)
+
+
+def _remote_code_problems(spec: FinetuneJobSpec, settings: PodSettings) -> list[str]:
+    """trust_remote_code runs the checkpoint's code with the job's credentials in reach: off unless allowed,
+    and then only from a model pinned to one commit (a local claim is the administrator's own)."""
+    model = spec.training.model
+    if not model.trust_remote_code:
+        return []
+    where = "spec.training.model.trust_remote_code"
+    if not settings.policy.remote_code:
+        return [f"{where}: remote code is not allowed by the operator's policy (policy.allowRemoteCode)"]
+    if "://" in model.path and not PINNED_HF.fullmatch(model.path):
+        return [f"{where}: needs model.path pinned to a commit (hf://org/name@<40-hex sha>), got {model.path!r}"]
+    return []

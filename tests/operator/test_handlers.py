@@ -383,3 +383,22 @@ async def test_an_image_or_secret_the_policy_forbids_is_refused_with_the_reason(
     assert condition_["reason"] == "NotAllowed"
     assert "spec.image: 'attacker/x:latest'" in condition_["message"] and "'db-password'" in condition_["message"]
     assert await cluster.get("Job", NAMES.workers) is None and await cluster.get("ConfigMap", NAMES.config) is None
+
+
+async def test_a_deleted_finetunejob_leaves_the_phase_gauge(cluster: Cluster, monkeypatch):
+    # No kopf finalizer, so on.delete never runs: the daemon forgets the job when it finds it gone.
+    import aiohttp
+    from operatorpod import free_port
+
+    port = free_port()
+    monkeypatch.setenv("KUBETUNE_METRICS_PORT", str(port))
+
+    async def running_gauge(expected: str) -> bool:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as r:
+            return f'kubetune_finetunejobs{{phase="Running"}} {expected}' in await r.text()
+
+    async with operator(env={"KUBETUNE_METRICS_PORT": str(port)}):
+        await start_running(cluster)
+        await eventually(lambda: running_gauge("1.0"), what="one Running job in the gauge")
+        await cluster.delete("FinetuneJob", "quotes")
+        await eventually(lambda: running_gauge("0.0"), what="the deleted job gone from the gauge")

@@ -32,3 +32,15 @@ def test_errors_and_latency_are_exported_and_registries_are_separate():
     assert "kubetune_reconcile_errors_total 1.0" in scrape(first)
     assert "kubetune_reconcile_seconds_count 1.0" in scrape(first)
     assert "kubetune_reconcile_errors_total 0.0" in scrape(second)
+
+
+def test_every_phase_is_a_gauge_initializing_too():
+    from typing import get_args
+
+    from kubetune.api.finetunejob import Phase
+
+    m = Metrics()
+    m.phase(("ml", "remote"), "Initializing")
+    text = scrape(m)
+    assert 'kubetune_finetunejobs{phase="Initializing"} 1.0' in text
+    assert all(f'kubetune_finetunejobs{{phase="{p}"}}' in text for p in get_args(Phase))

@@ -75,6 +75,9 @@ async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid
     cluster: k8s.Cluster = memo.cluster
     ftj = await asyncio.to_thread(cluster.get_finetunejob, namespace, name)
     if ftj is None or ftj["metadata"].get("deletionTimestamp") or (uid and ftj["metadata"].get("uid") != uid):
+        if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+            # on.delete never runs for an object without kopf's finalizer (see _without_finalizer): forget it here.
+            memo.metrics.phase((namespace, name), None)
         return True
     meta, old = ftj["metadata"], ftj.get("status") or {}
     now = datetime.now(UTC)

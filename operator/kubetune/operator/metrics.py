@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-PHASES = ("Pending", "Running", "Merging", "Succeeded", "Failed", "Suspended")
+from kubetune.api.finetunejob import Phase
+
+PHASES: tuple[str, ...] = get_args(Phase)  # every phase status can show, Initializing included
 
 
 class Metrics:

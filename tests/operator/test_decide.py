@@ -535,3 +535,12 @@ def test_a_worker_pod_the_job_controller_cannot_create_is_named_once():
     assert run(status=plan.status, observed=observed).events == []  # reported once, not every poll
     other = seen(workers=job(), create_failures=((NAMES.merge, quota),))  # another Job's refusal is not the workers'
     assert "exceeded quota" not in (run(status={"phase": "Pending"}, observed=other).status.get("message") or "")
+
+
+def test_run_policy_edits_reach_the_worker_job():
+    rendered = {**job(active=1), "spec": {"suspend": False, "backoffLimit": 3}}
+    spec = {**SPEC, "runPolicy": {"backoffLimit": 3}}
+    assert run(spec, {"phase": "Running"}, seen(workers=rendered)).patch_workers == {}
+    edited = {**SPEC, "runPolicy": {"backoffLimit": 7, "activeDeadlineSeconds": 3600}}
+    plan = run(edited, {"phase": "Running"}, seen(workers=rendered))
+    assert plan.patch_workers == {"backoffLimit": 7, "activeDeadlineSeconds": 3600}

@@ -402,3 +402,15 @@ async def test_a_deleted_finetunejob_leaves_the_phase_gauge(cluster: Cluster, mo
         await eventually(lambda: running_gauge("1.0"), what="one Running job in the gauge")
         await cluster.delete("FinetuneJob", "quotes")
         await eventually(lambda: running_gauge("0.0"), what="the deleted job gone from the gauge")
+
+
+async def test_a_run_policy_edit_is_applied_to_the_worker_job(cluster: Cluster):
+    async with operator():
+        await start_running(cluster, runPolicy={"backoffLimit": 2})
+        await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"backoffLimit": 5}}})
+
+        async def applied() -> dict[str, Any] | None:
+            job = await cluster.get("Job", NAMES.workers)
+            return job if job and job["spec"].get("backoffLimit") == 5 else None
+
+        await eventually(applied, what="backoffLimit 5 on the worker Job")

@@ -108,7 +108,8 @@ def model_schema(model: type) -> dict[str, Any]:
 
 # Fields fixed once a job exists: the workers already run with them (the ConfigMap and the Job templates are
 # rendered once). The API server refuses the change instead of the operator silently ignoring it. runPolicy
-# (suspend, deadline, TTL) and merge are read at every poll and stay mutable.
+# and merge stay mutable: suspend, the deadline, TTL and merge are read at every poll, and backoffLimit and
+# activeDeadlineSeconds edits are patched onto the worker Job (decide._run_policy).
 IMMUTABLE = (
     "backend",
     "image",

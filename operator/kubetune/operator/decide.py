@@ -46,6 +46,7 @@ class Event:
 class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)  # manifests; an existing one is adopted
     suspend_workers: bool | None = None  # patch the worker Job's spec.suspend
+    patch_workers: dict[str, Any] = field(default_factory=dict)  # runPolicy edits onto the worker Job's spec
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     status: dict[str, Any] = field(default_factory=dict)  # the whole new status
     events: list[Event] = field(default_factory=list)
@@ -284,6 +285,18 @@ def _ensure_children(run: _Pass) -> None:
 
 def _restarts(run: _Pass) -> None:
     _count_restarts(run.st, run.seen.worker_pods)
+    _run_policy(run)
+
+
+def _run_policy(run: _Pass) -> None:
+    """runPolicy.backoffLimit and activeDeadlineSeconds stay editable: an edit reaches the worker Job (both are
+    mutable fields of a batch/v1 Job) instead of being read by the operator and ignored by the Job controller."""
+    job_spec = (run.seen.workers or {}).get("spec")
+    if job_spec is None:
+        return
+    policy = run.spec.run_policy
+    wanted = {"backoffLimit": policy.backoff_limit, "activeDeadlineSeconds": policy.active_deadline_seconds or None}
+    run.plan.patch_workers = {k: v for k, v in wanted.items() if job_spec.get(k) != v}
 
 
 def _suspension(run: _Pass) -> Plan | None:

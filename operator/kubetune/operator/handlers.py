@@ -111,8 +111,10 @@ async def _create(cluster: k8s.Cluster, meta: dict[str, Any], plan: Plan, logger
 
 
 async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Observed, plan: Plan, logger: Any) -> None:
-    if plan.suspend_workers is not None:
-        await asyncio.to_thread(cluster.suspend_job, namespace, seen.workers["metadata"]["name"], plan.suspend_workers)
+    patch = {**plan.patch_workers, **({"suspend": plan.suspend_workers} if plan.suspend_workers is not None else {})}
+    if patch and seen.workers is not None:
+        await asyncio.to_thread(cluster.patch_job, namespace, seen.workers["metadata"]["name"], patch)
+        logger.info("patched Job %s: %s", seen.workers["metadata"]["name"], patch)
     for kind, child in plan.delete:
         if await asyncio.to_thread(cluster.delete, namespace, kind, child):
             logger.info("deleted %s %s", kind, child)

@@ -198,8 +198,9 @@ class Cluster:
             raise
         return True
 
-    def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False)
+    def patch_job(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """A merge patch of a Job's mutable spec fields (suspend, backoffLimit, activeDeadlineSeconds)."""
+        self.batch.patch_namespaced_job(name, namespace, {"spec": spec}, _preload_content=False)
 
     def patch_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         """Write the status through its subresource as a merge patch from `old`; False when nothing changed."""

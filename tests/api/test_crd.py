@@ -55,7 +55,8 @@ def test_every_model_field_is_in_the_schema():
         assert aliases == set(schema["properties"]), model.__name__
     assert spec["required"] == ["storage"]
     training = spec["properties"]["training"]["properties"]
-    assert set(training) == {"model", "lora", "data", "training", "distributed", "tracking", "output", "output_dir"}
+    sections = {"model", "lora", "data", "training", "distributed", "tracking", "sources", "output", "output_dir"}
+    assert set(training) == sections
 
 
 def test_defaults_and_bounds_reach_the_api_server():

@@ -70,3 +70,35 @@ def test_report_to_accepts_a_comma_list_and_rejects_unknown_trackers():
     assert cfg.training.report_to == ["tensorboard", "mlflow"]
     with pytest.raises(ConfigError, match="report_to"):
         load_config(None, sets=["training.report_to=comet"])
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "hf://org/name/../../..",
+        "hf://org/name/sub/../../../etc",
+        "hf://datasets/org/name/./x",
+        "hf://org/name/%2E%2E/x",
+        "hf://org/name@../../../x",
+        "hf://org/name@-rf",
+    ],
+)
+def test_an_hf_path_or_revision_cannot_climb_out_of_the_snapshot(uri):
+    with pytest.raises(ValueError, match=r"may not contain|not a valid revision"):
+        parse(uri, "data")
+
+
+def test_plain_hf_paths_and_revisions_still_parse():
+    remote = parse("hf://datasets/org/name@refs%2Fpr%2F3/dir/.hidden/train-00.parquet", "data")
+    assert remote.revision == "refs/pr/3" and remote.path_in_repo == "dir/.hidden/train-00.parquet"
+
+
+def test_unpinned_says_what_pin_each_scheme_needs():
+    from kubetune.api.remote import unpinned
+
+    assert "#sha256=" in unpinned("https://h/t.jsonl", "data")
+    assert "40-hex commit" in unpinned("hf://org/m@main", "model")
+    assert "40-hex commit" in unpinned("hf://org/m", "model")
+    assert unpinned(f"https://h/t.jsonl#sha256={'0' * 64}", "data") is None
+    assert unpinned(f"hf://org/m@{'a' * 40}", "model") is None
+    assert unpinned("s3://bucket/m", "model") is None and unpinned("/local/m", "model") is None

@@ -76,6 +76,7 @@ class CutProxy:
         self.upstream = urlsplit(upstream)
         self.cut_next: dict[str, int] = {}
         self.ranges: list[tuple[str, str | None]] = []
+        self.methods: list[tuple[str, str]] = []  # (method, path) of every request
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +89,7 @@ class CutProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = urlsplit(self.path).path
                 proxy.ranges.append((path, self.headers.get("Range")))
+                proxy.methods.append((self.command, path))
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                 for key, value in self.headers.items():

@@ -190,6 +190,50 @@ CASES: list[tuple[str, Build, int, str]] = [
         EXIT_DATA,
         "data.max_length",
     ),
+    # --- input that would cost a node (issue 22, item 7) ---
+    ("jsonl-nested-too-deep", with_data("d.jsonl", jsonl(GOOD) + "[" * 200_000 + "\n"), EXIT_DATA, "{t}/d.jsonl:5"),
+    ("json-nested-too-deep", with_data("d.json", "[" * 200_000), EXIT_DATA, "{t}/d.json: JSON nested too deeply"),
+    (
+        "jsonl-line-over-the-bound",
+        with_data("d.jsonl", jsonl(GOOD) + json.dumps({"prompt": "a" * (65 << 20), "completion": "b"}) + "\n"),
+        EXIT_DATA,
+        "{t}/d.jsonl:5: line longer than 64 MiB",
+    ),
+    ("max-length-unbounded", with_set("data.max_length=100000000"), EXIT_CONFIG, "data.max_length"),
+    ("epochs-infinite", with_set("training.epochs=.inf"), EXIT_CONFIG, "training.epochs"),
+    ("epochs-nan", with_set("training.epochs=.nan"), EXIT_CONFIG, "training.epochs"),
+    ("max-grad-norm-infinite", with_set("training.max_grad_norm=.inf"), EXIT_CONFIG, "training.max_grad_norm"),
+    # --- remote sources refused before anything is fetched (issue 22, items 1 and 6) ---
+    (
+        "hf-path-climbs-out",
+        lambda t: on(train(t, data="hf://org/name/../../..")),
+        EXIT_CONFIG,
+        "may not contain '..'",
+    ),
+    (
+        "hf-revision-climbs-out",
+        lambda t: on(train(t, "--model", "hf://org/name@..%2F..%2Ftmp")),
+        EXIT_CONFIG,
+        "model.path: hf://org/name@..%2F..%2Ftmp: '../../tmp' is not a valid revision",
+    ),
+    (
+        "require-pins-unpinned-url",
+        lambda t: on(train(t, "--set", "sources.require_pins=true", data="https://127.0.0.1:9/d/t.jsonl")),
+        EXIT_CONFIG,
+        "sources.require_pins: https://127.0.0.1:9/d/t.jsonl: not pinned",
+    ),
+    (
+        "sources-lock-missing",
+        lambda t: on(train(t, data="s3://bucket-x/d.jsonl"), KUBETUNE_SOURCES_LOCK="job-that-never-fetched"),
+        EXIT_CONFIG,
+        "cannot read the sources lock",
+    ),
+    (
+        "sources-lock-name-is-a-path",
+        lambda t: on(train(t, data="s3://bucket-x/d.jsonl"), KUBETUNE_SOURCES_LOCK="../../etc/x"),
+        EXIT_CONFIG,
+        "KUBETUNE_SOURCES_LOCK: '../../etc/x' is not a plain name",
+    ),
     # --- the output directory ---
     (
         "output-is-a-file",
@@ -509,3 +553,53 @@ def test_bad_data_in_a_two_process_run_keeps_its_code_and_line(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"error: [rank 0] {data}:2: expected a JSON object" in proc.stderr
     assert snapshot(out) == before
+
+
+SECRETS = ("hunter2pass", "SIGNATURE0123456789", "hf_abcdefghijklmnopqrstuvwxyz", "tokenFromTheSecret99")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fetch", "--data", "http://alice:hunter2pass@127.0.0.1:9/d/t.jsonl?X-Amz-Signature=SIGNATURE0123456789"],
+        ["train", "--data", "https://127.0.0.1:9/d/t.jsonl?X-Amz-Credential=a&X-Amz-Signature=SIGNATURE0123456789"],
+    ],
+    ids=["fetch-userinfo-url", "train-presigned-url"],
+)
+def test_no_credential_reaches_the_error_the_logs_or_the_termination_message(tmp_path, command):
+    """A real process at DEBUG, an unreachable source whose URL carries credentials, tokens in env and a Secret file."""
+    import subprocess
+    import sys
+
+    secret_file = write(tmp_path / "http-token", "tokenFromTheSecret99\n")
+    write(tmp_path / "termination-log", "")
+    env = precision_modes.child_env(
+        KUBETUNE_LOG_LEVEL="DEBUG",
+        KUBETUNE_TERMINATION_LOG=str(tmp_path / "termination-log"),
+        KUBETUNE_CACHE_DIR=str(tmp_path / "cache"),
+        HF_TOKEN="hf_abcdefghijklmnopqrstuvwxyz",
+        KUBETUNE_HTTP_TOKEN_FILE=secret_file,
+    )
+    argv = [*command, "--set", "tracking.mlflow_uri=http://bob:hunter2pass@127.0.0.1:9"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubetune.trainer.cli",
+            *argv,
+            *(["--output-dir", str(tmp_path / "out")] * (command[0] == "train")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    from kubetune.trainer.errors import EXIT_TRANSFER
+
+    assert proc.returncode == EXIT_TRANSFER, proc.stderr[-3000:]
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    assert "127.0.0.1:9/d/t.jsonl" in error and "X-Amz-Signature=***" in error, error  # still says which source
+    last = (tmp_path / "termination-log").read_text()
+    assert json.loads(last)["exit_code"] == EXIT_TRANSFER
+    for secret in SECRETS:
+        assert secret not in proc.stderr and secret not in proc.stdout and secret not in last, secret

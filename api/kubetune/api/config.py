@@ -30,6 +30,8 @@ StrList = Annotated[list[str], BeforeValidator(_split_list)]
 # Bounded, so that the CRD's CEL rules over these paths have a cost the API server accepts (crd.py).
 LOCATION_MAX_LENGTH = 2048
 DATA_FILES_MAX = 256
+MAX_LENGTH_LIMIT = 1 << 20  # tokens per record: beyond any model's context, and a bound on what one row may cost
+EPOCHS_LIMIT = 10_000
 Location = Annotated[str, StringConstraints(max_length=LOCATION_MAX_LENGTH)]
 ModelLocation = Annotated[Location, AfterValidator(lambda v: remote.check(v, "model"))]
 DataLocations = Annotated[
@@ -138,7 +140,7 @@ class DataSection(Section):
         "completion",
         description="completion: loss only on answers (prompt tokens are masked); all: on every token.",
     )
-    max_length: int = Field(1024, ge=16, description="Longer records are truncated (and counted).")
+    max_length: int = Field(1024, ge=16, le=MAX_LENGTH_LIMIT, description="Longer records are truncated (and counted).")
     packing: bool = Field(False, description="Pack several records into one padding-free row per batch.")
     group_by_length: bool = Field(
         True,
@@ -160,7 +162,13 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
+    epochs: float = Field(
+        3.0,
+        gt=0,
+        le=EPOCHS_LIMIT,
+        allow_inf_nan=False,
+        description="Passes over the data (ignored when max_steps is set).",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Records per device per micro-batch.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -178,8 +186,8 @@ class TrainingSection(Section):
         description="Fraction of steps spent warming up (the first warmup step runs at lr 0). LoRA starts from "
         "a zero update, so it rarely needs warmup; 0.03 is common for high learning rates or long runs.",
     )
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 disables it.")
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    max_grad_norm: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="Gradient clipping; 0 disables it.")
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -281,6 +289,16 @@ class MergeSection(Section):
     )
 
 
+class SourcesSection(Section):
+    """How remote model and data sources are trusted (docs/security.md)."""
+
+    require_pins: bool = Field(
+        False,
+        description="Refuse remote sources not pinned to exact bytes: https:// needs #sha256=<hex>, hf:// an "
+        "@<40-hex commit>. s3:// sources are identified by their ETags.",
+    )
+
+
 class OutputSection(Section):
     push_to: PushLocation | None = Field(
         None,
@@ -299,5 +317,6 @@ class TrainConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    sources: SourcesSection = Field(default_factory=SourcesSection)
     output: OutputSection = Field(default_factory=OutputSection)
     output_dir: str = Field("output", description="Where checkpoints, adapter, merged model and logs go.")

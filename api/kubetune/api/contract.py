@@ -61,6 +61,8 @@ ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by an Indexed Job: the 
 ENV_MASTER_ADDR = "MASTER_ADDR"  # node 0's address (static rendezvous)
 ENV_MASTER_PORT = "MASTER_PORT"
 ENV_HF_TOKEN_FILE = "HF_TOKEN_FILE"  # a mounted secret holding a Hugging Face token
+ENV_HTTP_TOKEN_FILE = "KUBETUNE_HTTP_TOKEN_FILE"  # a mounted secret: the token for private https sources
+ENV_SOURCES_LOCK = "KUBETUNE_SOURCES_LOCK"  # names the lock `kubetune fetch` wrote; workers then read offline
 
 # KUBETUNE_* variables that configure the process, not the run: never read as config keys.
 PROCESS_ENV = frozenset(
@@ -75,6 +77,8 @@ PROCESS_ENV = frozenset(
         ENV_NPROC_PER_NODE,
         ENV_NNODES,
         ENV_NODE_RANK,
+        ENV_HTTP_TOKEN_FILE,
+        ENV_SOURCES_LOCK,
     }
 )
 

@@ -25,6 +25,15 @@ REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")  # branch, tag, refs/pr/N or a commit
+
+
+def _plain_segments(uri: str, what: str, parts: list[str]) -> None:
+    """Refuse `.` and `..` (and control characters): a remote path must stay inside what it names."""
+    for part in parts:
+        if part in (".", "..") or any(ord(c) < 32 for c in part) or "\\" in part:
+            raise ValueError(f"{uri}: {what} may not contain {part!r} (only plain names, no '.' or '..')")
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ def is_remote(location: str) -> bool:
 
 def _parse_hf(uri: str, rest: str, kind: Kind) -> Remote:
     parts = [p for p in rest.split("/") if p != ""]
+    _plain_segments(uri, "the path", [unquote(p) for p in parts])
     repo_type = "dataset" if kind == "data" else "model"
     if parts and parts[0] in REPO_TYPES:
         repo_type = REPO_TYPES[parts.pop(0)]
@@ -67,6 +77,8 @@ def _parse_hf(uri: str, rest: str, kind: Kind) -> Remote:
         revision = unquote(revision)  # refs/pr/1 is written refs%2Fpr%2F1
         if not revision:
             raise ValueError(f"{uri}: empty revision after '@'")
+        if not _REVISION.match(revision) or ".." in revision.split("/") or "//" in revision:
+            raise ValueError(f"{uri}: {revision!r} is not a valid revision (a branch, tag, refs/pr/N or commit)")
     for part in repo_parts:
         if not _REPO_PART.match(part):
             raise ValueError(f"{uri}: {part!r} is not a valid Hugging Face repo name")
@@ -123,3 +135,19 @@ def check(location: str, kind: Kind) -> str:
         if kind == "output" and remote.scheme not in ("hf", "s3"):
             raise ValueError(f"{location}: results can be pushed to s3:// or hf:// only")
     return location
+
+
+def unpinned(location: str, kind: Kind) -> str | None:
+    """Why a remote location is not pinned to exact bytes (sources.require_pins), or None when it is.
+
+    https needs `#sha256=`, hf:// a 40-hex commit after `@`. s3:// has no pin syntax and passes: its
+    files are identified by their ETags, checked on every file (the store's own word, see docs/security.md).
+    """
+    if not is_remote(location):
+        return None
+    remote = parse(location, kind)
+    if remote.scheme in ("https", "http") and not remote.sha256:
+        return f"{location}: not pinned; add #sha256=<64 hex digits>"
+    if remote.scheme == "hf" and not (remote.revision and _COMMIT.match(remote.revision)):
+        return f"{location}: not pinned; name a commit: hf://{remote.repo_id}@<40-hex commit>"
+    return None

@@ -116,3 +116,47 @@ def test_an_unreachable_hub_is_a_transfer_error(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(TransferFailed, match="cannot download from"):
         fetch("hf://org/tiny")
+
+
+# --- a shared cache and hostile names (issue 22, items 1 and 3) ------------------------------------------
+
+
+def test_a_regular_file_swapped_into_the_snapshot_is_caught(hub):
+    """A co-tenant replaces a snapshot link with a plain file of their own: it is not the hub's file."""
+    hub.add("org/tiny", {"config.json": CONFIG, "model.safetensors": WEIGHTS})
+    local = Path(fetch("hf://org/tiny").local)
+    (local / "config.json").unlink()
+    (local / "config.json").write_bytes(b'{"model_type": "evil"}')
+    again = Path(fetch("hf://org/tiny").local)
+    assert (again / "config.json").read_bytes() == CONFIG
+
+
+def test_a_link_repointed_at_another_genuine_blob_is_caught(hub):
+    """The blob it points to hashes to its own name, but not to what the hub lists for config.json."""
+    hub.add("org/tiny", {"config.json": CONFIG, "tokenizer.json": b'{"evil": true}'})
+    local = Path(fetch("hf://org/tiny").local)
+    other = Path(blobs_of(str(local))["tokenizer.json"])
+    (local / "config.json").unlink()
+    (local / "config.json").symlink_to(other)
+    assert Path(fetch("hf://org/tiny").local, "config.json").read_bytes() == CONFIG
+
+
+def test_a_file_the_hub_does_not_list_is_removed(hub):
+    hub.add("org/tiny", {"config.json": CONFIG})
+    local = Path(fetch("hf://org/tiny").local)
+    (local / "adapter_config.json").write_text("{}")  # planted: would change what loads
+    again = Path(fetch("hf://org/tiny").local)
+    assert sorted(p.name for p in again.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    "uri", ["hf://org/tiny/../../../../escaped", "hf://org/tiny/a/%2E%2E/%2E%2E", "hf://org/tiny@../../x"]
+)
+def test_a_path_or_revision_that_climbs_out_is_a_config_error(hub, uri):
+    from kubetune.trainer.errors import EXIT_CONFIG
+
+    hub.add("org/tiny", {"config.json": CONFIG})
+    with pytest.raises(Exception) as exc:
+        fetch(uri)
+    assert getattr(exc.value, "exit_code", None) == EXIT_CONFIG, exc.value
+    assert hub.requests == []  # refused before anything was asked of the hub

@@ -142,3 +142,56 @@ def test_an_unreachable_endpoint_is_a_transfer_error(s3, monkeypatch):
     with pytest.raises(TransferFailed, match=f"cannot talk to http://127.0.0.1:{port}") as exc:
         fetch(f"s3://{s3[2]}/m")
     assert exc.value.exit_code == EXIT_TRANSFER
+
+
+# --- the shared cache is checked against the store, not against itself (issue 22, item 3) --------------
+
+
+def test_a_tampered_file_with_a_matching_manifest_is_fetched_again(s3, proxy):
+    """A co-tenant on the cache swaps the bytes and rewrites manifest.json to match: the ETag still catches it."""
+    import hashlib
+    import json
+
+    _, client, bucket = s3
+    put(client, bucket, {"m/model.safetensors": WEIGHTS})
+    local = Path(fetch(f"s3://{bucket}/m").local)
+    evil = os.urandom(len(WEIGHTS))
+    (local / "model.safetensors").write_bytes(evil)
+    manifest_file = local.parent / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["model.safetensors"]["sha256"] = hashlib.sha256(evil).hexdigest()
+    manifest_file.write_text(json.dumps(manifest))
+    assert Path(fetch(f"s3://{bucket}/m").local, "model.safetensors").read_bytes() == WEIGHTS
+    assert len(gets(proxy, "/m/model.safetensors")) == 2
+
+
+def downloads(proxy, key_suffix: str) -> int:
+    return sum(1 for method, path in proxy.methods if method == "GET" and path.endswith(key_suffix))
+
+
+def multipart(client, bucket: str, key: str, parts: list[bytes]) -> str:
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)["ETag"]
+        done.append({"ETag": etag, "PartNumber": number})
+    result = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    return result["ETag"].strip('"')
+
+
+@pytest.mark.slow
+def test_a_multipart_object_is_verified_by_its_etag_and_reused(s3, proxy):
+    """Big models are multipart uploads: their ETag (MD5 of the parts' MD5s) is checked on download and on reuse."""
+    _, client, bucket = s3
+    parts = [os.urandom(5 << 20), os.urandom(1000)]
+    etag = multipart(client, bucket, "big/model.safetensors", parts)
+    assert etag.endswith("-2")
+    local = Path(fetch(f"s3://{bucket}/big").local, "model.safetensors")
+    assert local.read_bytes() == b"".join(parts)
+    fetch(f"s3://{bucket}/big")
+    assert downloads(proxy, "/big/model.safetensors") == 1  # verified in place, not downloaded again
+    data = bytearray(local.read_bytes())
+    data[-10] ^= 0xFF  # a flipped byte in the second part
+    local.write_bytes(bytes(data))
+    assert Path(fetch(f"s3://{bucket}/big").local, "model.safetensors").read_bytes() == b"".join(parts)
+    assert downloads(proxy, "/big/model.safetensors") == 2

@@ -139,3 +139,41 @@ def test_metrics_params_and_the_adapter_reach_a_real_mlflow_server(mlflow_server
     assert run.data.metrics["summary.steps"] == 3 and "summary.final_loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_id, "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= artifacts
+
+
+@pytest.mark.slow
+def test_no_credential_in_run_json_logs_or_last_words_of_a_real_run(tiny_model, tmp_path):
+    """Data behind a URL with userinfo and a signature, an MLflow URI with a password, a token in env, DEBUG logs."""
+    from fileserver import FileServer
+
+    web = FileServer()
+    web.files["/d/train.jsonl"] = "".join(DATES).encode()
+    host = web.url.removeprefix("http://")
+    url = f"http://alice:url-pass-4242@{host}/d/train.jsonl?X-Amz-Signature=sig-0123456789"
+    secrets = ("url-pass-4242", "sig-0123456789", "mlflow-pass-77", "hf_secretsecretsecretsecret")
+    out, last_words = tmp_path / "out", tmp_path / "termination-log"
+    last_words.touch()
+    try:
+        result = kubetune(
+            "train",
+            *("--model", str(tiny_model), "--data", url, "--output-dir", str(out)),
+            *TRAIN_FLAGS,
+            *TRAIN_SETS,
+            *("--set", "tracking.mlflow_uri=http://bob:mlflow-pass-77@127.0.0.1:9"),
+            env={
+                "KUBETUNE_TERMINATION_LOG": str(last_words),
+                "KUBETUNE_LOG_LEVEL": "DEBUG",
+                "HF_TOKEN": "hf_secretsecretsecretsecret",
+            },
+        )
+    finally:
+        web.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_text = (out / "run.json").read_text()
+    run = json.loads(run_text)
+    assert run["sources"][0]["source"] == f"http://***@{host}/d/train.jsonl?X-Amz-Signature=***"
+    assert run["config"]["tracking"]["mlflow_uri"] == "http://***@127.0.0.1:9"
+    for secret in secrets:
+        for where, text in (("run.json", run_text), ("stderr", result.stderr), ("stdout", result.stdout)):
+            assert secret not in text, (secret, where)
+        assert secret not in last_words.read_text(), secret

@@ -52,8 +52,10 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int) -> None:
+    from kubetune.trainer.report import scrub
     from kubetune.trainer.termination import write_termination_message
 
+    message = scrub(message)  # an error may quote a URL with credentials or a library's header dump
     # In a pod, the same words become the termination message the operator puts in the job's status.
     write_termination_message({"event": "error", "exit_code": code, "message": message})
     for line in message.splitlines():
@@ -61,11 +63,30 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+class _Redact(logging.Filter):
+    """Every log line, ours or a library's, through the one redaction before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from kubetune.trainer.report import scrub
+
+        record.msg, record.args = scrub(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = scrub(record.exc_text) if record.exc_text else record.exc_text
+        return True
+
+
 def _setup_logging() -> None:
     level = os.environ.get(contract.ENV_LOG_LEVEL, "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.root.handlers:
+        if not any(isinstance(f, _Redact) for f in handler.filters):
+            handler.addFilter(_Redact())
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # At DEBUG these print signed requests (session tokens, signatures): never below INFO.
+    for wire in ("botocore", "boto3", "s3transfer", "httpcore", "requests_oauthlib"):
+        logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger(wire).getEffectiveLevel()))
     # bitsandbytes asks at import for the optional `kernels` package (a hub download): nothing to act on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
     # Library deprecation notices are for us, not for the person running a fine-tune.
@@ -220,10 +241,11 @@ def fetch(
     """Download the remote model and data into the cache ($KUBETUNE_CACHE_DIR) and stop: a FinetuneJob's initializer."""
     _setup_logging()
     cfg = resolve_config(config, set_, dict(model=model, data=data))
+    from kubetune.trainer.report import scrub
     from kubetune.trainer.sources import fetch_all
 
     for record in _guard(fetch_all, cfg):
-        typer.echo(f"fetched {record['source']} -> {record['local']}", err=True)
+        typer.echo(scrub(f"fetched {record['source']} -> {record['local']}"), err=True)
 
 
 @app.command()

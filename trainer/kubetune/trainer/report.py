@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from kubetune.api import contract
 
 PACKAGES = (
     "kubetune-api",
@@ -22,6 +25,28 @@ PACKAGES = (
     "datasets",
     "bitsandbytes",
 )
+
+
+SECRET_FILES = (contract.ENV_HF_TOKEN_FILE, contract.ENV_HTTP_TOKEN_FILE)  # mounted Secrets: masked too
+
+
+def known_secrets() -> list[str]:
+    """The secret values this process holds (the environment's and the mounted token files'), to mask them."""
+    from kubetune.api.redact import env_secrets
+
+    found = env_secrets(os.environ)
+    for name in SECRET_FILES:
+        if os.environ.get(name):
+            with contextlib.suppress(OSError):
+                found.append(Path(os.environ[name]).read_text().strip())
+    return found
+
+
+def scrub(value: Any) -> Any:
+    """The one redaction (kubetune.api.redact) with this process's secrets: for every record, log and message."""
+    from kubetune.api.redact import redact_value
+
+    return redact_value(value, known_secrets())
 
 
 def versions() -> dict[str, str | None]:
@@ -104,12 +129,13 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers never see a half-written file: write a temp file, then rename over."""
+    """Readers never see a half-written file: write a temp file, then rename over. Credentials are masked."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = scrub(json.loads(json.dumps(data, default=str)))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
+            json.dump(data, fh, indent=2)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:

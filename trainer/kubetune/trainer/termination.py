@@ -25,9 +25,12 @@ def termination_log() -> Path:
 
 def write_termination_message(record: dict[str, Any]) -> bool:
     """Write `record` as JSON if the file exists and is writable; never raises (it is a last word)."""
+    from kubetune.trainer.report import scrub
+
     path = termination_log()
     if not (path.exists() and os.access(path, os.W_OK)):
         return False
+    record = scrub(record)  # the operator copies it into status, Events and logs: no credential in it
     text = json.dumps(record)
     if len(text) > LIMIT and "message" in record:
         # Keep the JSON valid: shorten the message, not the document.

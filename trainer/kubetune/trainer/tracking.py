@@ -24,6 +24,7 @@ from typing import Any
 
 from kubetune.api.config import TrainConfig
 from kubetune.trainer.errors import UsageError
+from kubetune.trainer.report import scrub
 
 log = logging.getLogger("kubetune.tracking")
 PROBE_TIMEOUT = 5.0
@@ -90,7 +91,7 @@ def flat_params(cfg: TrainConfig) -> dict[str, str]:
         else:
             out[prefix] = str(value)[:MAX_PARAM]
 
-    walk("", cfg.model_dump(mode="json"))
+    walk("", scrub(cfg.model_dump(mode="json")))  # an MLflow URI with userinfo, a presigned data URL
     return out
 
 
@@ -155,7 +156,8 @@ def _mlflow(cfg: TrainConfig, trackers: Trackers) -> None:
     trackers.callbacks.append(MLflowCallback())
     trackers.mlflow = mlflow
     experiment = cfg.tracking.experiment
-    trackers.recorded["mlflow"] = {"tracking_uri": uri, "run_id": run.info.run_id, "experiment": experiment}
+    shown = scrub(uri)  # run.json is pushed: the server's address, not its password
+    trackers.recorded["mlflow"] = {"tracking_uri": shown, "run_id": run.info.run_id, "experiment": experiment}
 
 
 def _wandb(cfg: TrainConfig, trackers: Trackers) -> None:
@@ -165,7 +167,8 @@ def _wandb(cfg: TrainConfig, trackers: Trackers) -> None:
     except ImportError:
         raise UsageError("training.report_to: wandb is not installed: pip install wandb") from None
     try:
-        run = wandb.init(project=cfg.tracking.experiment, name=run_name(cfg), config=cfg.model_dump(mode="json"))
+        config = scrub(cfg.model_dump(mode="json"))
+        run = wandb.init(project=cfg.tracking.experiment, name=run_name(cfg), config=config)
     except Exception as exc:
         log.warning("wandb: cannot start a run (%s); training continues without it", _first_line(exc))
         return

@@ -4,6 +4,11 @@ Line numbers matter: a user with a 50,000-line JSONL needs to be told which line
 is broken, before any model is loaded. Formats: JSONL, JSON (a list, or an
 object with one list field), CSV, Parquet, and a directory saved by
 `datasets.save_to_disk`.
+
+A data file may be hostile, so nothing here costs more than a bound: a JSONL line
+is read at most RECORD_BYTES at a time (a longer one is one bad record, skipped
+without holding it), nesting too deep for the parser is a bad record, not a
+RecursionError, and a JSON or Parquet file may decode to at most FILE_BYTES.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.trainer.errors import DataError
+
+RECORD_BYTES = 64 << 20  # one JSONL line / Parquet row: far above any max_length of text
+FILE_BYTES = 4 << 30  # a JSON file read whole, or a Parquet file decoded (its records are then held in memory)
 
 
 @dataclass(frozen=True)
@@ -33,11 +41,27 @@ class BadRecord:
         return f"{self.where}: {self.problem}"
 
 
+def _lines(fh: Any) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line, never holding more than RECORD_BYTES; None for a line longer than that."""
+    lineno = 0
+    while raw := fh.readline(RECORD_BYTES + 1):
+        lineno += 1
+        if len(raw) > RECORD_BYTES:
+            while not raw.endswith(b"\n") and (raw := fh.readline(1 << 20)):
+                pass  # skip the rest of the line in bounded pieces
+            yield lineno, None
+        else:
+            yield lineno, raw
+
+
 def _jsonl(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
     # Bytes, decoded per line: one bad byte spoils one record (named by line), not the whole file.
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in _lines(fh):
             where = f"{path}:{lineno}"
+            if raw is None:
+                bad.append(BadRecord(where, f"line longer than {RECORD_BYTES >> 20} MiB"))
+                continue
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -50,6 +74,9 @@ def _jsonl(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
             except json.JSONDecodeError as exc:
                 bad.append(BadRecord(where, f"malformed JSON: {exc.msg} (column {exc.colno})"))
                 continue
+            except RecursionError:
+                bad.append(BadRecord(where, "JSON nested too deeply to parse"))
+                continue
             if not isinstance(value, dict):
                 bad.append(BadRecord(where, f"expected a JSON object, got {type(value).__name__}"))
                 continue
@@ -57,10 +84,14 @@ def _jsonl(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
 
 
 def _json(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
+    if path.stat().st_size > FILE_BYTES:
+        raise DataError(f"{path}: a JSON file is read whole and this one is over {FILE_BYTES >> 30} GiB; use JSONL")
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to parse") from None
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -95,12 +126,20 @@ def _csv(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
 def _parquet(path: Path, bad: list[BadRecord]) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
+    index, decoded = 0, 0
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=256)  # one bounded batch in memory at a time
+        for batch in batches:
+            decoded += batch.nbytes
+            if decoded > FILE_BYTES:
+                raise DataError(f"{path}: decodes to over {FILE_BYTES >> 30} GiB; split it into smaller files")
+            for row in batch.to_pylist():
+                index += 1
+                yield Record(row, f"{path}:record {index}")
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: unreadable Parquet file: {exc}") from None
-    for index, row in enumerate(table.to_pylist()):
-        yield Record(row, f"{path}:record {index + 1}")
 
 
 def _hf_dir(path: Path, bad: list[BadRecord]) -> Iterator[Record]:

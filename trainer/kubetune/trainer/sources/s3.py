@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kubetune.api.remote import Remote
@@ -101,7 +101,9 @@ def list_files(s3: Any, remote: Remote) -> list[store.RemoteFile]:
                 head = s3.head_object(Bucket=remote.bucket, Key=key)
                 etag = head["ETag"].strip('"')
                 name = PurePosixPath(key).name
-                return [store.RemoteFile(name, head["ContentLength"], etag, _opener(s3, remote.bucket, key, etag, uri))]
+                opener = _opener(s3, remote.bucket, key, etag, uri)
+                one = store.RemoteFile(name, head["ContentLength"], etag, opener, version_id=head.get("VersionId"))
+                return [_with_part_size(s3, remote.bucket, key, one)]
             except ClientError as exc:
                 if not isinstance(error(exc, uri), SourceMissing):
                     raise
@@ -113,12 +115,28 @@ def list_files(s3: Any, remote: Remote) -> list[store.RemoteFile]:
                     continue  # a "directory" placeholder some tools create
                 etag = obj["ETag"].strip('"')
                 opener = _opener(s3, remote.bucket, obj["Key"], etag, f"s3://{remote.bucket}/{obj['Key']}")
-                files.append(store.RemoteFile(obj["Key"][len(prefix) :], obj["Size"], etag, opener))
+                rel = obj["Key"][len(prefix) :]
+                files.append(
+                    _with_part_size(s3, remote.bucket, obj["Key"], store.RemoteFile(rel, obj["Size"], etag, opener))
+                )
     except (BotoCoreError, ClientError) as exc:
         raise error(exc, uri) from None
     if not files:
         raise SourceMissing(f"{uri}: no such object or prefix")
     return _as_pushed(s3, remote, prefix, files)
+
+
+def _with_part_size(s3: Any, bucket: str, key: str, file: store.RemoteFile) -> store.RemoteFile:
+    """A multipart object's ETag is the MD5 of its parts' MD5s: with the part size (part 1's length) it is checkable."""
+    from botocore.exceptions import ClientError
+
+    if "-" not in (file.etag or ""):
+        return file
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key, PartNumber=1)
+    except ClientError:  # a store without part HEADs: the object is then checked by size only, and never reused
+        return file
+    return replace(file, part_size=head["ContentLength"]) if head.get("PartsCount", 1) > 1 else file
 
 
 def _as_pushed(s3: Any, remote: Remote, prefix: str, files: list[store.RemoteFile]) -> list[store.RemoteFile]:
@@ -161,19 +179,36 @@ def _as_pushed(s3: Any, remote: Remote, prefix: str, files: list[store.RemoteFil
     return keep
 
 
+def _entry(remote: Remote, first: str) -> tuple[Path, bool]:
+    """The cache entry of a location, and whether it names one object (then `first` is its name)."""
+    single = bool(remote.key) and not remote.key.endswith("/") and first == PurePosixPath(remote.key).name
+    key = remote.key if single else remote.key.rstrip("/")  # s3://b/p and s3://b/p/ share one entry
+    return store.entry_dir("s3", f"{endpoint() or 'aws'}|{remote.bucket}|{key}", f"{remote.bucket}/{key}"), single
+
+
+def offline(remote: Remote, files: list[dict[str, Any]]) -> str:
+    """A locked location's local path, its files checked against the lock; S3 is not asked."""
+    if not files:
+        raise TransferFailed(f"{remote.uri}: the sources lock lists no files; run `kubetune fetch` again")
+    entry, single = _entry(remote, files[0]["rel"])
+    target = entry / "files"
+    store.offline(target, files, remote.uri)
+    return str(target / files[0]["rel"] if single else target)
+
+
 def fetch(remote: Remote) -> tuple[str, dict[str, Any]]:
     """Download into the cache (or reuse it); returns the local path and what to record in run.json."""
     s3 = client()
     files = list_files(s3, remote)
-    single = bool(remote.key) and not remote.key.endswith("/") and files[0].rel == PurePosixPath(remote.key).name
-    key = remote.key if single else remote.key.rstrip("/")  # s3://b/p and s3://b/p/ share one entry
-    entry = store.entry_dir("s3", f"{endpoint() or 'aws'}|{remote.bucket}|{key}", f"{remote.bucket}/{key}")
+    entry, single = _entry(remote, files[0].rel)
     with store.locked(entry):
         target = store.sync(entry, files, remote.uri)
+    manifest = store.read_manifest(entry)
     record = {
         "endpoint": endpoint(),
         "files": len(files),
         "bytes": sum(f.size or 0 for f in files),
         "revision": store.revision_of(files),
+        "file_identities": [store.identity(f, manifest.get(f.rel, {}).get("sha256")) for f in files],
     }
     return str(target / files[0].rel if single else target), record

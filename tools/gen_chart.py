@@ -85,6 +85,11 @@ class Policy(Strict):
     allowRemoteCode: bool = False
 
 
+class NetworkPolicy(Strict):
+    enabled: bool = False
+    egress: list[dict[str, Any]] = []
+
+
 class ServiceAccount(Strict):
     create: bool = True
     name: str = ""
@@ -105,6 +110,7 @@ class ChartValues(Strict):
     operator: Operator
     metrics: Metrics
     policy: Policy = Policy()
+    networkPolicy: NetworkPolicy = NetworkPolicy()
     probePort: int = Field(8080, ge=1, le=65535)
     serviceAccount: ServiceAccount
     rbac: Rbac

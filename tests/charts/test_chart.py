@@ -122,6 +122,7 @@ def test_rbac_is_least_privilege(values: dict[str, Any]):
         "pods/log": {"get"},
         "events": {"create", "list"},  # list: the Job controller's FailedCreate Events
         "customresourcedefinitions": {"list", "watch"},
+        "networkpolicies": {"get", "create", "delete"},  # networkPolicy.enabled only
         "clusterkopfpeerings": {"get", "list", "watch", "patch"},
         "kopfpeerings": {"get", "list", "watch", "patch"},
     }
@@ -196,6 +197,19 @@ def test_the_policy_values_reach_the_operator():
         ("r.example/ml/*",), ("ml/s3", "*/hf"), ("batch-*",), ("nvidia.com/gpu",), True
     )
     assert policy({"policy": {"secrets": []}}).secrets == ()  # an empty list allows no Secret
+
+
+def test_the_network_policy_switch_reaches_the_operator_with_its_rights():
+    from kubetune.operator.settings import from_env
+
+    s3 = {"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}], "ports": [{"port": 9000}]}
+    docs = render({"networkPolicy": {"enabled": True, "egress": [s3]}})
+    env = {e["name"]: str(e["value"]) for e in container(docs)["env"] if "value" in e}
+    pods = from_env(env).pods
+    assert pods.network_policy is True and pods.network_egress == (s3,)
+    assert any("networkpolicies" in r["resources"] for r in rules(docs))
+    assert not any("networkpolicies" in r["resources"] for r in rules(render()))  # off: no right to them
+    assert from_env({}).pods.network_policy is False
 
 
 def test_replicas_peer_with_priorities_of_their_own():

@@ -305,3 +305,19 @@ async def test_pods_the_job_controller_cannot_create_are_reported(cluster: Clust
     assert obj["status"]["phase"] == "Pending"
     running = next(c for c in obj["status"]["conditions"] if c["type"] == "Running")
     assert (running["status"], running["reason"]) == ("False", "FailedCreate") and quota in running["message"]
+
+
+async def test_with_network_policies_on_each_run_gets_one_before_its_pods(cluster: Cluster, monkeypatch):
+    cluster.kmock.rbac = chart_rbac({"networkPolicy": {"enabled": True}})
+    monkeypatch.setenv("KUBETUNE_NETWORK_POLICY", "true")
+    async with operator(env={"KUBETUNE_NETWORK_POLICY": "true"}):
+        await cluster.create(finetunejob())
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        policy = await eventually(lambda: cluster.get("NetworkPolicy", NAMES.network_policy), what="NetworkPolicy")
+    ftj = await cluster.get("FinetuneJob", "quotes")
+    run = {"matchLabels": {"kubetune.dev/run": ftj["metadata"]["uid"]}}
+    assert (
+        policy["spec"]["podSelector"] == run
+        and policy["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+    )
+    assert cluster.requests("post", "NetworkPolicy") == 1  # once, not at every poll

@@ -292,3 +292,20 @@ def test_the_rendezvous_service_selects_this_runs_workers_only():
     assert all(workers.get(k) == v for k, v in selector.items())  # this run's worker pods match it
     again = render_worker_job({**META, "uid": "a-new-run"}, SPEC, PodSettings())["spec"]["template"]["metadata"]
     assert not all(again["labels"].get(k) == v for k, v in selector.items())  # a re-applied run's pods do not
+
+
+def test_the_network_policy_admits_only_the_same_run_and_validates():
+    from kubetune.operator.render import render_network_policy
+
+    policy = render_network_policy(META, PodSettings(network_policy=True))
+    kubernetes_validate.validate(policy, "1.30", strict=True)
+    run = {"matchLabels": {"kubetune.dev/run": META["uid"]}}
+    assert policy["spec"]["podSelector"] == run and policy["spec"]["ingress"] == [{"from": [{"podSelector": run}]}]
+    assert policy["spec"]["egress"] == [{}]  # no egress rules given: anywhere (hubs, S3)
+    s3 = {"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}], "ports": [{"port": 9000}]}
+    narrow = render_network_policy(META, PodSettings(network_policy=True, network_egress=(s3,)))
+    kubernetes_validate.validate(narrow, "1.30", strict=True)
+    assert narrow["spec"]["egress"][0] == {"to": [{"podSelector": run}]} and narrow["spec"]["egress"][-1] == s3
+    assert any({"protocol": "UDP", "port": 53} in r.get("ports", []) for r in narrow["spec"]["egress"])  # DNS
+    pods = render_worker_job(META, SPEC, PodSettings())["spec"]["template"]["metadata"]["labels"]
+    assert all(pods.get(k) == v for k, v in run["matchLabels"].items())  # the workers are selected

@@ -38,6 +38,7 @@ RESOURCES = {
     "v1/configmaps": ("ConfigMap", set()),
     "v1/secrets": ("Secret", set()),
     "v1/services": ("Service", set()),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", set()),
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
     "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", {"status"}),  # replicas (charts/.../peering.yaml)
@@ -50,6 +51,7 @@ PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Service": "/api/v1/namespaces/{ns}/services",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     "Event": "/api/v1/namespaces/{ns}/events",
     "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
 }

@@ -70,6 +70,12 @@ app.kubernetes.io/component: operator
   - apiGroups: [""]
     resources: [events]
     verbs: [create, list]
+  {{- if .Values.networkPolicy.enabled }}
+  # One NetworkPolicy per FinetuneJob (networkPolicy.enabled): created with the other children, deleted on TTL.
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, create, delete]
+  {{- end }}
   {{- if gt (int .Values.replicaCount) 1 }}
   # Peering between replicas (namespaced operators): only one acts at a time.
   - apiGroups: [kopf.dev]

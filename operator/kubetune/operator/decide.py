@@ -24,6 +24,7 @@ from kubetune.operator.render import (
     Names,
     render_configmap,
     render_merge_job,
+    render_network_policy,
     render_service,
     render_worker_job,
 )
@@ -250,6 +251,7 @@ def _initializing(run: _Pass) -> Plan | None:
         return None  # the workers are created by this same pass
     if not seen.has_config:
         run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
+    _ensure_network_policy(run)
     if seen.initializer is None:
         assert spec.sources is not None  # needs_initializer
         run.plan.create.append(render_initializer_job(run.meta, spec, run.settings))
@@ -272,6 +274,7 @@ def _ensure_children(run: _Pass) -> None:
         plan.create.append(render_configmap(run.meta, run.spec))
     if not seen.has_service:
         plan.create.append(render_service(run.meta))
+    _ensure_network_policy(run)
     if phase == "Merging" and seen.merge is None:
         plan.create.append(render_merge_job(run.meta, run.spec, run.settings))  # deleted by hand: merge again
     if phase != "Merging" and seen.workers is None:
@@ -281,6 +284,12 @@ def _ensure_children(run: _Pass) -> None:
                 cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap, Service and Job {run.names.workers}"
             )
             run.st.phase("Pending", cond.CREATED_PHASE, f"waiting for {run.spec.nodes} worker pod(s)")
+
+
+def _ensure_network_policy(run: _Pass) -> None:
+    """Before any pod of the run exists: the pods accept connections from the same run only."""
+    if run.settings.network_policy and not run.seen.has_network_policy:
+        run.plan.create.append(render_network_policy(run.meta, run.settings))
 
 
 def _restarts(run: _Pass) -> None:
@@ -458,6 +467,7 @@ def _expire(run: _Pass) -> Plan:
         ("ConfigMap", names.config) if seen.has_config else None,
         ("Job", names.initializer) if seen.initializer is not None else None,
         ("Service", names.service) if seen.has_service else None,
+        ("NetworkPolicy", names.network_policy) if seen.has_network_policy else None,
         ("Job", names.workers) if seen.workers is not None else None,
         ("Job", names.merge) if seen.merge is not None else None,
     ]

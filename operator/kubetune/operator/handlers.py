@@ -81,7 +81,7 @@ async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid
         return True
     meta, old = ftj["metadata"], ftj.get("status") or {}
     now = datetime.now(UTC)
-    seen = await asyncio.to_thread(cluster.observe, meta, now)
+    seen = await asyncio.to_thread(cluster.observe, meta, now, memo.config.pods.network_policy)
     spec = ftj.get("spec") or {}
     plan = decide(meta, spec, old, seen, memo.config.pods)
     met = await _create(cluster, meta, plan, logger)

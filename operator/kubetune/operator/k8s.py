@@ -66,6 +66,7 @@ class Cluster:
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
 
     def _call(self, verb: str, kind: str) -> Any:
         """The client method for `verb` on `kind`, e.g. ("read", "Job") -> BatchV1Api.read_namespaced_job."""
@@ -73,6 +74,7 @@ class Cluster:
             "ConfigMap": (self.core, "config_map"),
             "Service": (self.core, "service"),
             "Job": (self.batch, "job"),
+            "NetworkPolicy": (self.networking, "network_policy"),
         }[kind]
         return getattr(api, f"{verb}_namespaced_{noun}")
 
@@ -123,7 +125,7 @@ class Cluster:
                 return None
             raise
 
-    def observe(self, meta: dict[str, Any], now: Any) -> Observed:
+    def observe(self, meta: dict[str, Any], now: Any, network_policy: bool = False) -> Observed:
         ns, name = meta["namespace"], meta["name"]
         names = Names.of(name)
         workers = self._read("Job", ns, names.workers)
@@ -142,15 +144,17 @@ class Cluster:
         if initializer is not None and not job_condition(initializer, "Failed"):
             short += [initializer] if short_of_pods(initializer, self._pods(ns, initializer)) else []
         config, service = self._read("ConfigMap", ns, names.config), self._read("Service", ns, names.service)
+        policy = self._read("NetworkPolicy", ns, names.network_policy) if network_policy else None
         not_ours = [
             (ownership(o, meta), kind, o["metadata"]["name"])
-            for kind, o in (("ConfigMap", config), ("Service", service))
+            for kind, o in (("ConfigMap", config), ("Service", service), ("NetworkPolicy", policy))
             if o is not None
         ]
         return Observed(
             now=now,
             has_config=config is not None,
             has_service=service is not None,
+            has_network_policy=policy is not None,
             not_ours=tuple(n for n in not_ours if n[0] != "ours"),
             workers=workers,
             merge=merge,

@@ -91,6 +91,7 @@ class Observed:
     now: datetime
     has_config: bool = False
     has_service: bool = False
+    has_network_policy: bool = False
     workers: dict[str, Any] | None = None  # the worker Job as the API returns it
     merge: dict[str, Any] | None = None
     initializer: dict[str, Any] | None = None  # the `kubetune fetch` Job of a spec with remote sources

@@ -61,6 +61,7 @@ class Names:
     workers: str
     merge: str
     initializer: str  # `kubetune fetch`, for remote sources
+    network_policy: str  # with the chart's networkPolicy.enabled
 
     @staticmethod
     def of(name: str) -> Names:
@@ -73,6 +74,7 @@ class Names:
             workers=short_name(name, "workers", 59),
             merge=short_name(name, "merge"),
             initializer=short_name(name, "fetch"),
+            network_policy=short_name(name, "net"),
         )
 
 
@@ -171,6 +173,25 @@ def render_service(meta: dict[str, Any]) -> dict[str, Any]:
             # This run's workers only: a deleted run's Terminating pods of the same name are not rendezvous peers.
             "selector": {LABEL_JOB: meta["name"], LABEL_ROLE: "worker", LABEL_RUN: meta["uid"]},
             "ports": [{"name": "rendezvous", "port": PORT, "targetPort": PORT}],
+        },
+    }
+
+
+def render_network_policy(meta: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
+    """The run's pods accept connections only from each other (torchrun's TCPStore exchanges pickled objects:
+    no other pod may join the rendezvous); they reach each other, DNS, and what the egress rules allow."""
+    run = {"matchLabels": {LABEL_RUN: meta["uid"]}}
+    dns = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    egress = [{"to": [{"podSelector": run}]}, dns, *settings.network_egress] if settings.network_egress else [{}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(meta, Names.of(meta["name"]).network_policy, "network-policy"),
+        "spec": {
+            "podSelector": run,
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": run}]}],
+            "egress": egress,
         },
     }
 

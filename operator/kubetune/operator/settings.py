@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubetune.api import backends
 from kubetune.api.sources import env_number
@@ -35,6 +37,10 @@ class PodSettings:
     termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
     image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
     policy: Policy = field(default_factory=Policy)
+    # A NetworkPolicy per job (chart networkPolicy): ingress only from the same run's pods (the rendezvous);
+    # egress to the same run, DNS, and these rules (NetworkPolicyEgressRule objects; none: anywhere).
+    network_policy: bool = False
+    network_egress: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ def from_env(env: Mapping[str, str]) -> OperatorConfig:
         image_pull_secrets=_csv(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
         termination_grace_seconds=int(TERMINATION_GRACE_SECONDS.read(env)),
         policy=policy_from_env(env),
+        network_policy=env.get("KUBETUNE_NETWORK_POLICY", "false").strip().lower() == "true",
+        network_egress=_egress(env),
     )
     return OperatorConfig(
         pods=pods,
@@ -114,3 +122,15 @@ def policy_from_env(env: Mapping[str, str]) -> Policy:
         toleration_keys=_csv(env, "KUBETUNE_ALLOWED_TOLERATION_KEYS"),
         remote_code=remote_code == "true",
     )
+
+
+def _egress(env: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """KUBETUNE_NETWORK_POLICY_EGRESS: a JSON list of NetworkPolicyEgressRule objects (the chart writes it)."""
+    text = env.get("KUBETUNE_NETWORK_POLICY_EGRESS", "").strip() or "[]"
+    try:
+        rules = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"env KUBETUNE_NETWORK_POLICY_EGRESS: not JSON ({exc})") from None
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise SettingsError("env KUBETUNE_NETWORK_POLICY_EGRESS: must be a JSON list of egress rules")
+    return tuple(rules)

@@ -270,7 +270,10 @@ def conditions_section() -> str:
         "| reason | meaning |\n|---|---|\n"
         + rows(conditions.REASONS)
         + "\nA `Failed` condition may also carry the Job controller's own reason, passed through from the "
-        "worker Job:\n\n| reason | meaning |\n|---|---|\n" + rows(conditions.JOB_REASONS)
+        "worker Job:\n\n| reason | meaning |\n|---|---|\n"
+        + rows(conditions.JOB_REASONS)
+        + "\n`Running=False` may carry the kubelet's or the scheduler's reason for a worker pod that waits:\n\n"
+        "| reason | meaning |\n|---|---|\n" + rows(conditions.POD_WAITING_REASONS)
     )
 
 

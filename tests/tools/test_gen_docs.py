@@ -92,6 +92,6 @@ def test_values_rows_take_defaults_and_comments_from_values_yaml():
 
 def test_every_condition_type_and_reason_is_in_the_finetunejob_reference():
     page = gen_docs.finetunejob_page()
-    names = [*conditions.CONDITION_TYPES, *conditions.REASONS, *conditions.JOB_REASONS]
+    names = [*conditions.CONDITION_TYPES, *conditions.REASONS, *conditions.JOB_REASONS, *conditions.POD_WAITING_REASONS]
     missing = [n for n in names if f"| `{n}` |" not in page]
     assert names and not missing, missing

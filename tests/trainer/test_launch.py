@@ -1,4 +1,4 @@
-"""Process layout, backend choice, core pinning and the torchrun command: pure, no processes."""
+"""Process layout, backend choice, core pinning and the torchrun command (pure), and what a stopped node exits with."""
 
 import socket
 
@@ -106,3 +106,37 @@ def test_rendezvous_failure_names_address_and_missing_nodes():
     msg = rendezvous_failure(Layout(1, 3, 0, "job-0.svc", 29500), timeout=60)
     assert "job-0.svc:29500" in msg and "expected nodes 1, 2" in msg and "60 s" in msg
     assert "node 2 could not join" in rendezvous_failure(Layout(1, 3, 2, "job-0.svc", 29500), timeout=60)
+
+
+def test_every_node_of_a_stopped_multi_node_run_exits_preempted(tmp_path):
+    # Global rank 0 writes the marker on the shared output claim; before, the first launcher to see it deleted
+    # it, so the other node exited 0 and its index counted as complete (issue 21 #3).
+    import os
+    import sys
+    import time
+
+    from kubetune.trainer.errors import EXIT_PREEMPTED
+    from kubetune.trainer.launch import PREEMPTED_MARKER, launch
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    (tmp_path / "checkpoints").mkdir()
+    marker = tmp_path / "checkpoints" / PREEMPTED_MARKER
+    write = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('7')"]  # rank 0 stopped on a checkpoint
+    stopped_too = [sys.executable, "-c", "pass"]  # the other node's workers stopped with it, exit 0
+
+    def node(rank: int, command: list[str]) -> int:
+        layout = Layout(nnodes=2, nproc_per_node=1, node_rank=rank, master_addr="127.0.0.1", master_port=free)
+        return launch(layout, [], tmp_path, 5, 1, command=command)
+
+    assert node(0, write) == EXIT_PREEMPTED
+    assert node(1, stopped_too) == EXIT_PREEMPTED
+    # A marker of an earlier attempt does not turn this attempt's crash into a retry without end.
+    old = time.time() - 3600
+    os.utime(marker, (old, old))
+    worker_crashes = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(1.5)']); sys.exit(1)"
+    )
+    assert node(1, [sys.executable, "-c", worker_crashes]) == 1  # (its worker ran: not a rendezvous failure)

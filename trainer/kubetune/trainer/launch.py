@@ -207,17 +207,45 @@ def _worker_pids(parent: int) -> list[int]:
         return []
 
 
-def launch(layout: Layout, argv: list[str], output_dir: Path, rdzv_timeout: int, cores: int) -> int:
-    """Run torchrun; returns the exit code `kubetune train` should exit with."""
+def preempted(marker: Path, started: float, signalled: bool) -> bool:
+    """Whether this node's run stopped on a checkpoint (exit 75, retried) rather than finished.
+
+    Global rank 0 writes the marker on the shared output claim when the workers stop together; every node's
+    launcher must see it, so none deletes it (rank 0's next run does, train.py). A marker left by an earlier
+    attempt counts only when this node was signalled itself: otherwise its mtime must be of this attempt."""
+    try:
+        written = marker.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return signalled or written >= started - MARKER_CLOCK_SLACK_S
+
+
+MARKER_CLOCK_SLACK_S = 5.0  # the shared volume's clock against this node's
+
+
+def launch(
+    layout: Layout,
+    argv: list[str],
+    output_dir: Path,
+    rdzv_timeout: int,
+    cores: int,
+    command: list[str] | None = None,
+) -> int:
+    """Run torchrun (or `command`, for tests); returns the exit code `kubetune train` should exit with."""
     check_port_free(layout)
     marker = output_dir / "checkpoints" / PREEMPTED_MARKER
-    marker.unlink(missing_ok=True)
+    if layout.nnodes == 1:
+        marker.unlink(missing_ok=True)  # several nodes: another node may still have to read this attempt's
+    started = time.time()
+    signalled = False
     proc = subprocess.Popen(
-        torchrun_command(layout, argv, rdzv_timeout), env=worker_environment(os.environ, layout, cores)
+        command or torchrun_command(layout, argv, rdzv_timeout), env=worker_environment(os.environ, layout, cores)
     )
 
     def forward(signum: int, _frame: object) -> None:
         # Straight to the workers: they finish the step, checkpoint together, and exit cleanly.
+        nonlocal signalled
+        signalled = True
         for pid in _worker_pids(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -232,9 +260,10 @@ def launch(layout: Layout, argv: list[str], output_dir: Path, rdzv_timeout: int,
         signal.signal(signal.SIGTERM, previous)
     if code != 0 and not workers_started and layout.nnodes > 1:
         raise UsageError(rendezvous_failure(layout, rdzv_timeout))
-    if marker.exists():
+    if preempted(marker, started, signalled):
         from kubetune.trainer.errors import EXIT_PREEMPTED
 
-        marker.unlink(missing_ok=True)
+        if layout.nnodes == 1:
+            marker.unlink(missing_ok=True)
         return EXIT_PREEMPTED
     return code

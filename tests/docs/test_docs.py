@@ -14,8 +14,9 @@ from kubetune.api.contract import ExitCode
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
-# Guides for users (README, data scientists, platform engineers): run records belong in docs/contributors.
-USER_PAGES = [README, *(p for d in ("user", "platform") for p in sorted((ROOT / "docs" / d).glob("*.md")))]
+# Run records (dates, commits, pass counts) belong in the contributors' pages; every other page is a user's.
+CONTRIBUTORS = {ROOT / "docs" / "architecture.md", ROOT / "docs" / "benchmarks.md"}
+USER_PAGES = [README, *(p for p in PAGES if p not in CONTRIBUTORS and "contributors" not in p.parts)]
 MD = MarkdownIt("commonmark").enable("table")
 
 

@@ -321,3 +321,27 @@ async def test_with_network_policies_on_each_run_gets_one_before_its_pods(cluste
         and policy["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
     )
     assert cluster.requests("post", "NetworkPolicy") == 1  # once, not at every poll
+
+
+def test_the_emulated_rbac_grants_only_what_is_bound_to_the_operator():
+    # kubernetes.io/docs/reference/access-authn-authz/rbac: a Role grants nothing until bound to the subject.
+    role = {
+        "kind": "Role",
+        "metadata": {"name": "jobs", "namespace": "ml"},
+        "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}],
+    }
+
+    def binding(namespace: str, account: str) -> dict[str, Any]:
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": "kubetune-system"}
+        return {
+            "kind": "RoleBinding",
+            "metadata": {"name": "b", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "jobs"},
+            "subjects": [subject],
+        }
+
+    assert not RBAC.from_manifests([role]).allows("create", "batch", "jobs", "ml")
+    assert not RBAC.from_manifests([role, binding("ml", "someone-else")]).allows("create", "batch", "jobs", "ml")
+    bound = RBAC.from_manifests([role, binding("ml", "kubetune")])
+    assert bound.allows("create", "batch", "jobs", "ml") and not bound.allows("create", "batch", "jobs", "other")
+    assert chart_rbac().allows("create", "batch", "jobs", "any-namespace")  # the chart binds its ClusterRole

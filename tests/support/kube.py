@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ import aiohttp
 import attrs
 import kmock
 import pytest
+from apirules import Refused, object_problems
 from kopf.testing import KopfRunner
+from rbac import RBAC
 
 from kubetune.operator.main import command
 from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
@@ -56,131 +56,6 @@ PATHS = {
     "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
 }
 NAMESPACE = "ml"
-
-
-# --- what the real API server checks (k8s.io/apimachinery/pkg/util/validation; docs: "Object Names and IDs",
-# "Labels and Selectors"). Written from the documented rules, not from the operator's code, so that rendered
-# names are checked against the server's rules and not against themselves. -------------------------------------
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # <= 63: most names, pod hostnames
-DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # <= 63: Service names
-DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # <= 253
-LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")  # <= 63
-LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")  # <= 63, after an optional "<subdomain>/"
-
-
-def _bad(regex: re.Pattern[str], limit: int, value: str) -> bool:
-    return len(value) > limit or not regex.fullmatch(value)
-
-
-def label_problems(labels: dict[str, str] | None, where: str) -> list[str]:
-    problems = []
-    for key, value in (labels or {}).items():
-        prefix, _, name = key.rpartition("/")
-        if (prefix and _bad(DNS1123_SUBDOMAIN, 253, prefix)) or _bad(LABEL_NAME, 63, name):
-            problems.append(f"{where}: Invalid value: {key!r}: not a qualified label name")
-        if _bad(LABEL_VALUE, 63, str(value)):
-            problems.append(
-                f"{where}: Invalid value: {value!r}: a valid label must be 63 characters or less, "
-                "start and end with an alphanumeric character, with '-', '_' or '.' between"
-            )
-    return problems
-
-
-def pod_spec_problems(spec: dict[str, Any], where: str) -> list[str]:
-    """A pod's hostname and subdomain are DNS-1123 labels (an Indexed Job's pods get hostname <job>-<index>)."""
-    return [
-        f"{where}.{key}: Invalid value: {spec[key]!r}: a lowercase RFC 1123 label of at most 63 characters"
-        for key in ("hostname", "subdomain")
-        if spec.get(key) and _bad(DNS1123_LABEL, 63, spec[key])
-    ]
-
-
-def object_problems(obj: dict[str, Any]) -> list[str]:
-    """Why the API server would answer 422 to creating `obj` (the subset of rules kubetune's objects meet)."""
-    kind, meta = obj.get("kind", ""), obj.get("metadata") or {}
-    name = meta.get("name", "")
-    problems = label_problems(meta.get("labels"), "metadata.labels")
-    if kind == "Service" and _bad(DNS1035_LABEL, 63, name):
-        problems.append(
-            f"metadata.name: Invalid value: {name!r}: a DNS-1035 label must consist of lower case "
-            "alphanumeric characters or '-', start with an alphabetic character, and end with an "
-            "alphanumeric character"
-        )
-    elif _bad(DNS1123_SUBDOMAIN, 253, name):
-        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
-    if kind == "Job":
-        # The Job controller labels its pods job-name=<name>: the server refuses names over 63 characters.
-        if len(name) > 63:
-            problems.append(f"metadata.name: Invalid value: {name!r}: must be no more than 63 characters")
-        template = (obj.get("spec") or {}).get("template") or {}
-        problems += label_problems((template.get("metadata") or {}).get("labels"), "spec.template.metadata.labels")
-        pod = template.get("spec") or {}
-        problems += pod_spec_problems(pod, "spec.template.spec")
-        if (obj.get("spec") or {}).get("completionMode") == "Indexed":
-            last = f"{name}-{int(obj['spec'].get('completions') or 1) - 1}"
-            problems += pod_spec_problems({"hostname": last}, "(pod of this Indexed Job)")
-    if kind == "Pod":
-        problems += pod_spec_problems(obj.get("spec") or {}, "spec")
-    return problems
-
-
-@attrs.frozen
-class Refused(kmock.KubernetesError):
-    """An error answered the way the API server does: a Status object with code, reason and message."""
-
-    status: int
-    reason: str
-    message: str
-    details: Any = attrs.field(factory=dict)
-
-
-@dataclass(frozen=True)
-class Rule:
-    api_groups: frozenset[str]
-    resources: frozenset[str]
-    verbs: frozenset[str]
-    namespace: str | None  # None: a ClusterRole's rule (every namespace and cluster-scoped objects)
-
-
-@dataclass
-class RBAC:
-    """The rights of one service account, as Kubernetes' RBAC authorizer grants them (no wildcards: the chart
-    uses none, and its test forbids them). OwnerReferencesPermissionEnforcement (on in OpenShift) is applied
-    too: setting blockOwnerDeletion needs `update` on the owner's finalizers subresource."""
-
-    rules: list[Rule]
-    user: str = "system:serviceaccount:kubetune-system:kubetune"
-
-    @staticmethod
-    def from_manifests(docs: list[dict[str, Any]]) -> RBAC:
-        rules = []
-        for doc in docs:
-            if doc["kind"] in ("Role", "ClusterRole"):
-                namespace = doc["metadata"].get("namespace") if doc["kind"] == "Role" else None
-                rules += [
-                    Rule(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]), namespace)
-                    for r in doc["rules"]
-                ]
-        return RBAC(rules)
-
-    def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
-        return any(
-            verb in r.verbs
-            and group in r.api_groups
-            and resource in r.resources
-            and (r.namespace is None or r.namespace == namespace)
-            for r in self.rules
-        )
-
-    def check(self, verb: str, group: str, resource: str, namespace: str | None) -> None:
-        if not self.allows(verb, group, resource, namespace):
-            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            raise Refused(
-                403,
-                "Forbidden",
-                f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
-                f'"{resource}" in API group "{group}"{where}',
-            )
 
 
 OPERATOR_TOKEN = "kubetune-operator"  # the operator's kubeconfig user; RBAC applies to it

@@ -48,6 +48,8 @@ LONG=$(printf 'l%.0s' $(seq 1 63))
 import sys, yaml
 job = yaml.safe_load(open("examples/k8s/finetunejob-cpu.yaml"))
 job["spec"]["training"]["training"]["max_steps"] = 20
+# An integer quantity, as users write them: the operator's client must send it as a string (issue 21).
+job["spec"]["resources"] = {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
 long = yaml.safe_load(yaml.safe_dump(job))
 long["metadata"]["name"] = sys.argv[1]
 long["spec"]["training"]["training"]["max_steps"] = 2
@@ -55,13 +57,17 @@ long["spec"]["merge"] = {"enabled": False}
 long["spec"]["storage"]["output"]["subPath"] = "long"
 yaml.safe_dump_all([job, long], sys.stdout)
 PYEOF
-if kubectl apply -n "$NS" --dry-run=server -f - >/dev/null 2>&1 <<YAMLEOF
+if REFUSAL=$(kubectl apply -n "$NS" --dry-run=server -f - 2>&1 <<YAMLEOF
 apiVersion: kubetune.dev/v1alpha1
 kind: FinetuneJob
 metadata: {name: "1-${LONG}"}
 spec: {storage: {model: {claimName: models}, data: {claimName: data}, output: {claimName: runs}}}
 YAMLEOF
-then echo "the API server admitted a name its children could not have" >&2; exit 1; fi
+); then echo "the API server admitted a name its children could not have" >&2; exit 1; fi
+# Refused for the name (the CRD's CEL rule, finetunejob.NAME_MESSAGE), not for anything else.
+if ! grep -q "metadata.name must be at most 63 characters" <<<"$REFUSAL"; then
+    echo "refused, but not for its name: $REFUSAL" >&2; exit 1
+fi
 kubectl get ftj -n "$NS"
 if ! kubectl wait -n "$NS" ftj/dates-cpu --for=jsonpath='{.status.phase}'=Succeeded --timeout=1500s; then
     kubectl describe ftj -n "$NS" dates-cpu || true

@@ -80,6 +80,15 @@ def test_unknown_type_and_missing_merged_model_are_one_line_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_without_the_llamacpp_binding_nothing_is_loaded_or_written(tmp_path, monkeypatch):
+    from kubetune.trainer.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # what `import xllamacpp` meets where it is not installed
+    with pytest.raises(UsageError, match=r"needs xllamacpp: pip install 'kubetune-trainer\[export\]'"):
+        export(tmp_path, ["f16"])
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- the verdict's rules (pure) -------------------------------------------------------------------------------------
 
 

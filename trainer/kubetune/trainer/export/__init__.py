@@ -213,6 +213,7 @@ def export(
 ) -> dict[str, Any]:
     """OUTPUT_DIR/merged -> OUTPUT_DIR/gguf/model-<type>.gguf (+ .Modelfile, export.json), each verified."""
     kinds = check_kinds(kinds)
+    verify.require_llamacpp()
     merged = merged or output_dir / "merged"
     dest = dest or output_dir / "gguf"
     run = load_run(output_dir)

@@ -60,13 +60,19 @@ def transformers_answers(model: Any, tokenizer: Any, items: list[Item], max_new_
     return Answers(texts, [len(it.ids) for it in items], logprobs)
 
 
-def _server(path: Path, n_ctx: int, threads: int) -> Any:
+def require_llamacpp() -> Any:
+    """The llama.cpp binding, or one line saying how to install it (asked before anything is loaded or written)."""
     try:
         import xllamacpp
     except ImportError:
         raise UsageError(
             "export: verifying in llama.cpp needs xllamacpp: pip install 'kubetune-trainer[export]'"
         ) from None
+    return xllamacpp
+
+
+def _server(path: Path, n_ctx: int, threads: int) -> Any:
+    xllamacpp = require_llamacpp()
     params = xllamacpp.CommonParams()
     params.model.path = str(path)
     params.n_ctx = n_ctx

@@ -299,41 +299,6 @@ class SourcesSection(Section):
     )
 
 
-# GGUF tensor types `kubetune export` writes (docs/export.md): 16-bit floats, or 8-bit blocks (about half the size).
-GgufType = Literal["f16", "bf16", "q8_0"]
-
-
-class ExportSection(Section):
-    """GGUF files for llama.cpp and Ollama, written by `kubetune merge` into OUTPUT_DIR/gguf and each verified in
-    llama.cpp against the merged model before it is kept (docs/export.md)."""
-
-    gguf: Annotated[list[GgufType], BeforeValidator(_split_list)] = Field(
-        default_factory=list,
-        max_length=3,
-        description="GGUF types to export after the merge (f16, bf16, q8_0); empty: no export.",
-    )
-    data: Location | None = Field(
-        None,
-        description="Held-out records (a local file, as data.path) the export is checked on in llama.cpp; "
-        "default: data.eval_path when it is a local file, else a few fixed prompts.",
-    )
-    limit: int = Field(100, ge=1, le=100_000, description="Check on at most this many of those records.")
-
-
-MergeBase = Literal["as_trained", "original"]
-
-
-class MergeSection(Section):
-    """What `kubetune merge` folds the adapter into (docs/merge-and-generate.md)."""
-
-    base: MergeBase = Field(
-        "as_trained",
-        description="as_trained: the base as training saw it (for a 4-bit/8-bit run its dequantized weights, "
-        "dequant(Q(W)) + BA), verified against the quantized base + adapter; original: the unquantized base "
-        "(W + BA), a model the adapter was not trained against.",
-    )
-
-
 class OutputSection(Section):
     push_to: PushLocation | None = Field(
         None,

@@ -274,67 +274,22 @@ def merge(
     )
 
 
-def _export_after_merge(output_dir: Path, merged: Path) -> dict[str, Any] | None:
-    """output.export.gguf in the run's config: the merge step also writes (and verifies) the GGUF files."""
+def _recorded_export(output_dir: Path) -> Any:
+    """The run's output.export section as run.json recorded it (defaults when there is none)."""
+    from pydantic import ValidationError
+
     from kubetune.api.config import ExportSection
     from kubetune.trainer.runinfo import load_run
 
-    recorded = _guard(load_run, output_dir).get("config", {}).get("output", {}).get("export") or {}
+    config = _guard(load_run, output_dir).get("config")
+    output = config.get("output") if isinstance(config, dict) else None
+    recorded = output.get("export") if isinstance(output, dict) else None
     try:
-        cfg = ExportSection.model_validate(recorded)
-    except ValueError as exc:
-        _fail(f"{output_dir / 'run.json'}: output.export: {str(exc).splitlines()[-1].strip()}", EXIT_CONFIG)
-    if not cfg.gguf:
-        return None
-    from kubetune.trainer.export import export as do_export
-
-    data = Path(cfg.data) if cfg.data else None
-    report = _guard(do_export, output_dir, list(cfg.gguf), data, cfg.limit, merged)
-    typer.echo(f"exported {', '.join(cfg.gguf)} to {report['dir']} (verified in llama.cpp)", err=True)
-    return {"dir": report["dir"], "files": sorted(f["file"] for f in report["files"].values())}
-
-
-@app.command("export")
-def export_gguf(
-    output_dir: OutputDirOpt = Path("output"),
-    type_: Annotated[
-        list[str] | None,
-        typer.Option("--type", "-t", help="f16 | bf16 | q8_0, repeatable (default: output.export.gguf, else both)."),
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Held-out records to check (default output.export.data).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Check on at most N records (default 100).")] = None,
-    merged: Annotated[Path | None, typer.Option(help="Merged model dir (default OUTPUT_DIR/merged).")] = None,
-    dest: Annotated[Path | None, typer.Option(help="Where the GGUF files go (default OUTPUT_DIR/gguf).")] = None,
-    prompt: Annotated[
-        list[str] | None, typer.Option("--prompt", "-p", help="Then ask the last file this, through llama.cpp.")
-    ] = None,
-) -> None:
-    """The merged model as GGUF for llama.cpp / Ollama, each file verified in llama.cpp; writes a Modelfile too."""
-    _setup_logging()
-    from kubetune.api.config import ExportSection
-    from kubetune.trainer.export import export as do_export
-    from kubetune.trainer.runinfo import load_run
-
-    recorded = _guard(load_run, output_dir).get("config", {}).get("output", {}).get("export") or {}
-    cfg = ExportSection.model_validate(recorded) if isinstance(recorded, dict) else ExportSection()
-    kinds = type_ or list(cfg.gguf) or ["f16", "q8_0"]
-    data = data or (Path(cfg.data) if cfg.data else None)
-    report = _guard(do_export, output_dir, kinds, data, limit or cfg.limit, merged, dest)
-    for kind, entry in report["files"].items():
-        em = entry["exact_match_llamacpp"]
-        typer.echo(
-            f"{kind}: {report['dir']}/{entry['file']} verified in llama.cpp on {entry['records']} prompts "
-            f"({entry['answers_equal']} answers equal to transformers'"
-            + (f", exact match {em:.1%} vs {entry['exact_match_transformers']:.1%})" if em is not None else ")"),
-            err=True,
-        )
-    if prompt:
-        from kubetune.trainer.device import usable_cores
-        from kubetune.trainer.export.verify import ask
-
-        last = Path(report["dir"]) / report["files"][kinds[-1]]["file"]
-        for question, answer in zip(prompt, _guard(ask, last, prompt, 64, usable_cores()), strict=True):
-            typer.echo(f"llama.cpp ({last.name}) {question!r} -> {answer!r}")
+        return ExportSection.model_validate(recorded or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(["output", "export", *map(str, err["loc"])])
+        _fail(f"{output_dir / 'run.json'}: {where}: {err['msg']}", EXIT_CONFIG)
 
 
 def _export_after_merge(output_dir: Path, merged: Path) -> dict[str, Any] | None:

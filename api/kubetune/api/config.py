@@ -299,6 +299,20 @@ class SourcesSection(Section):
     )
 
 
+MergeBase = Literal["as_trained", "original"]
+
+
+class MergeSection(Section):
+    """What `kubetune merge` folds the adapter into (docs/merge-and-generate.md)."""
+
+    base: MergeBase = Field(
+        "as_trained",
+        description="as_trained: the base as training saw it (for a 4-bit/8-bit run its dequantized weights, "
+        "dequant(Q(W)) + BA), verified against the quantized base + adapter; original: the unquantized base "
+        "(W + BA), a model the adapter was not trained against.",
+    )
+
+
 class OutputSection(Section):
     push_to: PushLocation | None = Field(
         None,
@@ -318,5 +332,6 @@ class TrainConfig(Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     sources: SourcesSection = Field(default_factory=SourcesSection)
+    merge: MergeSection = Field(default_factory=MergeSection)
     output: OutputSection = Field(default_factory=OutputSection)
     output_dir: str = Field("output", description="Where checkpoints, adapter, merged model and logs go.")

@@ -255,12 +255,15 @@ def merge(
     base: BaseOpt = None,
     dest: Annotated[Path | None, typer.Option(help="Merged model dir (default OUTPUT_DIR/merged).")] = None,
     dtype: Annotated[str, typer.Option(help="Saved dtype: auto (the base's) | fp32 | bf16 | fp16")] = "auto",
+    merge_base: Annotated[
+        str | None, typer.Option(help="as_trained (dequantized base of a 4/8-bit run) | original (default: merge.base)")
+    ] = None,
 ) -> None:
-    """Merge the adapter into a full-precision base and verify the result."""
+    """Merge the adapter into the base as trained (dequantized for QLoRA), verify against the training-time model."""
     _setup_logging()
     from kubetune.trainer.merge import merge as do_merge
 
-    result = _guard(do_merge, output_dir, adapter, base, dest, dtype)
+    result = _guard(do_merge, output_dir, adapter, base, dest, dtype, merge_base)
     exported = _export_after_merge(output_dir, Path(result["merged_path"]))
     if exported:
         result["exported"] = exported
@@ -356,6 +359,9 @@ def generate(
     limit: Annotated[int | None, typer.Option(help="Use only the first N records of --data.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
     show: Annotated[int, typer.Option(help="Rows of the comparison table to print.")] = 10,
+    model: Annotated[
+        str, typer.Option(help="Fine-tuned = as_trained (adapter on the base as trained) | merged | original")
+    ] = "as_trained",
 ) -> None:
     """Base vs fine-tuned side by side; with --data, exact-match for both. Writes OUTPUT_DIR/eval.json."""
     _setup_logging()
@@ -363,7 +369,7 @@ def generate(
 
     if not prompt and data is None:
         _fail("give --prompt TEXT (repeatable) or --data FILE", EXIT_CONFIG)
-    report = _guard(compare, output_dir, prompt or [], data, adapter, base, max_new_tokens, limit, batch_size)
+    report = _guard(compare, output_dir, prompt or [], data, adapter, base, max_new_tokens, limit, batch_size, model)
     print_report(report, show)
 
 

@@ -1,7 +1,12 @@
 """`kubetune generate`: the base and the fine-tuned model answer the same prompts.
 
-One model is loaded; the base's answers come from the same weights with the
-adapter switched off, so the comparison costs one load, not two. Prompts are
+"Fine-tuned" is, by default, the model training produced: the adapter on the
+base loaded as training loaded it (for a 4-bit/8-bit run the quantized base,
+computing with bitsandbytes' training kernels). `--model merged` scores the
+merged model instead, `--model original` the adapter on the unquantized base
+(what kubetune did before: a model the adapter of a quantized run never saw).
+eval.json records which. The base's answers come from the same weights with
+the adapter switched off, so the comparison costs one load, not two. Prompts are
 rendered with the template the run trained with (recorded in run.json), so
 the fine-tuned model sees exactly the prompt shape it learned. With a data
 file that has references, both are scored by exact match.
@@ -20,10 +25,10 @@ from kubetune.trainer.data.formats import Example
 from kubetune.trainer.data.loaders import BadRecord
 from kubetune.trainer.data.pipeline import load_examples, raise_bad_records
 from kubetune.trainer.data.render import encode_prompt, resolve_template
-from kubetune.trainer.errors import DataError, ModelError
-from kubetune.trainer.models import adapter_tokenizer, first_line, resolve_path
+from kubetune.trainer.errors import DataError, ModelError, UsageError
+from kubetune.trainer.models import adapter_tokenizer, first_line, load_adapted, resolve_path
 from kubetune.trainer.report import write_json_atomic
-from kubetune.trainer.runinfo import adapter_dir, base_model, load_run
+from kubetune.trainer.runinfo import adapter_dir, load_run
 
 
 def split_reference(example: Example) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -73,16 +78,20 @@ def compare(
     max_new_tokens: int = 64,
     limit: int | None = None,
     batch_size: int = 16,
+    model_choice: str = "as_trained",
 ) -> dict[str, Any]:
     """Answer each prompt with the adapter off (base) and on (fine-tuned); score exact match where references exist."""
+    from kubetune.trainer.merge import trained_base
+
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     data_cfg = DataSection.model_validate({**run.get("config", {}).get("data", {}), "path": [], "eval_path": []})
     tokenizer = adapter_tokenizer(adapter)
     template = run.get("resolved", {}).get("template") or resolve_template(data_cfg.template, tokenizer)
     items = _items(prompts, data, data_cfg, limit)
-    base_path = resolve_path(base_model(run, adapter, base))
-    model = _load_for_generation(base_path, adapter)
+    trained = trained_base(run, adapter, base)
+    merged = _merged_dir(output_dir, adapter) if model_choice == "merged" else None
+    model = _load_for_generation(trained, adapter, model_choice)
 
     encoded = [encode_prompt(turns, template, tokenizer, data_cfg.system_prompt) for _, turns, _ in items]
     refs = [ref for _, _, ref in items]
@@ -90,10 +99,20 @@ def compare(
         # Answers longer than the longest reference cannot be exact matches: stop early.
         longest = max(len(tokenizer(r, add_special_tokens=False).input_ids) for r in refs if r is not None)
         max_new_tokens = min(max_new_tokens, longest + 8)
-    tuned = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
     with model.disable_adapter():
         plain = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
-    report = score(items, plain, tuned, {"adapter": str(adapter), "base_model": base_path})
+    if merged is not None:
+        del model
+        model = _load_merged(merged)
+    tuned = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size)
+    header = {
+        "adapter": str(adapter),
+        "base_model": trained.model.path,
+        "quantization": trained.model.quantization,
+        "finetuned_model": model_choice,
+        **({"merged": str(merged)} if merged is not None else {}),
+    }
+    report = score(items, plain, tuned, header)
     write_json_atomic(output_dir / "eval.json", report)
     return report
 
@@ -118,18 +137,52 @@ def _items(prompts: list[str], data: Path | None, data_cfg: DataSection, limit: 
     return items
 
 
-def _load_for_generation(base_path: str, adapter: Path) -> Any:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+MODEL_CHOICES = ("as_trained", "merged", "original")
 
+
+def _placement() -> Any:
     place = devices.choose(devices.detect())
     if place.device == "cpu":
         torch.set_num_threads(place.threads)
+    return place
+
+
+def _load_for_generation(trained: Any, adapter: Path, choice: str) -> Any:
+    """The adapter on the base: as training loaded it (as_trained, merged's base column) or unquantized (original)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if choice not in MODEL_CHOICES:
+        raise UsageError(f"--model {choice}: expected one of {', '.join(MODEL_CHOICES)}")
+    place = _placement()
+    if choice != "original" and trained.quantized:
+        return load_adapted(trained.model, trained.dtype, place.device, adapter)
+    base_path = resolve_path(trained.model.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=place.dtype).to(place.device)
         return PeftModel.from_pretrained(model, adapter).eval()
     except Exception as exc:  # corrupt weights or config: many library error types
         raise ModelError(f"{adapter}: cannot load with base {base_path}: {first_line(exc)}") from None
+
+
+def _merged_dir(output_dir: Path, adapter: Path) -> Path:
+    """OUTPUT_DIR/merged, only if it was merged from this adapter."""
+    from kubetune.trainer.merge import is_current
+
+    merged = output_dir / "merged"
+    if not is_current(merged, adapter):
+        raise UsageError(f"--model merged: {merged} is not a merge of {adapter}; run `kubetune merge` first")
+    return merged
+
+
+def _load_merged(merged: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    place = _placement()
+    try:
+        return AutoModelForCausalLM.from_pretrained(merged, dtype=place.dtype).to(place.device).eval()
+    except Exception as exc:  # corrupt weights or config: many library error types
+        raise ModelError(f"{merged}: cannot load the merged model: {first_line(exc)}") from None
 
 
 def score(items: list[Item], plain: list[str], tuned: list[str], header: dict[str, Any]) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def quantization_config(cfg: ModelSection, compute_dtype: torch.dtype) -> Any:
 
 
 def load_model(cfg: ModelSection, dtype: torch.dtype, device: str) -> Any:
-    """Load the base for training, quantized if asked (merging loads its own fp32 base: see merge.py)."""
+    """Load the base for training, quantized if asked; merge and generate load it the same way (load_adapted)."""
     from transformers import AutoModelForCausalLM
 
     location = resolve_path(cfg.path)
@@ -212,6 +212,41 @@ def load_model(cfg: ModelSection, dtype: torch.dtype, device: str) -> Any:
     if qcfg is None and device != "cpu":
         model = model.to(device)
     return model
+
+
+def training_compute_dtype(cfg: ModelSection, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the base's matmuls ran in during training (a 4-bit run may name its own)."""
+    if cfg.quantization == "4bit" and cfg.compute_dtype != "auto":
+        return DTYPES[cfg.compute_dtype]
+    return dtype
+
+
+def as_trained_forward(model: Any) -> Any:
+    """bitsandbytes layers compute with their training kernels; everything else (dropout) stays in eval.
+
+    On a CPU, bitsandbytes runs an eval-mode layer through other kernels than the ones training used: an
+    8-bit layer quantizes its inputs too (LLM.int8, 19% of the largest logit away from training's
+    dequantize-and-matmul on SmolLM2-135M), a 4-bit one repacks its weights for a bf16 kernel (2.5%).
+    The model as trained is the training path.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            module.train(True)
+    return model
+
+
+def load_adapted(cfg: ModelSection, dtype: torch.dtype, device: str, adapter: Path) -> Any:
+    """The base loaded as training loaded it (quantized if it was), with the adapter on, computing as trained."""
+    from peft import PeftModel
+
+    model = load_model(cfg, dtype, device)
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter).eval()
+    except Exception as exc:  # incompatible or corrupt adapter: many library error types
+        raise ModelError(f"{adapter}: cannot apply adapter to {cfg.path}: {first_line(exc)}") from None
+    return as_trained_forward(peft_model) if cfg.quantization != "none" else peft_model
 
 
 def _module_names(model: Any) -> set[str]:

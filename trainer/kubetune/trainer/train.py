@@ -7,6 +7,7 @@ the minutes a 7B load takes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,13 +21,14 @@ import torch
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import SummaryEvent
-from kubetune.trainer import checkpoints, finish, launch, selection, sources, tracking
+from kubetune.trainer import checkpoints, finish, launch, outlock, selection, sources, tracking
 from kubetune.trainer import device as devices
 from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
 from kubetune.trainer.data.pipeline import PreparedData, prepare
 from kubetune.trainer.divergence import DivergenceGuard
 from kubetune.trainer.errors import Preempted, UsageError
+from kubetune.trainer.merge import drop_stale as drop_stale_merge
 from kubetune.trainer.models import apply_lora, load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
 from kubetune.trainer.report import (
@@ -201,13 +203,15 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | N
     tokenizer, data = setup_data(cfg)
     resume = plan_resume(cfg)
     _stop_if_requested(stopper, "while preparing data")
-    model, loaded = setup_model(cfg, place)
-    _stop_if_requested(stopper, "while loading the model")
-    setup = Setup(place, backend, tokenizer, data, resume, model, loaded)
-    fitted = fit(cfg, setup, progress, stopper, callbacks or [])
-    if not fitted.trainer.is_world_process_zero():
-        return {}
-    return write_outputs(cfg, setup, fitted, started)
+    # From here on the output directory is written: a second run on it fails now (outlock), not midway.
+    with outlock.hold(Path(cfg.output_dir)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+        model, loaded = setup_model(cfg, place)
+        _stop_if_requested(stopper, "while loading the model")
+        setup = Setup(place, backend, tokenizer, data, resume, model, loaded)
+        fitted = fit(cfg, setup, progress, stopper, callbacks or [])
+        if not fitted.trainer.is_world_process_zero():
+            return {}
+        return write_outputs(cfg, setup, fitted, started)
 
 
 # --- phases -----------------------------------------------------------------------------------
@@ -434,6 +438,7 @@ def write_outputs(cfg: TrainConfig, setup: Setup, fitted: Fitted, started: float
         setup.tokenizer.save_pretrained(tmp)
 
     replace_dir_atomically(out / "adapter", save_adapter)
+    drop_stale_merge(out)  # a merged/ from an earlier adapter must not be pushed or used as this run's
     metrics = read_metrics(out / "metrics.jsonl")
     plot_loss(metrics, out / "loss.png", fitted.best.best_step)
     summary = summarize(fitted, metrics, out / "adapter", setup.loaded.seconds, time.time() - started)

@@ -1,0 +1,66 @@
+"""One kubetune process at a time per output directory.
+
+Two runs pointed at one directory would delete each other's checkpoint staging
+(`checkpoints.clean_incomplete`), rotate each other's checkpoints and swap
+adapters under each other. The second one therefore fails at once, naming the
+holder. The lock is an advisory `flock` on `OUTPUT_DIR/.kubetune.lock`: the
+kernel drops it when its process dies, so a killed run never leaves the
+directory locked. The file is removed on release, so a finished run leaves
+the directory as it found it apart from its outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from kubetune.trainer.errors import UsageError
+
+LOCK_FILE = ".kubetune.lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip() or "unknown"
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+
+
+def _acquire(path: Path, what: str) -> int:
+    """An fd holding the lock on `path`; the same inode must still be at `path` once locked (a releaser unlinks it)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"output_dir: {path.parent} is in use by another kubetune process ({_holder(path)}); "
+                f"wait for it to finish or give this {what} another output directory"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
+
+
+@contextlib.contextmanager
+def hold(out: Path, what: str = "run") -> Iterator[None]:
+    """Hold the output directory's lock for the duration (creating the directory); fail fast if it is held."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = _acquire(path, what)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}, kubetune {what}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)

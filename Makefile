@@ -34,19 +34,24 @@ ENGINE_FLAGS ?= $(if $(filter podman,$(notdir $(ENGINE))),$(PODMAN_FLAGS))
 PYTHON_IMAGE ?=
 BASE_IMAGE ?= localhost/debian-python:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
+# The cuda image's base (default nvidia/cuda, in docker/Dockerfile.cuda); where registries are unreachable,
+# the base from `make base-image` stands in for it: CUDA_IMAGE=$(BASE_IMAGE).
+CUDA_IMAGE ?=
 # Build-time only, never in an image: a CA bundle pip must trust (TLS interception) and a wheel directory
 # (torch from it instead of PyTorch's index). Both are bind-mounted into the build (podman build -v).
+# Not the wheel directory for cuda: its torch is PyPI's CUDA build, and a local 2.13.0+cpu would win.
 BUILD_CA ?=
 WHEELS ?=
 # Proxies are passed as build args only when set here; they are never baked into an image.
 PROXY_ARGS := $(foreach v,HTTP_PROXY HTTPS_PROXY NO_PROXY,$(if $($(v)),--build-arg $(v)=$($(v))))
-BUILD_ARGS = --build-arg VERSION=$(VERSION) $(PROXY_ARGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+build_args = --build-arg VERSION=$(VERSION) $(PROXY_ARGS) $(if $(and $(PYTHON_IMAGE),$(filter-out cuda,$(1))),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	$(if $(and $(CUDA_IMAGE),$(filter cuda,$(1))),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) \
 	$(if $(BUILD_CA),-v $(abspath $(BUILD_CA)):/run/build-ca.crt:ro --build-arg BUILD_CA=/run/build-ca.crt) \
-	$(if $(WHEELS),-v $(abspath $(WHEELS)):/run/wheels:ro --build-arg WHEEL_DIR=/run/wheels --build-arg TORCH_INDEX_URL=)
+	$(if $(and $(WHEELS),$(filter-out cuda,$(1))),-v $(abspath $(WHEELS)):/run/wheels:ro --build-arg WHEEL_DIR=/run/wheels --build-arg TORCH_INDEX_URL=)
 # Trainer images are <repo>:<backend>-<version>; the operator image is <operator repo>:<version>.
 image_tags = $(if $(filter operator,$(1)),-t $(OPERATOR_REPO):$(VERSION),-t $(IMAGE_REPO):$(1)-$(VERSION) -t $(IMAGE_REPO):$(1))
 build_cmd = $(or $(ENGINE),docker) build $(ENGINE_FLAGS) --network host -f docker/Dockerfile.$(1) $(call image_tags,$(1)) \
-	$(BUILD_ARGS) .
+	$(call build_args,$(1)) .
 # Like python:3.11-slim-bookworm (python, venv, CA certificates; no docs, man pages or locales), from Debian.
 BASE_PACKAGES := python3,python3-venv,python-is-python3,ca-certificates,passwd
 BASE_EXCLUDES := /usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*

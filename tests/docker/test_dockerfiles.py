@@ -1,9 +1,10 @@
 """Every Dockerfile is lint-clean; the ones not built here are checked for their structure.
 
 The cpu and operator images are built by CI here, so what they are is tested on the images themselves
-(tests/docker/test_images.py: user, entrypoint, labels, no build state, runs). The cpu-ccl, xpu and cuda
-images are not built here (their bases or indexes are unreachable, no GPU); their Dockerfiles' structure
-is checked instead: multi-stage, non-root, exec-form entrypoint, labels, pinned torch.
+(tests/docker/test_images.py: user, entrypoint, labels, no build state, runs); so is the cuda image, on
+the Debian base, when KTEST_CUDA_IMAGE=1 (it is GBs). The cpu-ccl and xpu images are not built here (their
+indexes are unreachable); their Dockerfiles' structure, and the cuda one's, is checked in every run:
+multi-stage, non-root, exec-form entrypoint, labels, pinned torch.
 """
 
 from __future__ import annotations

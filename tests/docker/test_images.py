@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     )
 
 
-def readme_run(model: Path, data: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
+def readme_run(
+    model: Path, data: Path, out: Path, *args: str, env: dict[str, str] | None = None, image: str = TRAINER
+) -> list[str]:
     """README's `docker run`: the three mounts, the image's own user, a read-only root, no network."""
     argv = [
         "--read-only",
@@ -72,7 +75,7 @@ def readme_run(model: Path, data: Path, out: Path, *args: str, env: dict[str, st
     ]
     for key, value in {**precision_modes.forced_env(), **(env or {})}.items():
         argv += ["-e", f"{key}={value}"]
-    return [*argv, TRAINER, *args]
+    return [*argv, image, *args]
 
 
 @pytest.fixture(scope="session")
@@ -269,3 +272,171 @@ async def test_operator_container_serves_health_and_metrics(cluster: Cluster):
                 return False
 
         await eventually(answers, timeout=120, what="the operator's /healthz and /metrics")
+
+
+# --- the cuda image (opt-in: GBs of CUDA wheels from PyPI) -----------------------------------------------
+
+CUDA = "kubetune/trainer:cuda-0.1.0"
+CUDA_SWITCH = "KTEST_CUDA_IMAGE"
+# The air-gapped stand-in for nvidia/cuda: the Python base from `make base-image`.
+CUDA_BASE = "localhost/debian-python:bookworm"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def cuda_unavailable() -> str | None:
+    if os.environ.get(CUDA_SWITCH) != "1":
+        return (
+            f"the cuda image is opt-in ({CUDA_SWITCH}=1): it pulls GBs of CUDA wheels and takes many minutes to build"
+        )
+    return engine.unavailable()
+
+
+def host_wheel_dir() -> str:
+    """The wheel directory pip uses here (torch's CPU wheel), as .ci/run passes it: the cuda build must ignore it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+    )
+    return proc.stdout.strip() if proc.returncode == 0 and Path(proc.stdout.strip()).is_dir() else ""
+
+
+@pytest.fixture(scope="module")
+def cuda_image() -> str:
+    """`make images BACKEND=cuda` on the Debian base, with the CA bundle and the CPU wheel directory passed."""
+    if reason := cuda_unavailable():
+        pytest.skip(reason)
+    exe = engine.engine()
+    assert exe
+    argv = ["make", "images", "BACKEND=cuda", f"ENGINE={exe}", f"CUDA_IMAGE={CUDA_BASE}", f"BASE_IMAGE={CUDA_BASE}"]
+    if engine.image_id(CUDA_BASE) is None:
+        argv.insert(1, "base-image")
+    if HOST_CA.is_file():
+        argv.append(f"BUILD_CA={HOST_CA}")
+    if wheels := host_wheel_dir():
+        argv.append(f"WHEELS={wheels}")
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return CUDA
+
+
+def test_cuda_image_is_opt_in_with_the_reason(monkeypatch):
+    monkeypatch.delenv(CUDA_SWITCH, raising=False)
+    assert CUDA_SWITCH in str(cuda_unavailable())
+
+
+@pytest.mark.slow
+def test_cuda_image_config_for_the_nvidia_toolkit(cuda_image):
+    """What the NVIDIA container toolkit reads is in the image itself, whichever base it was built on."""
+    config = inspect(cuda_image)["Config"]
+    assert config["User"] == "10001:10001" and config["WorkingDir"] == "/output"
+    assert config["Entrypoint"] == ["/usr/local/bin/kubetune-entrypoint"] and config["Cmd"] == ["train"]
+    env = dict(x.split("=", 1) for x in config["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    assert env["KUBETUNE_CONTAINER"] == "1" and env["HF_HOME"].startswith("/tmp/")
+    assert config["Labels"]["dev.kubetune.backend"] == "cuda"
+    baked = " ".join([*config["Env"], *map(str, config["Labels"].values()), history(cuda_image)])
+    for leak in ("build-ca", "/run/wheels", "pip-build.conf", "/opt/wheels", "ca-certificates.crt", "PROXY="):
+        assert leak not in baked, leak
+
+
+# Run in the image: torch's build, what it sees, and bitsandbytes imported the way it is on a GPU machine (torch
+# asked for the devices answers as one with a compute-capability 8.0 GPU would), so that the import loads the
+# CUDA kernels for this torch and registers its CUDA backend. Printed as JSON for the test to judge.
+CUDA_PROBE = """
+import importlib.util, json, os, torch
+out = {"uid": os.getuid(), "cuda_built": torch.backends.cuda.is_built(), "cuda": torch.version.cuda,
+       "gpu_seen": torch.cuda.is_available(), "pip": importlib.util.find_spec("pip") is not None}
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+torch.cuda.get_device_capability = lambda device=None: (8, 0)
+import bitsandbytes
+from bitsandbytes import cextension
+lib = cextension.lib
+out["bnb_backend"], out["bnb_library"] = cextension.BNB_BACKEND, type(lib).__name__
+out["bnb_cuda_ops"] = hasattr(bitsandbytes, "cuda_ops")
+out["bnb_file"] = os.path.basename(getattr(getattr(lib, "_lib", None), "_name", "") or "")
+nf4 = ("cquantize_blockwise_bf16_nf4", "cdequantize_blockwise_bf16_nf4", "cgemm_4bit_inference_naive_bf16")
+out["nf4_kernels"] = all(hasattr(getattr(lib, "_lib", None), k) for k in nf4)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_cuda_image_has_cuda_torch_and_bitsandbytes_cuda_kernels(cuda_image):
+    proc = run("--read-only", "--network", "none", "--entrypoint", "python", cuda_image, "-c", CUDA_PROBE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["uid"] == 10001 and got["pip"] is False
+    assert got["cuda_built"] and got["cuda"].startswith("13."), got  # PyPI's CUDA build, not the local +cpu wheel
+    assert got["gpu_seen"] is False  # no GPU here
+    assert (got["bnb_backend"], got["bnb_library"], got["bnb_cuda_ops"]) == ("CUDA", "CudaBNBNativeLibrary", True)
+    assert got["bnb_file"].startswith("libbitsandbytes_cuda13") and got["nf4_kernels"], got
+
+
+# Every native library the trimmed image still carries, loaded after torch (as a GPU job would load them).
+LOAD_PROBE = """
+import ctypes, glob, json, os, sysconfig, torch
+sp = sysconfig.get_paths()["purelib"]
+globs = ("torch/lib/*.so*", "nvidia/**/*.so*", "bitsandbytes/*.so")
+paths = sorted({p for g in globs for p in glob.glob(os.path.join(sp, g), recursive=True)})
+failed = {}
+for path in paths:
+    try:
+        ctypes.CDLL(path)
+    except OSError as exc:
+        failed[os.path.relpath(path, sp)] = str(exc)
+print(json.dumps({"loaded": len(paths) - len(failed), "failed": failed}))
+"""
+# What a library may lack here: the driver (the NVIDIA toolkit mounts it with a GPU) and the libraries of
+# optional interconnects (InfiniBand, MPI, UCX, libfabric) that only their plugins use.
+MAY_BE_MISSING = re.compile(
+    r"(libcuda|libmlx5|librdmacm|libibverbs|libmpi|libpmix|liboshmem|libfabric|libucs|libucp)\.so[.\d]*: cannot open"
+)
+
+
+@pytest.mark.slow
+def test_cuda_image_trimmed_libraries_leave_every_other_loadable(cuda_image):
+    """The trim removed only what nothing loads: every library left loads, unless it needs the driver or
+    an interconnect's own library. torch's CUDA linear algebra (cuSOLVER) and bitsandbytes' kernels included."""
+    proc = run("--read-only", "--network", "none", "--entrypoint", "python", cuda_image, "-c", LOAD_PROBE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    unexpected = {lib: why for lib, why in got["failed"].items() if not MAY_BE_MISSING.match(why)}
+    assert not unexpected, unexpected
+    for needed in ("torch/lib/libtorch_cuda_linalg.so", "torch/lib/libtorch_nvshmem.so"):
+        assert needed not in got["failed"]
+    assert got["loaded"] > 40, got
+
+
+def placement_lines(stderr: str) -> list[str]:
+    return [x for x in stderr.splitlines() if "device=" in x and "precision=" in x]
+
+
+@pytest.mark.slow
+def test_cuda_image_without_a_gpu_trains_on_the_cpu_and_says_so(cuda_image, exported, mounts):
+    """README's `docker run` minus `--gpus`, `training.device: auto`: one line says there is no GPU, then CPU."""
+    data, out = mounts
+    env = {**QUICK, "KUBETUNE_TRAINING__MAX_STEPS": "2"}
+    proc = run(*readme_run(exported, data, out, env=env, image=cuda_image))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    no_gpu = [x for x in proc.stderr.splitlines() if "GPU" in x]
+    assert len(no_gpu) == 1 and "no GPU: torch is built for CUDA 13." in no_gpu[0], proc.stderr[-3000:]
+    assert "device=cpu" in placement_lines(proc.stderr)[0]
+    assert [json.loads(x)["step"] for x in proc.stdout.splitlines()][-1] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_cuda_image_without_a_gpu_and_device_cuda_exits_2_in_one_line(cuda_image, exported, mounts):
+    data, out = mounts
+    env = {**QUICK, "KUBETUNE_TRAINING__DEVICE": "cuda"}
+    proc = run(*readme_run(exported, data, out, env=env, image=cuda_image))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    expected = (
+        r"error: training\.device: cuda requested but torch sees no CUDA device \(torch is built for CUDA 13\.\d+: .+\)"
+    )
+    assert len(errors) == 1 and re.fullmatch(expected, errors[0]), proc.stderr[-3000:]
+    assert not (out / "adapter").exists() and not (out / "run.json").exists()

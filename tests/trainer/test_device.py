@@ -46,6 +46,22 @@ def test_fp16_on_cpu_and_missing_devices_are_errors():
         choose(Hardware(), device="xpu")
 
 
+def test_a_cuda_build_without_a_gpu_says_so_in_the_placement_line():
+    """The cuda image started without a GPU: `auto` trains on the CPU and the one placement line says why."""
+    p = choose(Hardware(cuda_build="13.0", cpu_flags=AVX2))
+    assert (p.device, p.precision) == ("cpu", "fp32")
+    assert p.reason.startswith("no GPU: torch is built for CUDA 13.0 but sees none") and "170x" in p.reason
+    assert "\n" not in p.reason
+    assert "no GPU" not in choose(Hardware(cpu_flags=AVX2)).reason  # a CPU-only torch expects no GPU
+    assert "no GPU" not in choose(Hardware(cuda=True, cuda_build="13.0", cuda_capability=(8, 0))).reason
+    with pytest.raises(
+        ValueError, match=r"cuda requested but torch sees no CUDA device \(torch is built for CUDA 13\.0"
+    ):
+        choose(Hardware(cuda_build="13.0"), device="cuda")
+    with pytest.raises(ValueError, match="CPU-only build"):
+        choose(Hardware(), device="cuda")
+
+
 def test_gradient_checkpointing_auto():
     assert choose(Hardware()).gradient_checkpointing is False
     assert choose(Hardware(), quantized=True).gradient_checkpointing is True

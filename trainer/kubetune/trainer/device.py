@@ -27,6 +27,7 @@ import torch
 @dataclass(frozen=True)
 class Hardware:
     cuda: bool = False
+    cuda_build: str = ""  # torch.version.cuda ("13.0") where torch is a CUDA build, whether or not a GPU is seen
     cuda_capability: tuple[int, int] | None = None
     cuda_name: str = ""
     xpu: bool = False
@@ -133,6 +134,7 @@ def detect() -> Hardware:
     speedup = probe_bf16_speedup() if not (cuda or xpu) and cpu_has_native_bf16(flags) else None
     return Hardware(
         cuda=cuda,
+        cuda_build=torch.version.cuda or "",
         cuda_capability=torch.cuda.get_device_capability() if cuda else None,
         cuda_name=torch.cuda.get_device_name() if cuda else "",
         xpu=xpu,
@@ -151,13 +153,7 @@ def choose(
     threads: int | None = None,
 ) -> Placement:
     """Resolve `auto` settings; raises ValueError for a device that is not there."""
-    if device == "auto":
-        device = "cuda" if hw.cuda else "xpu" if hw.xpu else "cpu"
-    if device == "cuda" and not hw.cuda:
-        raise ValueError("training.device: cuda requested but torch sees no CUDA device")
-    if device == "xpu" and not hw.xpu:
-        raise ValueError("training.device: xpu requested but torch sees no XPU device")
-
+    device, note = resolve_device(hw, device)
     if precision == "auto":
         if device == "cuda":
             ok = hw.cuda_capability is not None and hw.cuda_capability >= (8, 0)
@@ -184,7 +180,28 @@ def choose(
         checkpointing = device != "cpu" or quantized
     else:
         checkpointing = gradient_checkpointing == "on"
+    reason = f"{note}; {reason}" if note else reason
     return Placement(device, precision, reason, threads or hw.usable_cores, checkpointing)
+
+
+def resolve_device(hw: Hardware, device: str) -> tuple[str, str]:
+    """The device `auto` stands for, and a note when it falls back to the CPU under a CUDA build of torch.
+
+    The cuda image started without a GPU (no `--gpus`, no `nvidia.com/gpu`) trains on the CPU with `auto`:
+    the note puts that in the placement's one log line rather than letting it pass unremarked.
+    """
+    ask = "is a GPU given to the container, and the NVIDIA driver installed?"
+    if device == "auto":
+        device = "cuda" if hw.cuda else "xpu" if hw.xpu else "cpu"
+        if device == "cpu" and hw.cuda_build:
+            return device, f"no GPU: torch is built for CUDA {hw.cuda_build} but sees none ({ask}); training on the CPU"
+        return device, ""
+    if device == "cuda" and not hw.cuda:
+        hint = f"torch is built for CUDA {hw.cuda_build}: {ask}" if hw.cuda_build else "this torch is a CPU-only build"
+        raise ValueError(f"training.device: cuda requested but torch sees no CUDA device ({hint})")
+    if device == "xpu" and not hw.xpu:
+        raise ValueError("training.device: xpu requested but torch sees no XPU device")
+    return device, ""
 
 
 # When ranks disagree, the first of these that some rank chose: fp32 runs everywhere, fp16 on

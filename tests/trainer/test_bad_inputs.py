@@ -54,6 +54,10 @@ def train(t: Path, *more: str, data: str | None = None) -> list[str]:
     return ["train", "--data", data, "--output-dir", str(t / "out"), "--max-steps", "1", "--batch-size", "2", *more]
 
 
+def plan(t: Path, *more: str, data: str | None = None) -> list[str]:
+    return ["plan", "--data", data or write(t / "good.jsonl", jsonl(GOOD)), "--batch-size", "2", *more]
+
+
 def on(argv: list[str], **env: str) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
@@ -291,6 +295,22 @@ CASES: list[tuple[str, Build, int, str]] = [
     ),
     # --- checkpoints named for resuming ---
     ("resume-not-a-checkpoint", with_set("training.resume=/nonexistent/ckpt"), EXIT_CONFIG, "/nonexistent/ckpt"),
+    # --- `kubetune plan`: the same config, data and model checks as train (docs/plan.md) ---
+    (
+        "plan-yaml-unknown-key",
+        lambda t: on(plan(t, "--config", write(t / "c.yaml", "lora:\n  rank: 8\n"))),
+        EXIT_CONFIG,
+        "{t}/c.yaml:2: lora.rank",
+    ),
+    ("plan-no-data", lambda t: on(["plan"]), EXIT_CONFIG, "data.path"),
+    ("plan-memory-garbage", lambda t: on(plan(t, "--memory", "lots")), EXIT_CONFIG, "--memory"),
+    (
+        "plan-jsonl-malformed",
+        lambda t: on(plan(t, data=write(t / "p.jsonl", jsonl(GOOD[:1]) + "{oops\n"))),
+        EXIT_DATA,
+        "{t}/p.jsonl:2",
+    ),
+    ("plan-model-missing", lambda t: on(plan(t, "--model", str(t / "nomodel"))), EXIT_MODEL, "{t}/nomodel"),
 ]
 
 
@@ -384,6 +404,24 @@ MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, st
         lambda t, b: on(["generate", "--output-dir", broken_adapter(t / "o4", b), "-p", "hi"]),
         EXIT_MODEL,
         "{t}/o4/adapter",
+    ),
+    (
+        "plan-model-config-garbage",
+        lambda t, b: on(plan(t, "--model", fake_model(t, b, lambda m: write(m / "config.json", "{not json")))),
+        EXIT_MODEL,
+        "{t}/model",
+    ),
+    (
+        "plan-model-weights-garbage",
+        lambda t, b: on(plan(t, "--model", fake_model(t, b, lambda m: write(m / "model.safetensors", b"\x00" * 64)))),
+        EXIT_MODEL,
+        "{t}/model",
+    ),
+    (
+        "plan-lora-unknown-target",
+        lambda t, b: on(plan(t, "--set", "lora.target_modules=qkv")),
+        EXIT_CONFIG,
+        "lora.target_modules",
     ),
     (
         "checkpoint-marker-garbage",

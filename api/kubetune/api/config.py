@@ -201,6 +201,11 @@ class TrainingSection(Section):
     )
     device: Literal["auto", "cpu", "cuda", "xpu"] = Field("auto", description="Compute device.")
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: usable cores.")
+    ignore_plan: bool = Field(
+        False,
+        description="Start even when the plan's peak memory (kubetune plan) is above the memory this process can "
+        "see (its cgroup limit, or free RAM); without it such a run stops before loading the model (exit code 6).",
+    )
     seed: int = 42
     logging_steps: int = Field(10, ge=1, description="Progress line and metrics every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Eval every N steps; default: each epoch.")

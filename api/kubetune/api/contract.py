@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     DATA = 3  # bad data file or record
     MODEL = 4  # a model or adapter that cannot be loaded, merged or verified
     DIVERGED = 5  # the loss became NaN/inf: retrying the same run would diverge again
+    INSUFFICIENT_MEMORY = 6  # the plan's peak memory is above what the process can have (docs/plan.md)
     SOURCE_MISSING = 10  # a remote source or push target does not exist: repo, revision, bucket, object, URL
     SOURCE_DENIED = 11  # credentials missing or refused (401/403, wrong keys, gated repo)
     TRANSFER = 12  # a download or upload failed midway or the store is unreachable; retrying resumes
@@ -40,6 +41,7 @@ PERMANENT_EXIT_CODES = frozenset(
         ExitCode.DATA,
         ExitCode.MODEL,
         ExitCode.DIVERGED,
+        ExitCode.INSUFFICIENT_MEMORY,
         ExitCode.SOURCE_MISSING,
         ExitCode.SOURCE_DENIED,
     }
@@ -188,7 +190,35 @@ class MergedEvent(_Event):
     pushed_to: str | None = None  # output.push_to, once the merged model is there too
 
 
-AnyEvent = ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | FetchedEvent | MergedEvent
+class PlanEvent(_Event):
+    """`kubetune plan --json` and the plan `kubetune train` logs first: what a run will need (docs/plan.md).
+
+    Memory is per training process, in bytes: the operator sizes a worker pod from `peak_bytes` times
+    the processes it runs. Times are CPU estimates from a matmul rate probed where the plan ran.
+    """
+
+    event: Literal["plan"] = "plan"
+    peak_bytes: int
+    memory: dict[str, int] = Field(default_factory=dict)  # the terms: process, weights, activations...
+    device: str = "cpu"
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    batch_size: int
+    largest_batch: dict[str, int] = Field(default_factory=dict)  # rows, width, head_positions
+    trainable_parameters: int = 0
+    frozen_parameters: int = 0
+    records: int = 0
+    tokens_per_epoch: int = 0
+    steps_per_epoch: int = 0
+    steps: int = 0
+    seconds_per_epoch: float | None = None
+    seconds: float | None = None  # the whole run (epochs or max_steps)
+    memory_limit_bytes: int | None = None  # the limit asked about (--memory) or seen (cgroup, free RAM)
+    fits: bool | None = None
+    max_batch_size: int | None = None  # the largest training.batch_size within memory_limit_bytes
+
+
+AnyEvent = ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | FetchedEvent | MergedEvent | PlanEvent
 Event = Annotated[AnyEvent, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 

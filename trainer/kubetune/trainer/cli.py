@@ -40,6 +40,7 @@ FLAG_PATHS = {
     "precision": ("training", "precision"),
     "device": ("training", "device"),
     "skip_bad_records": ("data", "skip_bad_records"),
+    "ignore_plan": ("training", "ignore_plan"),
 }
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: $KUBETUNE_CONFIG).")]
@@ -177,6 +178,9 @@ def train(
         int | None, typer.Option(help="Processes on this node ($KUBETUNE_NPROC_PER_NODE); >1 starts torchrun.")
     ] = None,
     nnodes: Annotated[int | None, typer.Option(help="Nodes in the job ($KUBETUNE_NNODES).")] = None,
+    ignore_plan: Annotated[
+        bool, typer.Option(help="Start even when the plan's peak memory exceeds what this process can see.")
+    ] = False,
 ) -> None:
     """Fine-tune a LoRA adapter; writes OUTPUT_DIR/adapter, run.json, metrics.jsonl, loss.png."""
     _setup_logging()
@@ -192,6 +196,7 @@ def train(
         precision=precision,
         device=device,
         skip_bad_records=skip_bad_records,
+        ignore_plan=ignore_plan,
     )
     cfg = resolve_config(config, set_, flags)
     from kubetune.trainer import launch
@@ -229,6 +234,47 @@ def _launch_workers(layout: Any, cfg: Any) -> int:
     if code == EXIT_PREEMPTED:
         typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
     return code
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Base model (model.path).")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Data file(s) (data.path).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="training.max_steps")] = None,
+    epochs: Annotated[float | None, typer.Option(help="training.epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
+    quantization: Annotated[str | None, typer.Option(help="model.quantization: none | 8bit | 4bit")] = None,
+    precision: Annotated[str | None, typer.Option(help="training.precision: auto | fp32 | bf16 | fp16")] = None,
+    device: Annotated[str | None, typer.Option(help="training.device: auto | cpu | cuda | xpu")] = None,
+    skip_bad_records: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory per pod/machine (16Gi, 16GiB, 800Mi): does it fit, largest batch.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line (the contract's PlanEvent).")] = False,
+) -> None:
+    """Peak memory per process and time per epoch of this config on this data, without loading weights."""
+    _setup_logging()
+    flags = dict(
+        model=model,
+        data=data,
+        max_steps=max_steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        quantization=quantization,
+        precision=precision,
+        device=device,
+        skip_bad_records=skip_bad_records,
+    )
+    cfg = resolve_config(config, set_, flags)
+    from kubetune.trainer.plan import plan_config, print_plan
+
+    event = _guard(plan_config, cfg, memory)
+    if as_json:
+        typer.echo(event.line())
+    else:
+        print_plan(event)
 
 
 @app.command()

@@ -21,7 +21,7 @@ import torch
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import SummaryEvent
-from kubetune.trainer import checkpoints, finish, launch, outlock, selection, sources, tracking
+from kubetune.trainer import checkpoints, finish, launch, outlock, plan, selection, sources, tracking
 from kubetune.trainer import device as devices
 from kubetune.trainer import lr as lrs
 from kubetune.trainer.data.collate import Collator
@@ -202,6 +202,9 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | N
     place, backend = setup_hardware(cfg)
     tokenizer, data = setup_data(cfg)
     resume = plan_resume(cfg)
+    # Before the (slow) load: a run that cannot fit here stops now, not OOM-killed at step 1.
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    plan.preflight(cfg, data.train, place, launched_world_size(), local_processes)
     _stop_if_requested(stopper, "while preparing data")
     # From here on the output directory is written: a second run on it fails now (outlock), not midway.
     with outlock.hold(Path(cfg.output_dir)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():

@@ -1,0 +1,651 @@
+"""`kubetune plan`: peak memory per process and time per epoch, known before the first step.
+
+Nothing here loads weights. The model is built on torch's `meta` device from its
+config (config.json, or a GGUF file's metadata), LoRA is applied to it, and one
+forward pass of the run's largest micro-batch is traced on meta tensors: every
+tensor autograd saves for backward is counted once (by storage), which is the
+activation memory that batch holds at the start of backward. The batch comes
+from the actual data after templating, masking, truncation and packing (the
+records `data inspect` reports), and the output head is traced only at the
+positions that have a target, as loss.py computes it.
+
+The other terms are counted from shapes: the frozen weights at their resident
+bytes per weight (bitsandbytes' int8 or 4-bit with their scales; non-quantized
+parameters upcast to fp32 as peft's kbit preparation does), the checkpoint file
+mapped while a converting load reads it, and LoRA's parameters, gradients and
+optimizer state in fp32. The process itself (interpreter, libraries, tokenizer,
+the tokenized data) is measured, not guessed: it is this process's resident
+memory, taken after the same imports and the same data preparation as `train`.
+
+Time: FLOPs per token from the shapes (frozen weights forward and input-gradient
+backward, recompute when checkpointing, causal attention, the head at target
+positions) over a matmul rate measured on this machine at the run's precision.
+CPU only is measured; CUDA/XPU allocators add their own overheads (docs/plan.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.config import TrainConfig
+from kubetune.api.contract import ExitCode, PlanEvent
+from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
+from kubetune.trainer.models import first_line
+
+log = logging.getLogger("kubetune.plan")
+
+IGNORE = -100  # render.IGNORE, without importing torch-free code paths twice
+FP32 = 4
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# Resident bytes per quantized weight: 8-bit is int8 plus one fp32 scale per output row (added per row
+# below); 4-bit is half a byte plus one absmax per 64 weights (fp32, or int8 + fp32 per 256 blocks).
+QUANT_BLOCK = 64
+OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
+# What the trace does not see, fitted on the benchmark grid (bench/plan_grid.py, docs/plan.md): inside the
+# decoder layers, the forward's freed temporaries, which the C allocator keeps mapped (resident memory
+# per traced byte); at the head, the loss's gradient buffers (this many fp32 copies of the kept logits);
+# and the run's own fixed cost once training starts (Trainer, accelerate, autograd's threads, oneDNN).
+LAYER_OVERHEAD = 1.7
+LOGIT_GRADIENTS = 2
+RUNTIME_BYTES = 180 * 2**20
+# Fraction of the probed dense-matmul rate a training step reaches (small matmuls, elementwise ops,
+# the optimizer); fitted on the same grid.
+MATMUL_EFFICIENCY = 0.45
+
+
+class InsufficientMemory(KubetuneError):
+    """The plan's peak is above the memory this process can have: the run would be OOM-killed midway."""
+
+    exit_code = ExitCode.INSUFFICIENT_MEMORY
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch as the collator builds it: rows x width tokens, `kept` head positions."""
+
+    rows: int
+    width: int
+    kept: int
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.width
+
+
+def kept_positions(label_rows: list[list[int]], width: int) -> int:
+    """Positions t whose next token is a target in at least one row (loss.target_positions), at least 1."""
+    keep: set[int] = set()
+    for labels in label_rows:
+        keep.update(t for t in range(min(len(labels), width) - 1) if labels[t + 1] != IGNORE)
+    return max(1, len(keep))
+
+
+def packed_labels(rows: list[dict[str, Any]]) -> list[int]:
+    """The packed row's labels: each record's first token is never a target (collate.pack_rows)."""
+    return [IGNORE if i == 0 else t for r in rows for i, t in enumerate(r["labels"])]
+
+
+def largest_batch(rows: list[dict[str, Any]], batch_size: int, packed: bool) -> Batch:
+    """The worst micro-batch of an epoch: the `batch_size` longest records together.
+
+    Padded, its width is the longest record's whatever the order (the batch holding that record is
+    as wide); grouped by length it is the first batch. Packed, it is an upper bound.
+    """
+    longest = sorted(rows, key=lambda r: len(r["input_ids"]), reverse=True)[:batch_size]
+    if packed:
+        labels = packed_labels(longest)
+        return Batch(1, len(labels), kept_positions([labels], len(labels)))
+    width = len(longest[0]["input_ids"])
+    return Batch(len(longest), width, kept_positions([r["labels"] for r in longest], width))
+
+
+def epoch_batches(lengths: list[int], batch_size: int, packed: bool, grouped: bool, seed: int) -> list[Batch]:
+    """Every micro-batch of one epoch (width and rows; `kept` is not needed for time)."""
+    if grouped:
+        from kubetune.trainer.data.order import length_grouped_order
+
+        order = length_grouped_order(lengths, batch_size, seed)
+    else:
+        order = list(range(len(lengths)))
+    out = []
+    for i in range(0, len(order), batch_size):
+        chunk = [lengths[j] for j in order[i : i + batch_size]]
+        out.append(Batch(1, sum(chunk), 0) if packed else Batch(len(chunk), max(chunk), 0))
+    return out
+
+
+# --- the model, from its config ---------------------------------------------------------------------
+
+
+def model_config(location: str, trust_remote_code: bool) -> Any:
+    """The model's config from config.json or GGUF metadata; no weights read."""
+    from transformers import AutoConfig
+
+    try:
+        if location.endswith(".gguf"):
+            p = Path(location)
+            return AutoConfig.from_pretrained(p.parent, gguf_file=p.name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # a config.json that is not one, an unknown architecture, a damaged GGUF
+        raise ModelError(f"model.path: cannot read the model's config from {location}: {first_line(exc)}") from None
+
+
+def checkpoint_files(location: str) -> tuple[int, set[str]]:
+    """(bytes of the weight files, their dtypes), from safetensors headers or the GGUF file size."""
+    from safetensors import safe_open
+
+    p = Path(location)
+    if p.suffix == ".gguf":
+        return p.stat().st_size, {"gguf"}
+    total, dtypes = 0, set()
+    for f in sorted(p.glob("*.safetensors")) if p.is_dir() else []:
+        try:
+            with safe_open(str(f), "pt", device="cpu") as st:
+                for name in st.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    s = st.get_slice(name)
+                    dtypes.add(s.get_dtype())
+        except Exception as exc:  # a truncated or foreign file named .safetensors
+            raise ModelError(f"model.path: {f}: not a readable safetensors file: {first_line(exc)}") from None
+        total += f.stat().st_size
+    if not total:  # .bin checkpoints: their size is what a load maps
+        total = sum(f.stat().st_size for f in p.glob("*.bin")) if p.is_dir() else 0
+    return total, dtypes
+
+
+def meta_model(cfg: TrainConfig, config: Any, precision: str, checkpointing: bool) -> Any:
+    """The model with LoRA on top, on the meta device: shapes and autograd, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.trainer.models import DTYPES, apply_lora
+    from kubetune.trainer.train import lora_config
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=DTYPES[precision], trust_remote_code=cfg.model.trust_remote_code
+            )
+    except Exception as exc:  # an architecture transformers cannot build
+        raise ModelError(f"model.path: cannot build {cfg.model.path} from its config: {first_line(exc)}") from None
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return apply_lora(model, cfg.lora, lora_config(cfg))
+
+
+def _flash_attention(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> Any:
+    """Scaled dot-product attention as CPU training runs it, for the trace: the fused (flash) kernel
+    saves q, k, v, its output and a float32 log-sum-exp per query row, never the T x T weights that
+    the meta device's math decomposition would save."""
+    import torch
+
+    class FlashShapes(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, q: Any, k: Any, v: Any) -> Any:
+            out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:  # pragma: no cover (the trace never runs backward)
+            raise NotImplementedError
+
+    return FlashShapes.apply(q, k, v)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks: the longest ModuleList in the model (Llama's model.layers and its kin)."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def saved_bytes(model: Any, batch: Batch) -> tuple[int, int]:
+    """Bytes autograd holds for backward after the forward and loss of `batch` (each storage once):
+    (saved inside the decoder layers, saved outside them: embeddings, final norm, head and loss)."""
+    import torch
+    import torch.nn.functional as F
+    import transformers.masking_utils as masking
+
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    sizes = {p.numel() for p in model.parameters()}
+    saved: dict[int, tuple[int, bool]] = {}
+    inside = [False]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        # A weight the meta decomposition re-laid out (a transposed head) is still the weight, not an activation.
+        leaf_copy = t.grad_fn is None and not t.requires_grad and t.is_floating_point() and t.numel() in sizes
+        if key not in params and not leaf_copy:
+            saved[key] = (max(saved.get(key, (0, False))[0], t.untyped_storage().nbytes()), inside[0])
+        return t
+
+    def enter(*_: Any) -> None:
+        inside[0] = True
+
+    def leave(*_: Any) -> None:
+        inside[0] = False
+
+    hooks = [
+        h
+        for layer in decoder_layers(model)
+        for h in (layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave))
+    ]
+
+    ids = torch.zeros(batch.rows, batch.width, dtype=torch.long, device="meta")
+    keep = torch.arange(batch.kept, device="meta")
+    # On meta tensors the packed-sequence check (a data-dependent .item()) cannot run; a padded batch
+    # has none and a packed one is traced as one causal row, whose saved tensors are the same size.
+    originals = masking.find_packed_sequence_indices, F.scaled_dot_product_attention
+    masking.find_packed_sequence_indices = lambda position_ids: None
+    F.scaled_dot_product_attention = _flash_attention
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+            targets = torch.zeros(logits.shape[:2], dtype=torch.long, device="meta")
+            F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+    finally:
+        masking.find_packed_sequence_indices, F.scaled_dot_product_attention = originals
+        for h in hooks:
+            h.remove()
+    layers = sum(n for n, within in saved.values() if within)
+    return layers, sum(n for n, within in saved.values() if not within)
+
+
+def activation_bytes(model: Any, batch: Batch, checkpointing: bool, layers: int) -> tuple[int, int]:
+    """Saved activations at the start of backward, (in the decoder layers, outside them); with
+    checkpointing, the layer inputs plus one layer's own.
+
+    Autocast does not apply to meta tensors, so a bf16 model arrives here with its LoRA weights in bf16
+    too (`planner`): under the Trainer's CPU autocast the adapters compute in bf16 on the base layer's own
+    (already saved) input, where without it peft would save an fp32 copy of that input per adapter.
+    """
+    if not checkpointing:
+        return saved_bytes(model, batch)
+    model.gradient_checkpointing_disable()
+    whole, _ = saved_bytes(model, batch)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kept, rest = saved_bytes(model, batch)
+    return kept + whole // max(1, layers), rest
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the estimate needs from the (meta) model: parameter counts by role and the dimensions."""
+
+    frozen: int  # frozen parameters, each storage once (tied embeddings count once)
+    quantized: int  # of which in linear layers bitsandbytes would quantize
+    quantized_rows: int  # their output rows (8-bit keeps one fp32 scale per row)
+    trainable: int
+    layers: int
+    hidden: int
+    attention_width: int  # heads x head_dim
+    vocab: int
+    head: int  # parameters of the output head (vocab x hidden)
+
+
+def shapes_of(model: Any, config: Any) -> Shapes:
+    import torch
+
+    head = model.get_output_embeddings()
+    seen: set[int] = set()
+    frozen = quantized = rows = trainable = 0
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            key = p.untyped_storage()._cdata
+            if key in seen:
+                continue
+            seen.add(key)
+            if p.requires_grad:
+                trainable += p.numel()
+                continue
+            frozen += p.numel()
+            if isinstance(module, torch.nn.Linear) and module is not head and p.dim() == 2:
+                quantized, rows = quantized + p.numel(), rows + p.shape[0]
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return Shapes(
+        frozen,
+        quantized,
+        rows,
+        trainable,
+        text.num_hidden_layers,
+        text.hidden_size,
+        heads * head_dim,
+        text.vocab_size,
+        head.weight.numel(),
+    )
+
+
+# --- memory terms ---------------------------------------------------------------------------------
+
+SAFETENSORS_DTYPE = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
+
+
+def quantized_bytes(n: int, rows: int, quantization: str, double_quant: bool) -> int:
+    """Resident bytes of `n` weights in `rows` output rows under bitsandbytes."""
+    if quantization == "8bit":
+        return n + rows * FP32
+    blocks = math.ceil(n / QUANT_BLOCK)
+    constants = blocks + math.ceil(blocks / 256) * FP32 if double_quant else blocks * FP32
+    return math.ceil(n / 2) + constants
+
+
+def weight_terms(
+    s: Shapes, file_bytes: int, file_dtypes: set[str], precision: str, quantization: str, double_quant: bool
+) -> dict[str, int]:
+    """Resident weights during training, and the extra at the load's peak.
+
+    A tensor loaded in the file's own dtype is a view of the memory-mapped file, and the mapping stays
+    (all of it, once read) for as long as one such view lives; any other tensor is a copy. peft's kbit
+    preparation upcasts the non-quantized parameters to fp32.
+    """
+    same = file_dtypes == {SAFETENSORS_DTYPE[precision]}
+    if quantization == "none":
+        resident = file_bytes if same else s.frozen * DTYPE_BYTES[precision]
+        return {"weights": resident, "load_extra": 0 if same else file_bytes}
+    others = s.frozen - s.quantized
+    q = quantized_bytes(s.quantized, s.quantized_rows, quantization, double_quant)
+    fp32_view = file_dtypes == {"F32"} and precision == "fp32"
+    resident = q + (file_bytes if fp32_view else others * FP32)
+    return {"weights": resident, "load_extra": 0 if fp32_view else file_bytes}
+
+
+def lora_bytes(trainable: int, optimizer: str) -> int:
+    """LoRA's fp32 parameters, their gradients and the optimizer's state."""
+    return trainable * (FP32 + FP32 + OPTIMIZER_BYTES[optimizer])
+
+
+def process_rss() -> int:
+    """This process's resident memory now: interpreter, libraries, tokenizer, tokenized data."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- time -------------------------------------------------------------------------------------------
+
+
+def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -> float:
+    """Training FLOPs of one micro-batch (2 per multiply-add).
+
+    Frozen weights: forward and the input-gradient backward (no weight gradient), plus a second forward
+    when checkpointing; LoRA: forward, input and weight gradients; causal attention (QK and AV over the
+    padded width, half of it masked); the output head only at `head_positions`.
+    """
+    passes = 3 if checkpointing else 2
+    dense = 2 * passes * (s.frozen - s.head) * b.tokens + 6 * s.trainable * b.tokens
+    attention = 2 * (passes + 1) * s.layers * s.attention_width * b.width * b.width * b.rows
+    head = 2 * 2 * s.head * head_positions
+    return float(dense + attention + head)
+
+
+def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a square matmul at the run's dtype on `threads` threads (best of `repeats`)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a @ b  # warm-up: kernel choice and allocation
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * size**3 / best
+
+
+def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, checkpointing: bool, rate: float) -> float:
+    """One epoch's compute over the data's real micro-batches, at MATMUL_EFFICIENCY of the probed rate."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    trained = sum(1 for r in rows for x in r["labels"][1:] if x != IGNORE)
+    batches = epoch_batches(lengths, cfg.training.batch_size, cfg.data.packing, cfg.data.length_grouped, 0)
+    per_token = trained / max(1, sum(lengths))  # the head runs at the trained positions
+    flops = sum(batch_flops(s, b, round(per_token * b.tokens), checkpointing) for b in batches)
+    return flops / (rate * MATMUL_EFFICIENCY)
+
+
+# --- the plan -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Planner:
+    """Everything that does not change with the batch size, computed once."""
+
+    cfg: TrainConfig
+    rows: list[dict[str, Any]]
+    precision: str
+    checkpointing: bool
+    model: Any
+    shapes: Shapes
+    weights: dict[str, int]
+    process: int
+
+    def memory(self, batch_size: int) -> tuple[int, dict[str, int], Batch]:
+        """(peak bytes per process, the terms, the batch that sets it) at this batch size."""
+        batch = largest_batch(self.rows, batch_size, self.cfg.data.packing)
+        in_layers, outside = activation_bytes(self.model, batch, self.checkpointing, self.shapes.layers)
+        logits = batch.rows * batch.kept * self.shapes.vocab * FP32
+        terms = {
+            "process": self.process,
+            "runtime": RUNTIME_BYTES,
+            "weights": self.weights["weights"],
+            "lora_and_optimizer": lora_bytes(self.shapes.trainable, self.cfg.training.optimizer),
+            "activations": round(in_layers * LAYER_OVERHEAD) + outside + LOGIT_GRADIENTS * logits,
+        }
+        load_peak = self.process + self.weights["weights"] + self.weights["load_extra"]
+        traced = {"traced_in_layers": in_layers, "traced_outside": outside, "traced_logits": logits}
+        return max(sum(terms.values()), load_peak), {**terms, "load_peak": load_peak, **traced}, batch
+
+    def largest_fitting(self, limit: int, ceiling: int) -> int | None:
+        """The largest batch size (1..ceiling) whose peak is within `limit`; None when not even 1 fits."""
+        lo, hi = 0, ceiling
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.memory(mid)[0] <= limit else (lo, mid - 1)
+        return lo or None
+
+
+def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkpointing: bool) -> Planner:
+    """Read the model's shapes and weight files and build it on meta; measure this process."""
+    from kubetune.trainer.models import resolve_path
+
+    location = resolve_path(cfg.model.path)
+    config = model_config(location, cfg.model.trust_remote_code)
+    file_bytes, dtypes = checkpoint_files(location)
+    model = meta_model(cfg, config, precision, checkpointing=False)
+    shapes = shapes_of(model, config)
+    if precision != "fp32":  # the adapters compute in the autocast dtype (activation_bytes)
+        from kubetune.trainer.models import DTYPES
+
+        model = model.to(DTYPES[precision])
+    q = cfg.model
+    weights = weight_terms(shapes, file_bytes, dtypes, precision, q.quantization, q.double_quant)
+    return Planner(cfg, rows, precision, checkpointing, model, shapes, weights, process_rss())
+
+
+def make_plan(
+    cfg: TrainConfig, rows: list[dict[str, Any]], place: Any, world_size: int = 1, limit: int | None = None
+) -> PlanEvent:
+    """The plan of this config on this data and this placement; with `limit`, the largest batch that fits."""
+    p = planner(cfg, rows, place.precision, place.gradient_checkpointing)
+    peak, terms, batch = p.memory(cfg.training.batch_size)
+    rate = matmul_rate(place.precision, place.threads) if place.device == "cpu" else None
+    epoch = epoch_seconds(p.shapes, rows, cfg, place.gradient_checkpointing, rate) / world_size if rate else None
+    per_step = cfg.training.global_batch(world_size)
+    steps_per_epoch = max(1, math.ceil(len(rows) / per_step))
+    steps = cfg.training.max_steps or math.ceil(steps_per_epoch * cfg.training.epochs)
+    return PlanEvent(
+        peak_bytes=peak,
+        memory=terms,
+        device=place.device,
+        precision=place.precision,
+        gradient_checkpointing=place.gradient_checkpointing,
+        batch_size=cfg.training.batch_size,
+        largest_batch={"rows": batch.rows, "width": batch.width, "head_positions": batch.kept},
+        trainable_parameters=p.shapes.trainable,
+        frozen_parameters=p.shapes.frozen,
+        records=len(rows),
+        tokens_per_epoch=sum(len(r["input_ids"]) for r in rows),
+        steps_per_epoch=steps_per_epoch,
+        steps=steps,
+        seconds_per_epoch=round(epoch, 1) if epoch is not None else None,
+        seconds=round(epoch * steps / steps_per_epoch, 1) if epoch is not None else None,
+        memory_limit_bytes=limit,
+        fits=None if limit is None else peak <= limit,
+        max_batch_size=p.largest_fitting(limit, len(rows)) if limit is not None else None,
+    )
+
+
+# --- before training ------------------------------------------------------------------------------
+
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+
+
+def visible_memory() -> tuple[int, str]:
+    """(bytes this process may grow to, where that figure comes from): the cgroup limit, else free RAM.
+
+    Free RAM is MemAvailable plus what this process already holds (the plan's peak includes it).
+    """
+    import psutil
+
+    try:
+        text = CGROUP_MEMORY_MAX.read_text().strip()
+        if text != "max":
+            return int(text), f"the cgroup limit ({CGROUP_MEMORY_MAX})"
+    except (OSError, ValueError):
+        pass
+    return psutil.virtual_memory().available + process_rss(), "free RAM"
+
+
+def gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def summary_line(ev: PlanEvent) -> str:
+    """The plan as one line for people (train's log, plan's footer)."""
+    b = ev.largest_batch
+    time_part = f", ~{ev.seconds:.0f} s for {ev.steps} step(s)" if ev.seconds is not None else ""
+    return (
+        f"plan: peak {gib(ev.peak_bytes)} per process (largest batch {b.get('rows')}x{b.get('width')} tokens, "
+        f"{ev.precision}, checkpointing {'on' if ev.gradient_checkpointing else 'off'}){time_part}"
+    )
+
+
+def refusal(ev: PlanEvent, processes: int, limit: int, source: str) -> str:
+    """The one line a run that will not fit stops with."""
+    fit = f"; training.batch_size {ev.max_batch_size} would fit" if ev.max_batch_size else ""
+    per = f" x {processes} processes" if processes > 1 else ""
+    return (
+        f"training.batch_size: the plan needs {gib(ev.peak_bytes)} per process{per}, {source} is {gib(limit)}"
+        f"{fit}; set training.ignore_plan (--ignore-plan) to start anyway"
+    )
+
+
+def preflight(cfg: TrainConfig, rows: list[dict[str, Any]], place: Any, world: int, processes: int) -> PlanEvent | None:
+    """Plan the run, say so first, and stop it (InsufficientMemory) when it cannot fit here.
+
+    A plan that cannot be made (an architecture the meta build does not support) never blocks a run.
+    """
+    limit, source = visible_memory()
+    per_process = limit // max(1, processes)
+    try:
+        ev = make_plan(cfg, rows, place, world, per_process)
+    except KubetuneError:
+        raise
+    except Exception as exc:  # the estimate is advice: training goes on without it
+        log.warning("plan: not available (%s); training without one", first_line(exc))
+        return None
+    log.info("%s; %s: %s", summary_line(ev), source, gib(limit))
+    log.info("plan event: %s", ev.line())  # on stderr: stdout carries progress events only
+    if not ev.fits and not cfg.training.ignore_plan:
+        raise InsufficientMemory(refusal(ev, processes, limit, source))
+    return ev
+
+
+# --- `kubetune plan` ------------------------------------------------------------------------------
+
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from `16Gi`, `16GiB`, `1.5G`, `800Mi` or a plain byte count (Kubernetes' suffixes and GiB/GB)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not m:
+        raise UsageError(f"--memory: {text!r} is not a memory size (e.g. 16Gi, 16GiB, 1.5G, 800Mi)")
+    value = float(m.group(1)) * UNITS[m.group(2) or ""]
+    if value < 1:
+        raise UsageError(f"--memory: {text!r} must be at least one byte")
+    return int(value)
+
+
+def plan_config(cfg: TrainConfig, memory: str | None) -> PlanEvent:
+    """`kubetune plan`: the same sources, hardware choice and data preparation as `train`, then the plan."""
+    from kubetune.trainer import (
+        hf_trainer,  # noqa: F401  (imported by train too: part of the measured process)
+        launch,
+        sources,
+    )
+    from kubetune.trainer.train import setup_data, setup_hardware
+
+    limit = parse_memory(memory) if memory is not None else None
+    if not cfg.data.path:
+        raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
+    layout = launch.layout_from_env(os.environ)
+    cfg, _ = sources.localize(cfg)
+    place, _ = setup_hardware(cfg)
+    _, data = setup_data(cfg)
+    per_process = limit // layout.nproc_per_node if limit is not None else None
+    return make_plan(cfg, data.train, place, layout.world_size, per_process)
+
+
+def print_plan(ev: PlanEvent) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="peak memory per process", show_header=True)
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    for name, value in ev.memory.items():
+        if name != "load_peak" and not name.startswith("traced_"):
+            table.add_row(name, f"{value / 2**30:.2f}")
+    table.add_row("peak (training)", f"{ev.peak_bytes / 2**30:.2f}", style="bold")
+    table.add_row("peak while loading", f"{ev.memory.get('load_peak', 0) / 2**30:.2f}")
+    console = Console()
+    console.print(table)
+    b = ev.largest_batch
+    console.print(
+        f"{ev.device} {ev.precision}, gradient checkpointing {'on' if ev.gradient_checkpointing else 'off'}; "
+        f"largest micro-batch {b['rows']} x {b['width']} tokens, head at {b['head_positions']} positions"
+    )
+    console.print(
+        f"{ev.records} records, {ev.tokens_per_epoch} tokens per epoch, {ev.steps_per_epoch} steps per epoch, "
+        f"{ev.steps} steps in all"
+    )
+    if ev.seconds is not None:
+        console.print(f"time: ~{ev.seconds_per_epoch:.0f} s per epoch, ~{ev.seconds:.0f} s for the run (CPU estimate)")
+    if ev.memory_limit_bytes is not None:
+        verdict = "fits" if ev.fits else "does NOT fit"
+        largest = f"largest batch_size that fits: {ev.max_batch_size}" if ev.max_batch_size else "not even batch 1 fits"
+        console.print(f"within {gib(ev.memory_limit_bytes)} per process: {verdict}; {largest}")

@@ -390,3 +390,41 @@ async def test_a_missing_source_fails_the_job_with_the_trainers_message(
     assert condition["reason"] == "SourceNotFound"
     assert f"s3://{bucket}/models/nothing-here" in failed["message"] and failed["message"] == condition["message"]
     assert "\n" not in failed["message"] and "Traceback" not in failed["message"]
+
+
+async def test_a_namespaced_install_with_the_charts_metrics_service_trains(
+    cluster: Cluster, claims: dict[str, Path], tmp_path: Path
+):
+    # Namespaced mode puts the chart's kubetune-metrics Service in the jobs' namespace: the kubelet would inject
+    # KUBETUNE_METRICS_PORT & co. into every pod, and the trainer read them as config keys (exit 2, issue 21).
+    from kube import chart_objects
+
+    (service,) = [o for o in chart_objects({"watch": {"namespaced": True}}, namespace="ml") if o["kind"] == "Service"]
+    await cluster.create(service)
+    name = "dates-ns"
+    watch = Watcher(cluster, name)
+    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
+        await cluster.create(finetunejob(name, max_steps=2, merge=False))
+        done = await watch.phase("Succeeded", node)
+    assert done["progress"]["step"] == 2, dump(node)
+
+
+async def test_a_job_whose_image_is_not_there_stays_pending_with_the_reason(
+    cluster: Cluster, claims: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    if mode() != "container":
+        pytest.skip("process mode runs the entrypoint, not an image")
+    allow = {"KUBETUNE_ALLOWED_IMAGES": "localhost/kubetune/*"}  # the policy admits it: the node has no such image
+    monkeypatch.setenv("KUBETUNE_ALLOWED_IMAGES", allow["KUBETUNE_ALLOWED_IMAGES"])
+    name = "dates-noimage"
+    async with LocalNode(cluster, claims, tmp_path / "node"), operator(env=allow):
+        await cluster.create(finetunejob(name, max_steps=2, image="localhost/kubetune/trainer:does-not-exist"))
+
+        async def waiting() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", name)
+            status = (obj or {}).get("status") or {}
+            return status if "ImagePullBackOff" in status.get("message", "") else None
+
+        status = await eventually(waiting, timeout=120, what="ImagePullBackOff in status.message")
+    assert status["phase"] == "Pending" and "startTime" not in status
+    assert "localhost/kubetune/trainer:does-not-exist" in status["message"]

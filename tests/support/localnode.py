@@ -23,7 +23,8 @@ Job deletes its pods.
 
 Secrets reach containers through envFrom (secretRef: every key of the Secret's data as a variable); the
 namespace's Services through the kubelet's service-link variables unless the pod sets enableServiceLinks: false.
-What it does not emulate: scheduling, image pulls (container mode runs local images only: `--pull never`),
+What it does not emulate: scheduling, image pulls (container mode runs local images only: `--pull never`; a pod
+whose image is not on this node stays Pending in ImagePullBackOff, as the kubelet reports it),
 networking beyond one host's loopback, resource requests and limits, secret volumes, pod restarts by the
 kubelet (restartPolicy is Never for every pod the operator renders), the Job controller's backoff delay
 between retries, and a Job's own activeDeadlineSeconds (the operator enforces the deadline).
@@ -55,6 +56,7 @@ from kube import Cluster
 
 from kubetune.api.contract import IMAGE_UID
 from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
+from kubetune.operator.render import CONTAINER as CONTAINER_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile.cpu"
@@ -365,6 +367,9 @@ class LocalNode:
         }
         await self.cluster.create(pod)
         container = pod_spec["containers"][0]
+        if self.mode == "container" and engine.image_id(container["image"]) is None:
+            await self._cannot_pull(name, container["image"])  # the kubelet retries; the pod stays Pending
+            return
         services = await self.cluster.list("Service", meta["namespace"])
         env = kubelet.pod_env(
             pod_spec, services, await self._env_from(meta["namespace"], container), _plain_env(container)
@@ -398,6 +403,13 @@ class LocalNode:
         c.reader = asyncio.create_task(self._read(c))
         await self.cluster.patch("Pod", name, {"status": {"phase": "Running", "startTime": now()}}, sub="status")
         self._spawn(self._wait(c, container, job))
+
+    async def _cannot_pull(self, pod: str, image: str) -> None:
+        """What the kubelet reports for an image it cannot pull (`--pull never`: one not on this node)."""
+        message = f'Back-off pulling image "{image}": ErrImagePull: image not known to this node'
+        waiting = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
+        status = {"phase": "Pending", "containerStatuses": [{"name": CONTAINER_NAME, "state": waiting, "ready": False}]}
+        await self.cluster.patch("Pod", pod, {"status": status}, sub="status")
 
     async def _env_from(self, ns: str, container: dict[str, Any]) -> dict[str, str]:
         """envFrom: every key of each referenced Secret (base64 `data`, as the API server stores it)."""

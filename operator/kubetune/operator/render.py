@@ -39,6 +39,8 @@ def pod_security_context() -> dict[str, Any]:
         "runAsUser": uid,
         "runAsGroup": uid,
         "fsGroup": uid,
+        # Chown a claim only when its root is not the group's yet: not every file of a large model at every start.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 

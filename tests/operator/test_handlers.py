@@ -414,3 +414,21 @@ async def test_a_run_policy_edit_is_applied_to_the_worker_job(cluster: Cluster):
             return job if job and job["spec"].get("backoffLimit") == 5 else None
 
         await eventually(applied, what="backoffLimit 5 on the worker Job")
+
+
+async def test_a_ttl_set_after_the_job_finished_still_removes_its_children(cluster: Cluster):
+    summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
+    async with operator():
+        await cluster.create(finetunejob(merge={"enabled": False}))
+        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
+        await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
+        await phase_is(cluster, "Succeeded")
+        await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 1}}})
+
+        async def children_gone() -> bool:
+            kinds = [("Job", NAMES.workers), ("ConfigMap", NAMES.config), ("Service", NAMES.service)]
+            return all([await cluster.get(kind, name) is None for kind, name in kinds])
+
+        await eventually(children_gone, what="the children deleted by the later TTL")
+    assert (await cluster.get("FinetuneJob", "quotes"))["status"]["phase"] == "Succeeded"

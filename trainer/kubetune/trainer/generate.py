@@ -209,7 +209,7 @@ def print_report(report: dict[str, Any], show: int) -> None:
     from rich.table import Table
 
     console = Console(width=max(100, Console().width))
-    table = Table(title="base vs fine-tuned", show_lines=True)
+    table = Table(title=f"base vs fine-tuned ({report.get('finetuned_model', 'as_trained')})", show_lines=True)
     has_ref = any("reference" in r for r in report["records"])
     table.add_column("prompt", overflow="fold", ratio=3)
     if has_ref:

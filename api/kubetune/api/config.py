@@ -304,20 +304,6 @@ class SourcesSection(Section):
     )
 
 
-MergeBase = Literal["as_trained", "original"]
-
-
-class MergeSection(Section):
-    """What `kubetune merge` folds the adapter into (docs/merge-and-generate.md)."""
-
-    base: MergeBase = Field(
-        "as_trained",
-        description="as_trained: the base as training saw it (for a 4-bit/8-bit run its dequantized weights, "
-        "dequant(Q(W)) + BA), verified against the quantized base + adapter; original: the unquantized base "
-        "(W + BA), a model the adapter was not trained against.",
-    )
-
-
 class OutputSection(Section):
     push_to: PushLocation | None = Field(
         None,

@@ -168,9 +168,8 @@ def main() -> None:
             row = run_point(point, models, work)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    args.out.write_text(
-        json.dumps({"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1) + "\n"
-    )
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            args.out.write_text(json.dumps({"when": when, "rows": rows}, indent=1) + "\n")  # after every point
     print(table(rows))
 
 

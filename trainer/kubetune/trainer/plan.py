@@ -484,9 +484,15 @@ def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkp
 
 
 def make_plan(
-    cfg: TrainConfig, rows: list[dict[str, Any]], place: Any, world_size: int = 1, limit: int | None = None
+    cfg: TrainConfig,
+    rows: list[dict[str, Any]],
+    place: Any,
+    world_size: int = 1,
+    limit: int | None = None,
+    search: bool = True,
 ) -> PlanEvent:
-    """The plan of this config on this data and this placement; with `limit`, the largest batch that fits."""
+    """The plan of this config on this data and this placement; with `limit`, the largest batch that fits
+    (searched for always with `search`, else only when the configured batch does not fit)."""
     p = planner(cfg, rows, place.precision, place.gradient_checkpointing)
     peak, terms, batch = p.memory(cfg.training.batch_size)
     rate = matmul_rate(place.precision, place.threads) if place.device == "cpu" else None
@@ -512,7 +518,7 @@ def make_plan(
         seconds=round(epoch * steps / steps_per_epoch, 1) if epoch is not None else None,
         memory_limit_bytes=limit,
         fits=None if limit is None else peak <= limit,
-        max_batch_size=p.largest_fitting(limit, len(rows)) if limit is not None else None,
+        max_batch_size=p.largest_fitting(limit, len(rows)) if limit is not None and (search or peak > limit) else None,
     )
 
 
@@ -569,7 +575,7 @@ def preflight(cfg: TrainConfig, rows: list[dict[str, Any]], place: Any, world: i
     limit, source = visible_memory()
     per_process = limit // max(1, processes)
     try:
-        ev = make_plan(cfg, rows, place, world, per_process)
+        ev = make_plan(cfg, rows, place, world, per_process, search=False)  # a search costs a trace per step
     except KubetuneError:
         raise
     except Exception as exc:  # the estimate is advice: training goes on without it

@@ -4,7 +4,10 @@ works or the images are not built (`make images BACKEND='cpu operator'`; .ci/run
 The trainer image: README's flow (`kubetune model export`, then train, merge and generate in the image
 with the mounts, UID 10001, a read-only root and no network); `<engine> stop` during training gives exit
 75 and a complete checkpoint that the next run resumes from; unusable mounts are named. The operator
-image: no torch, UID 10001, and its health and metrics endpoints served against an API server.
+image: no torch, UID 10001, and its health and metrics endpoints served against an API server. The cuda
+image (opt-in, KTEST_CUDA_IMAGE=1: GBs of CUDA wheels): built on the Debian base by `make images`, CUDA torch
+and bitsandbytes' CUDA kernels by import, every native library left by the trim loads, and README's run minus
+`--gpus`: the CPU with `device: auto` and one no-GPU line, exit 2 in one line with `device: cuda`.
 """
 
 from __future__ import annotations

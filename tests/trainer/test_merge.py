@@ -181,3 +181,15 @@ def test_merge_base_original_is_recorded(quantized_run, tmp_path):
     record = json.loads((tmp_path / "original" / "kubetune-merge.json").read_text())
     assert result["base"] == record["base"] == "original"
     assert record["checked_against"] == "the unquantized base + adapter"
+
+
+def test_merge_base_is_the_flag_else_the_run_s_and_nothing_else():
+    from kubetune.trainer.errors import UsageError
+    from kubetune.trainer.merge import merge_base
+
+    recorded = {"config": {"merge": {"base": "original"}}}
+    assert merge_base({}, None) == "as_trained"
+    assert merge_base(recorded, None) == "original"
+    assert merge_base(recorded, "as_trained") == "as_trained"
+    with pytest.raises(UsageError, match=r"merge\.base: .*as_trained \| original"):
+        merge_base({}, "dequantized")

@@ -241,3 +241,27 @@ def test_plan_json_names_the_largest_batch_that_fits_and_one_more_does_not(tmp_p
     # The process term is measured each time (this test process grows between calls): compare the rest.
     room = limit - answer.memory["process"]
     assert at.peak_bytes - at.memory["process"] <= room < above.peak_bytes - above.memory["process"]
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("4294967296\n", None, 2**32),  # cgroup v2 with a limit
+        ("max\n", None, None),  # cgroup v2 without one: free RAM
+        (None, "2147483648\n", 2**31),  # cgroup v1 (a podman container on a v1 host)
+        (None, "9223372036854771712\n", None),  # cgroup v1's "no limit"
+    ],
+)
+def test_the_memory_a_process_can_see_is_its_cgroup_limit_v2_or_v1_else_free_ram(
+    tmp_path, monkeypatch, v2, v1, expected
+):
+    for name, text, attr in (("memory.max", v2, "CGROUP_MEMORY_MAX"), ("limit", v1, "CGROUP_V1_LIMIT")):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        monkeypatch.setattr(plan, attr, path)
+    limit, source = plan.visible_memory()
+    if expected is None:
+        assert source == "free RAM" and limit > plan.process_rss()
+    else:
+        assert limit == expected and "cgroup" in source

@@ -524,7 +524,9 @@ def make_plan(
 
 # --- before training ------------------------------------------------------------------------------
 
-CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # cgroup v2
+CGROUP_V1_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a page-rounded 2**63
 
 
 def visible_memory() -> tuple[int, str]:
@@ -534,12 +536,13 @@ def visible_memory() -> tuple[int, str]:
     """
     import psutil
 
-    try:
-        text = CGROUP_MEMORY_MAX.read_text().strip()
-        if text != "max":
-            return int(text), f"the cgroup limit ({CGROUP_MEMORY_MAX})"
-    except (OSError, ValueError):
-        pass
+    for path in (CGROUP_MEMORY_MAX, CGROUP_V1_LIMIT):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < UNLIMITED:
+            return int(text), f"the cgroup limit ({path})"
     return psutil.virtual_memory().available + process_rss(), "free RAM"
 
 

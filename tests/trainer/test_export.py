@@ -116,8 +116,12 @@ def test_f16_must_answer_identically_q8_0_may_trail_by_two_points():
     assert verify.judge("q8_0", fig(answers_equal=9, exact_match_llamacpp=0.88)) is None
     assert "exact match 0.870 through llama.cpp vs 0.900" in verify.judge("q8_0", fig(exact_match_llamacpp=0.87))
     assert "tokenizes 1 of 10 prompts differently" in verify.judge("q8_0", fig(prompt_tokens_equal=9))
-    assert "up to 0.5 (allowed 0.3)" in verify.judge("q8_0", fig(max_next_token_logprob_diff=0.5))
-    assert "next token differs on 2 of 10" in verify.judge("f16", fig(next_token_top1_equal=8))
+    assert "up to 0.1 (allowed 0.05)" in verify.judge("f16", fig(max_next_token_logprob_diff=0.1))
+    assert verify.judge("q8_0", fig(max_next_token_logprob_diff=0.6)) is None
+    assert "up to 1.5 (allowed 1.0)" in verify.judge("q8_0", fig(max_next_token_logprob_diff=1.5))
+    assert "next token differs on 1 of 10 prompts (allowed 0%)" in verify.judge("f16", fig(next_token_top1_equal=9))
+    assert verify.judge("q8_0", fig(next_token_top1_equal=9)) is None
+    assert "next token differs on 2 of 10" in verify.judge("q8_0", fig(next_token_top1_equal=8))
 
 
 def test_modelfile_template_is_the_training_prompt_with_go_braces_escaped():

@@ -66,6 +66,11 @@ class Operator(Strict):
     pollSeconds: float = knob(settings.POLL_SECONDS, "Seconds between two looks at a running FinetuneJob")
     workerTerminationGracePeriodSeconds: int = knob(settings.TERMINATION_GRACE_SECONDS, "Worker pods' grace period")
     workerShmSize: str = Field("2Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    workerTmpSize: str = Field(
+        settings.PodSettings().tmp_size,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="sizeLimit of the pods' /tmp emptyDir (KUBETUNE_TMP_SIZE)",
+    )
     logFormat: Literal["json", "plain", "full"] = "json"
     extraArgs: list[str] = []
 

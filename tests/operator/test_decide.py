@@ -544,3 +544,29 @@ def test_run_policy_edits_reach_the_worker_job():
     edited = {**SPEC, "runPolicy": {"backoffLimit": 7, "activeDeadlineSeconds": 3600}}
     plan = run(edited, {"phase": "Running"}, seen(workers=rendered))
     assert plan.patch_workers == {"backoffLimit": 7, "activeDeadlineSeconds": 3600}
+
+
+def test_a_trainers_message_with_a_credential_is_masked_in_status_and_events():
+    # A plain-text last line (FallbackToLogsOnError) quoting a presigned URL and a user:pass@ URL (issue 22 #2).
+    secret_url = "https://bob:hunter2pass@files.example/train.jsonl?X-Amz-Signature=deadbeefcafe1234&X-Amz-Date=1"
+    line = f"data.path: {secret_url}: 404 Not Found; Authorization: Bearer sk-live-0123456789"
+    pods = (pod("w-0-a", phase="Failed", exit_code=10, message=line),)
+    observed = seen(workers=job(condition="Failed", reason="BackoffLimitExceeded"), worker_pods=pods)
+    plan = run(status={"phase": "Running"}, observed=observed)
+    written = json.dumps(plan.status) + "".join(e.message for e in plan.events)
+    for secret in ("hunter2pass", "deadbeefcafe1234", "sk-live-0123456789"):
+        assert secret not in written
+    assert plan.status["phase"] == "Failed" and plan.events and plan.events[-1].type == "Warning"
+    # What is left still says where and why.
+    assert "https://***@files.example/train.jsonl?X-Amz-Signature=***" in plan.status["message"]
+    assert "404 Not Found" in plan.events[-1].message
+
+
+def test_a_refusal_quoting_a_credential_is_masked_and_reported_once():
+    said = "admission webhook denied: env value https://u:pa55word1@x.example/m?token=abcdef123456 not allowed"
+    observed = seen(refused=Refusal("Job", NAMES.workers, 403, said))
+    first = run(status={"phase": "Pending"}, observed=observed)
+    assert "pa55word1" not in json.dumps(first.status) and "abcdef123456" not in json.dumps(first.status)
+    assert [e.reason for e in first.events] == ["Forbidden"] and "pa55word1" not in first.events[0].message
+    again = run(status=first.status, observed=observed)  # the masked message is the same: no second Event
+    assert again.events == []

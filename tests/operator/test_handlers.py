@@ -432,3 +432,32 @@ async def test_a_ttl_set_after_the_job_finished_still_removes_its_children(clust
 
         await eventually(children_gone, what="the children deleted by the later TTL")
     assert (await cluster.get("FinetuneJob", "quotes"))["status"]["phase"] == "Succeeded"
+
+
+def test_operator_logs_mask_credentials_in_messages_and_tracebacks():
+    # kopf posts its per-object log lines as Events: the filter must act before any handler (issue 22 #2).
+    import logging
+
+    from kubetune.operator.handlers import Redacting
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    logger = logging.getLogger("kubetune-test-redacting")
+    logger.propagate, handler = False, Keep()
+    logger.addHandler(handler)
+    logger.addFilter(Redacting())
+    try:
+        try:
+            raise ValueError("GET https://u:hunter2pass@x.example/f?X-Amz-Signature=deadbeefcafe1234 failed")
+        except ValueError:
+            logger.exception("reconcile failed: %s", "token=sk-live-0123456789")
+    finally:
+        logger.removeHandler(handler)
+    (text,) = seen
+    assert "reconcile failed" in text and "ValueError" in text and "x.example" in text
+    for secret in ("hunter2pass", "deadbeefcafe1234", "sk-live-0123456789"):
+        assert secret not in text

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kubetune.api import backends, contract, load_config
-from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.api.finetunejob import FinetuneJobSpec, SecretKeyRef
 from kubetune.operator.render import (
     Names,
     render_configmap,
@@ -56,7 +56,8 @@ def test_worker_env_is_the_trainers_contract():
     for index in range(SPEC.nodes):  # the Job controller sets JOB_COMPLETION_INDEX per pod
         layout = layout_from_env({**env, "JOB_COMPLETION_INDEX": str(index)})
         assert (layout.nnodes, layout.nproc_per_node, layout.node_rank, layout.world_size) == (2, 4, index, 8)
-    assert env["KUBETUNE_CONFIG"] == "/config/config.yaml" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
+    assert env["KUBETUNE_CONFIG"] == "/config/config.yaml"
+    assert "HF_TOKEN_FILE" not in env  # local model and data, no hf:// push: the token has no use here
     assert contract.ExitCode.PREEMPTED == TRAINER_EXIT_PREEMPTED
 
 
@@ -221,7 +222,7 @@ REMOTE = FinetuneJobSpec.model_validate(
 
 
 @pytest.mark.parametrize("render", [render_worker_job, render_merge_job])
-def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializers_credentials(render):
+def test_workers_and_merge_read_the_cache_read_only_through_the_initializers_lock(render):
     job = render(META, REMOTE, PodSettings())
     pod, c = job["spec"]["template"]["spec"], container(job)
     claims = {
@@ -229,15 +230,67 @@ def test_workers_and_merge_read_remote_sources_from_the_cache_with_the_initializ
     }
     assert claims == {"output": "runs", "cache": "kubetune-cache"}  # no model or data claim: both are remote
     mounts = {m["name"]: m for m in c["volumeMounts"]}
-    # Read-write: even a cache hit writes (the fetch's lock file and manifest).
-    assert mounts["cache"] == {"name": "cache", "mountPath": "/cache", "readOnly": False, "subPath": "shared"}
+    # Read-only: with the lock they only hash what the initializer fetched (issue 22 #3).
+    assert mounts["cache"] == {"name": "cache", "mountPath": "/cache", "readOnly": True, "subPath": "shared"}
     env = env_of(job)
-    assert env["KUBETUNE_CACHE_DIR"] == "/cache" and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
-    assert c["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert env["KUBETUNE_CACHE_DIR"] == "/cache" and env[contract.ENV_SOURCES_LOCK] == META["uid"]
+    # They push to s3://: the S3 Secret; the HF token only serves hf:// sources, which the initializer fetched.
+    assert c["envFrom"] == [{"secretRef": {"name": "s3"}}] and contract.ENV_HF_TOKEN_FILE not in env
+    assert not any(v["name"] == "hf-token" for v in pod["volumes"])
     kubernetes_validate.validate(job, "1.30", strict=True)
     local = render(META, SPEC, PodSettings())  # local paths: no cache, no credentials
     assert "envFrom" not in container(local) and "KUBETUNE_CACHE_DIR" not in env_of(local)
+    assert contract.ENV_SOURCES_LOCK not in env_of(local)
     assert not any(v["name"] == "cache" for v in local["spec"]["template"]["spec"]["volumes"])
+
+
+def test_only_pods_that_push_get_the_push_targets_credentials():
+    from kubetune.operator.initializer import render_initializer_job
+
+    no_push = REMOTE.model_copy(deep=True)
+    no_push.training.output.push_to = None
+    for render in (render_worker_job, render_merge_job):
+        c = container(render(META, no_push, PodSettings()))
+        assert "envFrom" not in c and contract.ENV_HF_TOKEN_FILE not in env_of(render(META, no_push, PodSettings()))
+    to_hf = REMOTE.model_copy(deep=True)
+    to_hf.training.output.push_to = "hf://org/quotes-adapter"
+    for render in (render_worker_job, render_merge_job):
+        job = render(META, to_hf, PodSettings())
+        assert env_of(job)[contract.ENV_HF_TOKEN_FILE] == "/secrets/hf/token" and "envFrom" not in container(job)
+    fetch = render_initializer_job(META, no_push, PodSettings())  # fetches: every source credential, cache writable
+    assert container(fetch)["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert env_of(fetch)[contract.ENV_HF_TOKEN_FILE] == "/secrets/hf/token"
+    assert env_of(fetch)[contract.ENV_SOURCES_LOCK] == META["uid"]
+    assert {m["name"]: m.get("readOnly") for m in container(fetch)["volumeMounts"]}["cache"] is False
+
+
+def test_private_https_sources_get_the_token_file_in_the_initializer_only():
+    from kubetune.operator.initializer import render_initializer_job
+
+    spec = REMOTE.model_copy(update={"http_token_secret": SecretKeyRef(name="web", key="bearer")})
+    fetch = render_initializer_job(META, spec, PodSettings())
+    path = env_of(fetch)[contract.ENV_HTTP_TOKEN_FILE]
+    mount = next(m for m in container(fetch)["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in fetch["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] and volume["secret"] == {
+        "secretName": "web",
+        "items": [{"key": "bearer", "path": "token"}],
+    }
+    assert path == f"{mount['mountPath']}/token"
+    kubernetes_validate.validate(fetch, "1.30", strict=True)
+    for render in (render_worker_job, render_merge_job):  # they read offline: no source asked, no token
+        assert contract.ENV_HTTP_TOKEN_FILE not in env_of(render(META, spec, PodSettings()))
+
+
+@pytest.mark.parametrize("role", ["worker", "merge", "initializer"])
+def test_tmp_is_bounded_by_the_settings(role):
+    from kubetune.operator.initializer import render_initializer_job
+
+    render = {"worker": render_worker_job, "merge": render_merge_job, "initializer": render_initializer_job}[role]
+    for settings, size in ((PodSettings(), PodSettings().tmp_size), (PodSettings(tmp_size="3Gi"), "3Gi")):
+        volumes = {v["name"]: v for v in render(META, REMOTE, settings)["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": size}}
+    assert PodSettings().tmp_size
 
 
 def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune.operator.main import command
-from kubetune.operator.settings import SettingsError, from_env
+from kubetune.operator.settings import PodSettings, SettingsError, from_env
 
 
 def test_defaults_and_overrides():
@@ -58,3 +58,8 @@ def test_pull_secrets_and_namespaces_are_lists():
     config = from_env({"KUBETUNE_IMAGE_PULL_SECRETS": "regcred, other", "KUBETUNE_WATCH_NAMESPACES": "a,b"})
     assert config.pods.image_pull_secrets == ("regcred", "other") and config.watch_namespaces == ("a", "b")
     assert from_env({}).pods.image_pull_secrets == ()
+
+
+def test_the_tmp_size_limit_comes_from_the_chart_env():
+    assert from_env({}).pods.tmp_size == PodSettings().tmp_size
+    assert from_env({"KUBETUNE_TMP_SIZE": "40Gi"}).pods.tmp_size == "40Gi"

@@ -110,3 +110,45 @@ def test_the_policy_is_read_from_the_chart_env():
         from_env({"KUBETUNE_ALLOWED_SECRETS": "s3"})
     with pytest.raises(SettingsError, match="KUBETUNE_ALLOW_REMOTE_CODE"):
         from_env({"KUBETUNE_ALLOW_REMOTE_CODE": "yes"})
+
+
+def test_the_https_token_secret_is_limited_like_the_others():
+    settings = PodSettings(policy=Policy(secrets=("ml/web-token",)))
+    assert problems(settings, httpTokenSecret={"name": "web-token"}) == []
+    (line,) = problems(settings, httpTokenSecret={"name": "db-password"})
+    assert line.startswith("spec.httpTokenSecret.name: Secret 'db-password' may not be used in namespace 'ml'")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", {"path": "https://bob:hunter2pass@files.example/model.tar"}),
+        ("data", {"path": ["https://files.example/t.jsonl?X-Amz-Signature=deadbeefcafe1234"]}),
+    ],
+)
+def test_a_credential_in_a_location_is_refused_naming_the_field_without_quoting_it(field, value):
+    # The config becomes a ConfigMap (readable with `view`): a credential in a URL goes through a Secret instead.
+    spec = {
+        "storage": {"output": {"claimName": "o"}, **({"data": {"claimName": "d"}} if field == "model" else {})},
+        "sources": {"cache": {"claimName": "c"}},
+        "training": {"model": {"path": "hf://org/m"}, "training": {"max_steps": 1}, field: value},
+    }
+    plan = decide(
+        {"name": "j", "namespace": "ml", "uid": "u"}, spec, {}, Observed(now=datetime.now(UTC)), PodSettings()
+    )
+    assert plan.status["phase"] == "Failed" and plan.create == []
+    where = "spec.training.model.path" if field == "model" else "spec.training.data.path[0]"
+    assert plan.status["message"].startswith(f"{where}: ") and "through a Secret" in plan.status["message"]
+    assert "hunter2pass" not in plan.status["message"] and "deadbeefcafe1234" not in plan.status["message"]
+
+
+def test_a_pinned_https_location_is_not_a_credential():
+    spec = {
+        "storage": {"output": {"claimName": "o"}, "model": {"claimName": "m"}},
+        "sources": {"cache": {"claimName": "c"}},
+        "training": {"data": {"path": ["https://files.example/t.jsonl#sha256=" + "a" * 64]}},
+    }
+    plan = decide(
+        {"name": "j", "namespace": "ml", "uid": "u"}, spec, {}, Observed(now=datetime.now(UTC)), PodSettings()
+    )
+    assert plan.status.get("phase") != "Failed" and plan.create

@@ -120,6 +120,7 @@ IMMUTABLE = (
     "training",
     "scheduling",
     "hfTokenSecret",
+    "httpTokenSecret",
     "sources",
 )
 MUTABLE = ("runPolicy", "merge")

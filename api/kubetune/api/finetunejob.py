@@ -114,7 +114,7 @@ class Scheduling(K8sModel):
 
 
 class SecretKeyRef(K8sModel):
-    name: str = Field(min_length=1, description="Secret holding a Hugging Face token.")
+    name: str = Field(min_length=1, description="A Secret in the FinetuneJob's namespace.")
     key: str = Field("token", min_length=1)
 
 
@@ -159,7 +159,15 @@ class FinetuneJobSpec(K8sModel):
     merge: Merge = Field(default_factory=Merge)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
-    hf_token_secret: SecretKeyRef | None = None
+    hf_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token: mounted as HF_TOKEN_FILE in the pods that "
+        "fetch or push to hf://."
+    )
+    http_token_secret: SecretKeyRef | None = Field(
+        None,
+        description="Secret key holding the token of private https:// sources: mounted as "
+        "KUBETUNE_HTTP_TOKEN_FILE in the initializer (sent only over https, never on a redirect to another host).",
+    )
     sources: RemoteSources | None = Field(
         None, description="Required with remote model or data paths: the cache claim and the S3 credentials."
     )

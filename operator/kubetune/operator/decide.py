@@ -10,6 +10,7 @@ same observation: that is what makes it idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 from kubetune.api import conditions as cond
 from kubetune.api import contract
 from kubetune.api.finetunejob import FinetuneJobSpec, FinetuneJobStatus, Progress, name_problem
+from kubetune.api.redact import redact, redact_value
 from kubetune.operator.initializer import initializer_outcome, needs_initializer, render_initializer_job
 from kubetune.operator.observed import Observed, PodView, iso, job_condition, ownership, parse_time
 from kubetune.operator.render import (
@@ -116,6 +118,17 @@ Step = Callable[[_Pass], Plan | None]  # a Plan ends the pass, None goes on to t
 def decide(
     meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed, settings: PodSettings
 ) -> Plan:
+    """The next plan, with every string it writes into status and Events redacted (kubetune.api.redact):
+    the trainer's messages it copies and the spec's locations may carry a presigned URL or a token."""
+    plan = _decide(meta, raw_spec, status, seen, settings)
+    plan.status = redact_value(plan.status)
+    plan.events = [dataclasses.replace(e, message=redact(e.message)) for e in plan.events]
+    return plan
+
+
+def _decide(
+    meta: dict[str, Any], raw_spec: dict[str, Any], status: dict[str, Any], seen: Observed, settings: PodSettings
+) -> Plan:
     """The next plan, as named steps in order (like a Kubeflow reconcile): the first that returns a plan ends
     the pass. The deadline comes before the children, so a job past it never gets a child created."""
     st = _Status(status or {}, seen.now)
@@ -190,7 +203,7 @@ def _refused(run: _Pass) -> Plan | None:
     refusal, st = run.seen.refused, run.st
     if refusal is None:
         return None
-    text = f"creating {refusal.kind} {refusal.name} was refused ({refusal.code}): {refusal.message}"
+    text = redact(f"creating {refusal.kind} {refusal.name} was refused ({refusal.code}): {refusal.message}")
     if refusal.code == 403:
         st.condition(cond.CREATED, "False", cond.FORBIDDEN, text)
         if st.data.get("message") != text:
@@ -203,8 +216,8 @@ def _refused(run: _Pass) -> Plan | None:
 def reconcile_error(old: dict[str, Any], now: datetime, kind: str, message: str) -> dict[str, Any]:
     """The status after a pass that raised (not an API refusal): the error as a condition, retried next poll."""
     st = _Status(old, now)
-    st.condition(cond.RECONCILE_ERROR, "True", kind, f"retrying at the next poll: {message}"[:1000])
-    return checked(st.data)
+    st.condition(cond.RECONCILE_ERROR, "True", kind, redact(f"retrying at the next poll: {message}")[:1000])
+    return redact_value(checked(st.data))
 
 
 def volume_path(ref: Any, leaf: str) -> str:
@@ -378,7 +391,7 @@ def _create_failed(st: _Status, seen: Observed, job_name: str) -> bool:
     message = next((m for name, m in seen.create_failures if name == job_name), None)
     if message is None:
         return False
-    text = f"the Job controller cannot create the pods of Job {job_name}: {message}"
+    text = redact(f"the Job controller cannot create the pods of Job {job_name}: {message}")
     st.condition(cond.RUNNING, "False", cond.FAILED_CREATE, text)
     if st.data.get("message") != text:
         st.events.append(Event("Warning", cond.FAILED_CREATE, text))
@@ -393,7 +406,7 @@ def _waiting(st: _Status, pods: tuple[PodView, ...]) -> None:
         return
     pod = waiting[-1]
     reason, detail = pod.waiting or ("", "")
-    message = f"waiting for worker pod {pod.name}: {reason}" + (f": {detail}" if detail else "")
+    message = redact(f"waiting for worker pod {pod.name}: {reason}" + (f": {detail}" if detail else ""))
     st.condition(cond.RUNNING, "False", reason, message)
     if st.data.get("message") != message and reason in cond.POD_WAITING_REASONS:
         st.events.append(Event("Warning", reason, message))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.finetunejob import GROUP, PLURAL, VERSION
+from kubetune.api.redact import redact
 from kubetune.operator import k8s
 from kubetune.operator.decide import Plan, decide, reconcile_error
 from kubetune.operator.metrics import Metrics
@@ -27,8 +29,27 @@ from kubetune.operator.observed import Observed, Refusal
 from kubetune.operator.settings import SettingsError, from_env
 
 
+class Redacting(logging.Filter):
+    """Masks credentials (kubetune.api.redact) in a log record, its traceback included, before any handler sees
+    it: kopf posts its per-object log lines as Events, and an API error or a pod's words may quote a URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def redact_logs() -> None:
+    """On kopf's per-object logger (its Event poster too) and on every root handler (the rest)."""
+    logging.getLogger("kopf.objects").addFilter(Redacting())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(Redacting())
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    redact_logs()
     try:
         memo.config = from_env(os.environ)
     except SettingsError as exc:
@@ -102,8 +123,9 @@ async def _create(cluster: k8s.Cluster, meta: dict[str, Any], plan: Plan, logger
         except ApiException as exc:
             if exc.status not in REFUSED:
                 raise
-            logger.warning("creating %s %s refused: %s %s", kind, child, exc.status, k8s.server_message(exc))
-            return {"refused": Refusal(kind, child, exc.status, k8s.server_message(exc))}
+            said = redact(k8s.server_message(exc))  # the server may quote the manifest (a location, a URL)
+            logger.warning("creating %s %s refused: %s %s", kind, child, exc.status, said)
+            return {"refused": Refusal(kind, child, exc.status, said)}
         if outcome in ("previous", "foreign"):
             return {"not_ours": ((outcome, kind, child),)}
         logger.info("%s %s %s", outcome, kind, child)
@@ -154,9 +176,8 @@ async def run(meta: kopf.Meta, stopped: kopf.DaemonStopped, memo: kopf.Memo, log
         except ApiException as exc:
             # The API server was unavailable or refused a write: count it and try again at the next poll.
             memo.metrics.errors.inc()
-            logger.warning(
-                "reconcile failed (retrying in %.0fs): %s %s", memo.config.poll_seconds, exc.status, exc.reason
-            )
+            reason = redact(str(exc.reason))
+            logger.warning("reconcile failed (retrying in %.0fs): %s %s", memo.config.poll_seconds, exc.status, reason)
         except Exception as exc:  # the client's own checks, a garbled answer, a bug of ours
             # Never let it end the daemon (kopf would restart it, silently, with a growing backoff): the
             # FinetuneJob shows the error as a condition, and the next pass tries again.

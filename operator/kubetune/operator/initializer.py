@@ -4,10 +4,11 @@ With remote sources (`hf://`, `s3://`, `https://` in spec.training.model.path /
 data.path), N workers would otherwise download the same model N times; instead
 the initializer fills `/cache` (spec.sources.cache, a ReadWriteMany claim for
 more than one node; KUBETUNE_CACHE_DIR) once, like Kubeflow Trainer's model and
-dataset initializers, and workers and the merge Job mount the same claim: their
-own fetch finds every file in place (one HEAD or listing per source, no
-download). Credentials reach pods as environment from Secrets (HF token file,
-S3 keys via envFrom), never through the spec. `decide` creates this Job
+dataset initializers, and workers and the merge Job mount the same claim
+read-only: with KUBETUNE_SOURCES_LOCK (the run's uid) they ask no source
+anything and train on exactly what this Job fetched. Credentials reach pods from
+Secrets (HF and https token files, S3 keys via envFrom), never through the
+spec: every source credential here, only the push target's in the pods that push. `decide` creates this Job
 first and the workers only once it completed; its failure ends the FinetuneJob
 with the trainer's own one-line message.
 """
@@ -37,7 +38,7 @@ def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings
     nodes, same credentials). No claim but the cache: /output is an empty dir (the image checks it is
     writable; the output claim may be ReadWriteOnce and in use by a previous run's pod). One retry: a missing
     repo stays missing (the fail-fast rule), a cut transfer resumes."""
-    role = render.PodRole(ROLE, ["fetch"], (), resources=RESOURCES, scratch_output=True)
+    role = render.PodRole(ROLE, ["fetch"], (), resources=RESOURCES, scratch_output=True, fetches=True)
     job_spec = {
         "backoffLimit": 1,
         "podFailurePolicy": {"rules": [render.fail_fast_rule()]},

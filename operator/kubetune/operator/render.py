@@ -17,7 +17,7 @@ import yaml
 
 from kubetune.api import backends, contract
 from kubetune.api.config import TrainConfig
-from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec, RemoteSources
+from kubetune.api.finetunejob import GROUP, KIND, VERSION, FinetuneJobSpec, RemoteSources, SecretKeyRef
 from kubetune.api.remote import is_remote
 from kubetune.operator.settings import PodSettings
 
@@ -120,31 +120,52 @@ def container_config(spec: FinetuneJobSpec) -> TrainConfig:
     )
 
 
-def cache_volume(sources: RemoteSources) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(volume, volumeMount) for the cache claim. Read-write in every pod: even a cache hit writes (the
-    per-entry lock file and manifest of `kubetune fetch`, huggingface_hub's refs and locks)."""
+def cache_volume(sources: RemoteSources, writable: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) for the cache claim: read-write only where `kubetune fetch` fills it (the
+    initializer); the others read it offline through the sources lock, so a compromised worker cannot change
+    what the next job reuses (docs/security.md)."""
     volume = {"name": "cache", "persistentVolumeClaim": {"claimName": sources.cache.claim_name}}
-    mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": False, "subPath": sources.cache.sub_path}
+    mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": not writable, "subPath": sources.cache.sub_path}
     return volume, mount
 
 
-def source_env(sources: RemoteSources) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(env, envFrom) of every pod that touches remote sources: the cache dir and the S3 credentials Secret."""
-    env = [{"name": contract.ENV_CACHE_DIR, "value": CACHE_MOUNT}]
-    env_from = [{"secretRef": {"name": sources.s3_credentials_secret}}] if sources.s3_credentials_secret else []
-    return env, env_from
+def pushes(spec: FinetuneJobSpec, scheme: str) -> bool:
+    """Whether the run's output.push_to goes to `scheme` (s3, hf): the pods that push need its credentials."""
+    return (spec.training.output.push_to or "").startswith(f"{scheme}://")
 
 
-def hf_token(spec: FinetuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts, env) for spec.hfTokenSecret: a file the trainer reads through HF_TOKEN_FILE."""
-    if not spec.hf_token_secret:
-        return [], [], []
-    items = [{"key": spec.hf_token_secret.key, "path": "token"}]
+def secret_file(
+    name: str, ref: SecretKeyRef, env_name: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts, env) for one Secret key mounted as a file whose path is in `env_name`."""
+    items = [{"key": ref.key, "path": "token"}]
     return (
-        [{"name": "hf-token", "secret": {"secretName": spec.hf_token_secret.name, "items": items}}],
-        [{"name": "hf-token", "mountPath": "/secrets/hf", "readOnly": True}],
-        [{"name": contract.ENV_HF_TOKEN_FILE, "value": "/secrets/hf/token"}],
+        [{"name": f"{name}-token", "secret": {"secretName": ref.name, "items": items}}],
+        [{"name": f"{name}-token", "mountPath": f"/secrets/{name}", "readOnly": True}],
+        [{"name": env_name, "value": f"/secrets/{name}/token"}],
     )
+
+
+Credentials = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def credentials(spec: FinetuneJobSpec, fetches: bool) -> Credentials:
+    """(volumes, volumeMounts, env, envFrom) of the credentials a pod needs, and no more: the pod that fetches
+    (the initializer) gets every source's; one that pushes (workers, merge) only the push target's."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: list[dict[str, Any]] = []
+    wanted = [
+        (spec.hf_token_secret, "hf", contract.ENV_HF_TOKEN_FILE, fetches or pushes(spec, "hf")),
+        (spec.http_token_secret, "http", contract.ENV_HTTP_TOKEN_FILE, fetches),
+    ]
+    for ref, name, env_name, needed in wanted:
+        if ref and needed:
+            v, m, e = secret_file(name, ref, env_name)
+            volumes, mounts, env = volumes + v, mounts + m, env + e
+    s3 = spec.sources.s3_credentials_secret if spec.sources else None
+    env_from = [{"secretRef": {"name": s3}}] if s3 and (fetches or pushes(spec, "s3")) else []
+    return volumes, mounts, env, env_from
 
 
 def claim_mounts(spec: FinetuneJobSpec, wanted: list[str]) -> list[str]:
@@ -217,12 +238,14 @@ class PodRole:
     env: tuple[dict[str, Any], ...] = ()
     resources: dict[str, Any] | None = None  # None: spec.resources, else the backend's defaults
     scratch_output: bool = False  # an emptyDir at /output instead of the claim (the image checks it is writable)
+    fetches: bool = False  # runs `kubetune fetch`: the only pod that writes the cache and holds every source credential
 
 
 def _volumes(
     meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings, role: PodRole
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pod's volumes, the container's mounts, and the env the mounts bring (cache dir, HF token file)."""
+    """The pod's volumes, the container's mounts, and the env the mounts bring (cache dir and sources lock,
+    token files)."""
     names = Names.of(meta["name"])
     env: list[dict[str, Any]] = []
     read_only = {"model": True, "data": True, "output": False}
@@ -236,14 +259,19 @@ def _volumes(
         for m, ref in claims.items()
     ]
     if spec.sources:
-        volume, mount = cache_volume(spec.sources)
+        volume, mount = cache_volume(spec.sources, writable=role.fetches)
         volumes.append(volume)
         volume_mounts.append(mount)
-        env += source_env(spec.sources)[0]
+        # The initializer writes the lock under this run's uid; the others read exactly what it fetched.
+        env += [
+            {"name": contract.ENV_CACHE_DIR, "value": CACHE_MOUNT},
+            {"name": contract.ENV_SOURCES_LOCK, "value": meta["uid"]},
+        ]
     volumes += [
         {"name": "config", "configMap": {"name": names.config}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
-        {"name": "tmp", "emptyDir": {}},  # caches and temp files: the root filesystem is read-only
+        # Caches and temp files (the root filesystem is read-only), bounded: past it the kubelet evicts the pod.
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size}},
     ]
     volume_mounts += [
         {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
@@ -253,7 +281,7 @@ def _volumes(
     if role.scratch_output:
         volumes.append({"name": "scratch", "emptyDir": {}})
         volume_mounts.append({"name": "scratch", "mountPath": contract.MOUNT_OUTPUT})
-    token_volumes, token_mounts, token_env = hf_token(spec)
+    token_volumes, token_mounts, token_env, _ = credentials(spec, role.fetches)
     return volumes + token_volumes, volume_mounts + token_mounts, env + token_env
 
 
@@ -274,8 +302,9 @@ def pod_template(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSetti
         "securityContext": RESTRICTED_CONTAINER,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.sources and spec.sources.s3_credentials_secret:
-        container["envFrom"] = source_env(spec.sources)[1]
+    env_from = credentials(spec, role.fetches)[3]
+    if env_from:
+        container["envFrom"] = env_from
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # trainer pods never talk to the Kubernetes API

@@ -34,6 +34,9 @@ class PodSettings:
 
     images: dict[str, str] = field(default_factory=lambda: {b.name: b.image for b in backends.TABLE.values()})
     shm_size: str = "2Gi"  # dataloader shared memory
+    # /tmp (HF_HOME, matplotlib, temp files; the root filesystem is read-only): bounded, so a runaway write
+    # evicts this pod instead of filling the node's disk under its neighbours.
+    tmp_size: str = "16Gi"
     termination_grace_seconds: int = 600  # time for the SIGTERM checkpoint of a large model
     image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling trainer images from a private registry
     policy: Policy = field(default_factory=Policy)
@@ -92,6 +95,7 @@ def from_env(env: Mapping[str, str]) -> OperatorConfig:
     pods = PodSettings(
         images=images,
         shm_size=env.get("KUBETUNE_SHM_SIZE") or defaults.shm_size,
+        tmp_size=env.get("KUBETUNE_TMP_SIZE") or defaults.tmp_size,
         image_pull_secrets=_csv(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
         termination_grace_seconds=int(TERMINATION_GRACE_SECONDS.read(env)),
         policy=policy_from_env(env),

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from kubetune.api import backends
 from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, SOURCES_ERROR, FinetuneJobSpec
+from kubetune.api.redact import redact
 from kubetune.operator.settings import PodSettings
 
 PINNED_HF = re.compile(r"hf://[^@]+@[0-9a-f]{40}(/.*)?")  # a model repo at one commit: its code cannot change
@@ -34,6 +35,7 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
     problems = []
     if spec.scheduling.queue_name and spec.run_policy.suspend:
         problems.append(QUEUED_SUSPEND_MESSAGE)
+    problems += credential_problems(spec.training.model_dump(mode="json"), "spec.training")
     backend = backends.get(spec.backend)
     collective = spec.training.distributed.backend
     if collective != "auto" and collective not in backend.collectives:
@@ -49,6 +51,22 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
     return (spec if not problems else None), problems
 
 
+def credential_problems(value: Any, where: str) -> list[str]:
+    """Every URL in the trainer config that carries a credential (userinfo, a query value: what
+    kubetune.api.redact masks). The config becomes a ConfigMap readable with `view`, and the spec itself is
+    no place for a secret: it is stored and shown in the clear. One line per field, the URL masked."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in credential_problems(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in credential_problems(v, f"{where}[{i}]")]
+    if isinstance(value, str) and "://" in value and redact(value) != value:
+        return [
+            f"{where}: {redact(value)!r} carries a credential in the URL (userinfo or query); give it through a "
+            "Secret instead (spec.sources.s3CredentialsSecret, spec.httpTokenSecret, spec.hfTokenSecret)"
+        ]
+    return []
+
+
 def _any(value: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(value, p) for p in patterns)
 
@@ -62,6 +80,7 @@ def policy_problems(spec: FinetuneJobSpec, namespace: str, settings: PodSettings
     secrets = [
         ("spec.sources.s3CredentialsSecret", spec.sources.s3_credentials_secret if spec.sources else None),
         ("spec.hfTokenSecret.name", spec.hf_token_secret.name if spec.hf_token_secret else None),
+        ("spec.httpTokenSecret.name", spec.http_token_secret.name if spec.http_token_secret else None),
     ]
     for where, name in secrets:
         if name and not _any(f"{namespace}/{name}", policy.secrets):

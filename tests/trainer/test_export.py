@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.trainer.errors import EXIT_MODEL, ModelError
+from kubetune.api.contract import ExitCode
+from kubetune.trainer.errors import ModelError
 from kubetune.trainer.export import export, file_name, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def gpt2_dir(tmp_path_factory, builtin_path):
 def test_unsupported_architecture_is_refused_in_one_line_before_writing(tmp_path, gpt2_dir):
     out = output_with_merged(tmp_path, gpt2_dir)
     done = kubetune("export", "--output-dir", str(out), "-t", "f16")
-    assert done.returncode == EXIT_MODEL, done.stderr
+    assert done.returncode == ExitCode.MODEL, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: export: unsupported architecture GPT2LMHeadModel (supported: LlamaForCausalLM, Qwen2ForCausalLM)"

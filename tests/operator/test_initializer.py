@@ -11,11 +11,11 @@ import yaml
 from typer.testing import CliRunner
 
 from kubetune.api import load_config
+from kubetune.api.contract import ExitCode
 from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import initializer as init
 from kubetune.operator.render import CACHE_MOUNT, LABEL_ROLE, container_config
 from kubetune.operator.settings import PodSettings
-from kubetune.trainer import errors
 
 META = {"name": "llama-quotes", "namespace": "ml", "uid": "1234-abcd"}
 
@@ -98,12 +98,12 @@ def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_PROGRESS", "json")
     monkeypatch.setattr("kubetune.trainer.cli._setup_logging", lambda: None)
     result = CliRunner().invoke(app, ["fetch", "--model", "s3://Bad_Bucket/x"])
-    assert result.exit_code == errors.EXIT_CONFIG
+    assert result.exit_code == ExitCode.CONFIG
     failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
     state, reason, message = init.initializer_outcome(failed, result.exit_code, log.read_text())
     assert (state, reason) == ("failed", "InvalidSource")
     assert message.startswith("--model: model.path: s3://Bad_Bucket/x:") and "bucket name" in message
-    assert json.loads(log.read_text())["exit_code"] == errors.EXIT_CONFIG
+    assert json.loads(log.read_text())["exit_code"] == ExitCode.CONFIG
 
 
 def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
@@ -119,10 +119,10 @@ def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
 
 def test_fetch_reasons_match_the_trainers_exit_codes():
     assert init.FETCH_REASONS == {
-        errors.EXIT_CONFIG: "InvalidSource",
-        errors.EXIT_SOURCE_MISSING: "SourceNotFound",
-        errors.EXIT_SOURCE_DENIED: "SourceAccessDenied",
-        errors.EXIT_TRANSFER: "SourceTransferFailed",
+        ExitCode.CONFIG: "InvalidSource",
+        ExitCode.SOURCE_MISSING: "SourceNotFound",
+        ExitCode.SOURCE_DENIED: "SourceAccessDenied",
+        ExitCode.TRANSFER: "SourceTransferFailed",
     }
 
 

@@ -27,8 +27,8 @@ import precision_modes
 import pytest
 from typer.testing import CliRunner
 
+from kubetune.api.contract import ExitCode
 from kubetune.trainer.cli import app
-from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_MODEL
 
 # A case builds its inputs under a temporary directory T (the output directory is T/out) and returns
 # (argv, env). Its culprit is formatted with T, so it can name the very file the case wrote.
@@ -95,222 +95,242 @@ BUSY: list[socket.socket] = []
 # (id, build, exit code, culprit). Fast: no model weights are loaded.
 CASES: list[tuple[str, Build, int, str]] = [
     # --- config: YAML, env, --set, flags ---
-    ("yaml-syntax", with_config("training:\n  lr: [1\n"), EXIT_CONFIG, "{t}/c.yaml:"),
-    ("yaml-unknown-key", with_config("training:\n  epoch: 3\n"), EXIT_CONFIG, "{t}/c.yaml:2: training.epoch"),
-    ("yaml-wrong-type", with_config("training:\n  lr: fast\n"), EXIT_CONFIG, "{t}/c.yaml:2: training.lr"),
-    ("yaml-out-of-range", with_config("lora:\n  r: 0\n"), EXIT_CONFIG, "{t}/c.yaml:2: lora.r"),
-    ("yaml-not-a-mapping", with_config("- a\n- b\n"), EXIT_CONFIG, "{t}/c.yaml"),
-    ("yaml-not-utf8", with_config(b"training:\n  lr: \xff\xfe\n"), EXIT_CONFIG, "{t}/c.yaml"),
-    ("config-missing", lambda t: on(train(t, "--config", str(t / "nope.yaml"))), EXIT_CONFIG, "{t}/nope.yaml"),
-    ("config-is-dir", lambda t: on(train(t, "--config", str(t))), EXIT_CONFIG, "{t}: cannot read config"),
-    ("env-config-missing", with_env(KUBETUNE_CONFIG="/nonexistent/c.yaml"), EXIT_CONFIG, "/nonexistent/c.yaml"),
-    ("env-wrong-type", with_env(KUBETUNE_TRAINING__LR="fast"), EXIT_CONFIG, "KUBETUNE_TRAINING__LR"),
-    ("env-unknown-key", with_env(KUBETUNE_TRAINING__EPOCH="3"), EXIT_CONFIG, "KUBETUNE_TRAINING__EPOCH"),
-    ("set-unknown-key", with_set("training.epoch=3"), EXIT_CONFIG, "training.epoch"),
-    ("set-without-value", with_set("training.lr"), EXIT_CONFIG, "training.lr"),
-    ("set-bad-choice", with_set("data.train_on=everything"), EXIT_CONFIG, "data.train_on"),
-    ("flag-bad-precision", lambda t: on(train(t, "--precision", "fp64")), EXIT_CONFIG, "--precision"),
-    ("fp16-on-cpu", lambda t: on(train(t, "--precision", "fp16")), EXIT_CONFIG, "training.precision"),
-    ("cuda-not-there", lambda t: on(train(t, "--device", "cuda")), EXIT_CONFIG, "training.device"),
-    ("no-data", lambda t: on(["train", "--output-dir", str(t / "out")]), EXIT_CONFIG, "data.path"),
+    ("yaml-syntax", with_config("training:\n  lr: [1\n"), ExitCode.CONFIG, "{t}/c.yaml:"),
+    ("yaml-unknown-key", with_config("training:\n  epoch: 3\n"), ExitCode.CONFIG, "{t}/c.yaml:2: training.epoch"),
+    ("yaml-wrong-type", with_config("training:\n  lr: fast\n"), ExitCode.CONFIG, "{t}/c.yaml:2: training.lr"),
+    ("yaml-out-of-range", with_config("lora:\n  r: 0\n"), ExitCode.CONFIG, "{t}/c.yaml:2: lora.r"),
+    ("yaml-not-a-mapping", with_config("- a\n- b\n"), ExitCode.CONFIG, "{t}/c.yaml"),
+    ("yaml-not-utf8", with_config(b"training:\n  lr: \xff\xfe\n"), ExitCode.CONFIG, "{t}/c.yaml"),
+    ("config-missing", lambda t: on(train(t, "--config", str(t / "nope.yaml"))), ExitCode.CONFIG, "{t}/nope.yaml"),
+    ("config-is-dir", lambda t: on(train(t, "--config", str(t))), ExitCode.CONFIG, "{t}: cannot read config"),
+    ("env-config-missing", with_env(KUBETUNE_CONFIG="/nonexistent/c.yaml"), ExitCode.CONFIG, "/nonexistent/c.yaml"),
+    ("env-wrong-type", with_env(KUBETUNE_TRAINING__LR="fast"), ExitCode.CONFIG, "KUBETUNE_TRAINING__LR"),
+    ("env-unknown-key", with_env(KUBETUNE_TRAINING__EPOCH="3"), ExitCode.CONFIG, "KUBETUNE_TRAINING__EPOCH"),
+    ("set-unknown-key", with_set("training.epoch=3"), ExitCode.CONFIG, "training.epoch"),
+    ("set-without-value", with_set("training.lr"), ExitCode.CONFIG, "training.lr"),
+    ("set-bad-choice", with_set("data.train_on=everything"), ExitCode.CONFIG, "data.train_on"),
+    ("flag-bad-precision", lambda t: on(train(t, "--precision", "fp64")), ExitCode.CONFIG, "--precision"),
+    ("fp16-on-cpu", lambda t: on(train(t, "--precision", "fp16")), ExitCode.CONFIG, "training.precision"),
+    ("cuda-not-there", lambda t: on(train(t, "--device", "cuda")), ExitCode.CONFIG, "training.device"),
+    ("no-data", lambda t: on(["train", "--output-dir", str(t / "out")]), ExitCode.CONFIG, "data.path"),
     # --- environment: the process layout and the rendezvous ---
-    ("nproc-not-int", with_env(KUBETUNE_NPROC_PER_NODE="two"), EXIT_CONFIG, "KUBETUNE_NPROC_PER_NODE"),
-    ("nproc-zero", with_env(KUBETUNE_NPROC_PER_NODE="0"), EXIT_CONFIG, "KUBETUNE_NPROC_PER_NODE"),
-    ("nnodes-zero", with_env(KUBETUNE_NNODES="0"), EXIT_CONFIG, "KUBETUNE_NNODES"),
-    ("node-rank-too-big", with_env(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="2"), EXIT_CONFIG, "KUBETUNE_NODE_RANK"),
-    ("node-rank-negative", with_env(KUBETUNE_NODE_RANK="-1"), EXIT_CONFIG, "KUBETUNE_NODE_RANK"),
-    ("job-index-too-big", with_env(KUBETUNE_NNODES="2", JOB_COMPLETION_INDEX="5"), EXIT_CONFIG, "JOB_COMPLETION_INDEX"),
-    ("port-not-int", with_env(MASTER_PORT="http"), EXIT_CONFIG, "MASTER_PORT"),
-    ("port-too-big", with_env(MASTER_PORT="70000"), EXIT_CONFIG, "MASTER_PORT"),
-    ("port-zero", with_env(MASTER_PORT="0"), EXIT_CONFIG, "MASTER_PORT"),
-    ("addr-is-url", with_env(MASTER_ADDR="http://10.0.0.1"), EXIT_CONFIG, "MASTER_ADDR"),
-    ("addr-with-port", with_env(MASTER_ADDR="10.0.0.1:29500"), EXIT_CONFIG, "MASTER_ADDR"),
-    ("flag-nproc-zero", lambda t: on(train(t, "--nproc-per-node", "0")), EXIT_CONFIG, "--nproc-per-node"),
-    ("flag-nnodes-negative", lambda t: on(train(t, "--nnodes", "-1")), EXIT_CONFIG, "--nnodes"),
-    ("world-size-outside-torchrun", with_env(WORLD_SIZE="2", RANK="0"), EXIT_CONFIG, "RANK, WORLD_SIZE"),
-    ("local-rank-outside-torchrun", with_env(LOCAL_RANK="1"), EXIT_CONFIG, "LOCAL_RANK"),
-    ("master-port-busy", busy_port, EXIT_CONFIG, "MASTER_PORT"),
+    ("nproc-not-int", with_env(KUBETUNE_NPROC_PER_NODE="two"), ExitCode.CONFIG, "KUBETUNE_NPROC_PER_NODE"),
+    ("nproc-zero", with_env(KUBETUNE_NPROC_PER_NODE="0"), ExitCode.CONFIG, "KUBETUNE_NPROC_PER_NODE"),
+    ("nnodes-zero", with_env(KUBETUNE_NNODES="0"), ExitCode.CONFIG, "KUBETUNE_NNODES"),
+    ("node-rank-too-big", with_env(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="2"), ExitCode.CONFIG, "KUBETUNE_NODE_RANK"),
+    ("node-rank-negative", with_env(KUBETUNE_NODE_RANK="-1"), ExitCode.CONFIG, "KUBETUNE_NODE_RANK"),
+    (
+        "job-index-too-big",
+        with_env(KUBETUNE_NNODES="2", JOB_COMPLETION_INDEX="5"),
+        ExitCode.CONFIG,
+        "JOB_COMPLETION_INDEX",
+    ),
+    ("port-not-int", with_env(MASTER_PORT="http"), ExitCode.CONFIG, "MASTER_PORT"),
+    ("port-too-big", with_env(MASTER_PORT="70000"), ExitCode.CONFIG, "MASTER_PORT"),
+    ("port-zero", with_env(MASTER_PORT="0"), ExitCode.CONFIG, "MASTER_PORT"),
+    ("addr-is-url", with_env(MASTER_ADDR="http://10.0.0.1"), ExitCode.CONFIG, "MASTER_ADDR"),
+    ("addr-with-port", with_env(MASTER_ADDR="10.0.0.1:29500"), ExitCode.CONFIG, "MASTER_ADDR"),
+    ("flag-nproc-zero", lambda t: on(train(t, "--nproc-per-node", "0")), ExitCode.CONFIG, "--nproc-per-node"),
+    ("flag-nnodes-negative", lambda t: on(train(t, "--nnodes", "-1")), ExitCode.CONFIG, "--nnodes"),
+    ("world-size-outside-torchrun", with_env(WORLD_SIZE="2", RANK="0"), ExitCode.CONFIG, "RANK, WORLD_SIZE"),
+    ("local-rank-outside-torchrun", with_env(LOCAL_RANK="1"), ExitCode.CONFIG, "LOCAL_RANK"),
+    ("master-port-busy", busy_port, ExitCode.CONFIG, "MASTER_PORT"),
     # --- data files and records ---
-    ("data-missing", lambda t: on(train(t, data=str(t / "nope.jsonl"))), EXIT_DATA, "{t}/nope.jsonl"),
-    ("data-unsupported-type", with_data("d.txt", "hello\n"), EXIT_DATA, "{t}/d.txt"),
-    ("jsonl-malformed", with_data("d.jsonl", jsonl(GOOD[:1]) + "{oops\n"), EXIT_DATA, "{t}/d.jsonl:2"),
-    ("jsonl-not-object", with_data("d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n"), EXIT_DATA, "{t}/d.jsonl:2"),
-    ("jsonl-only-non-objects", with_data("d.jsonl", '"a"\n3\n'), EXIT_DATA, "{t}/d.jsonl:1"),
+    ("data-missing", lambda t: on(train(t, data=str(t / "nope.jsonl"))), ExitCode.DATA, "{t}/nope.jsonl"),
+    ("data-unsupported-type", with_data("d.txt", "hello\n"), ExitCode.DATA, "{t}/d.txt"),
+    ("jsonl-malformed", with_data("d.jsonl", jsonl(GOOD[:1]) + "{oops\n"), ExitCode.DATA, "{t}/d.jsonl:2"),
+    ("jsonl-not-object", with_data("d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n"), ExitCode.DATA, "{t}/d.jsonl:2"),
+    ("jsonl-only-non-objects", with_data("d.jsonl", '"a"\n3\n'), ExitCode.DATA, "{t}/d.jsonl:1"),
     (
         "jsonl-not-utf8",
         with_data("d.jsonl", jsonl(GOOD[:2]).encode() + b'{"prompt": "\xff"}\n'),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/d.jsonl:3",
     ),
     (
         "jsonl-latin1-file",
         with_data("d.jsonl", '{"prompt": "café", "completion": "x"}\n'.encode("latin-1")),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/d.jsonl:1",
     ),
-    ("jsonl-empty", with_data("d.jsonl", ""), EXIT_DATA, "{t}/d.jsonl"),
-    ("jsonl-blank-lines", with_data("d.jsonl", "\n  \n"), EXIT_DATA, "{t}/d.jsonl"),
-    ("jsonl-missing-field", with_data("d.jsonl", jsonl([*GOOD[:1], {"prompt": "a"}])), EXIT_DATA, "{t}/d.jsonl:2"),
-    ("jsonl-wrong-type", with_data("d.jsonl", jsonl([{"prompt": 5, "completion": "x"}])), EXIT_DATA, "{t}/d.jsonl:1"),
-    ("jsonl-unknown-columns", with_data("d.jsonl", jsonl([{"q": "a", "a": "b"}])), EXIT_DATA, "{t}/d.jsonl:1"),
+    ("jsonl-empty", with_data("d.jsonl", ""), ExitCode.DATA, "{t}/d.jsonl"),
+    ("jsonl-blank-lines", with_data("d.jsonl", "\n  \n"), ExitCode.DATA, "{t}/d.jsonl"),
+    ("jsonl-missing-field", with_data("d.jsonl", jsonl([*GOOD[:1], {"prompt": "a"}])), ExitCode.DATA, "{t}/d.jsonl:2"),
+    (
+        "jsonl-wrong-type",
+        with_data("d.jsonl", jsonl([{"prompt": 5, "completion": "x"}])),
+        ExitCode.DATA,
+        "{t}/d.jsonl:1",
+    ),
+    ("jsonl-unknown-columns", with_data("d.jsonl", jsonl([{"q": "a", "a": "b"}])), ExitCode.DATA, "{t}/d.jsonl:1"),
     (
         "messages-bad-role",
         with_data("d.jsonl", jsonl([{"messages": [{"role": "bot", "content": "x"}]}])),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/d.jsonl:1",
     ),
     (
         "messages-no-assistant",
         with_data("d.jsonl", jsonl([{"messages": [{"role": "user", "content": "x"}]}])),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/d.jsonl:1",
     ),
-    ("format-mismatch", with_data("d.jsonl", jsonl(GOOD), "--set", "data.format=alpaca"), EXIT_DATA, "{t}/d.jsonl:1"),
-    ("csv-unknown-columns", with_data("d.csv", "question,answer\na,b\n"), EXIT_DATA, "{t}/d.csv"),
-    ("csv-ragged-row", with_data("d.csv", "prompt,completion\na,b\nc\n"), EXIT_DATA, "{t}/d.csv:3"),
-    ("csv-header-only", with_data("d.csv", "prompt,completion\n"), EXIT_DATA, "{t}/d.csv"),
-    ("csv-not-utf8", with_data("d.csv", b"prompt,completion\n\xff\xfe,b\n"), EXIT_DATA, "{t}/d.csv"),
-    ("json-malformed", with_data("d.json", '[{"prompt": "a",\n'), EXIT_DATA, "{t}/d.json:"),
-    ("json-not-a-list", with_data("d.json", "42"), EXIT_DATA, "{t}/d.json"),
-    ("json-two-lists", with_data("d.json", '{"a": [], "b": []}'), EXIT_DATA, "{t}/d.json"),
-    ("json-non-object-item", with_data("d.json", json.dumps([*GOOD[:1], 7])), EXIT_DATA, "{t}/d.json:record 2"),
-    ("json-not-utf8", with_data("d.json", b'[{"prompt": "\xff"}]'), EXIT_DATA, "{t}/d.json"),
-    ("parquet-corrupt", lambda t: on(train(t, data=parquet(t / "d.parquet"))), EXIT_DATA, "{t}/d.parquet"),
+    (
+        "format-mismatch",
+        with_data("d.jsonl", jsonl(GOOD), "--set", "data.format=alpaca"),
+        ExitCode.DATA,
+        "{t}/d.jsonl:1",
+    ),
+    ("csv-unknown-columns", with_data("d.csv", "question,answer\na,b\n"), ExitCode.DATA, "{t}/d.csv"),
+    ("csv-ragged-row", with_data("d.csv", "prompt,completion\na,b\nc\n"), ExitCode.DATA, "{t}/d.csv:3"),
+    ("csv-header-only", with_data("d.csv", "prompt,completion\n"), ExitCode.DATA, "{t}/d.csv"),
+    ("csv-not-utf8", with_data("d.csv", b"prompt,completion\n\xff\xfe,b\n"), ExitCode.DATA, "{t}/d.csv"),
+    ("json-malformed", with_data("d.json", '[{"prompt": "a",\n'), ExitCode.DATA, "{t}/d.json:"),
+    ("json-not-a-list", with_data("d.json", "42"), ExitCode.DATA, "{t}/d.json"),
+    ("json-two-lists", with_data("d.json", '{"a": [], "b": []}'), ExitCode.DATA, "{t}/d.json"),
+    ("json-non-object-item", with_data("d.json", json.dumps([*GOOD[:1], 7])), ExitCode.DATA, "{t}/d.json:record 2"),
+    ("json-not-utf8", with_data("d.json", b'[{"prompt": "\xff"}]'), ExitCode.DATA, "{t}/d.json"),
+    ("parquet-corrupt", lambda t: on(train(t, data=parquet(t / "d.parquet"))), ExitCode.DATA, "{t}/d.parquet"),
     (
         "dir-without-data",
         lambda t: on(train(t, data=write(t / "dd" / "x.txt", "x") and str(t / "dd"))),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/dd",
     ),
     (
         "eval-file-bad",
         lambda t: on(train(t, "--set", f"data.eval_path={write(t / 'e.jsonl', '{bad')}")),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/e.jsonl:1",
     ),
     (
         "nothing-left-after-truncation",
         with_data("d.jsonl", jsonl([{"prompt": "word " * 64, "completion": "x"}]), "--set", "data.max_length=16"),
-        EXIT_DATA,
+        ExitCode.DATA,
         "data.max_length",
     ),
     # --- input that would cost a node (issue 22, item 7) ---
-    ("jsonl-nested-too-deep", with_data("d.jsonl", jsonl(GOOD) + "[" * 200_000 + "\n"), EXIT_DATA, "{t}/d.jsonl:5"),
-    ("json-nested-too-deep", with_data("d.json", "[" * 200_000), EXIT_DATA, "{t}/d.json: JSON nested too deeply"),
+    ("jsonl-nested-too-deep", with_data("d.jsonl", jsonl(GOOD) + "[" * 200_000 + "\n"), ExitCode.DATA, "{t}/d.jsonl:5"),
+    ("json-nested-too-deep", with_data("d.json", "[" * 200_000), ExitCode.DATA, "{t}/d.json: JSON nested too deeply"),
     (
         "jsonl-line-over-the-bound",
         with_data("d.jsonl", jsonl(GOOD) + json.dumps({"prompt": "a" * (65 << 20), "completion": "b"}) + "\n"),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/d.jsonl:5: line longer than 64 MiB",
     ),
-    ("max-length-unbounded", with_set("data.max_length=100000000"), EXIT_CONFIG, "data.max_length"),
-    ("epochs-infinite", with_set("training.epochs=.inf"), EXIT_CONFIG, "training.epochs"),
-    ("epochs-nan", with_set("training.epochs=.nan"), EXIT_CONFIG, "training.epochs"),
-    ("max-grad-norm-infinite", with_set("training.max_grad_norm=.inf"), EXIT_CONFIG, "training.max_grad_norm"),
+    ("max-length-unbounded", with_set("data.max_length=100000000"), ExitCode.CONFIG, "data.max_length"),
+    ("epochs-infinite", with_set("training.epochs=.inf"), ExitCode.CONFIG, "training.epochs"),
+    ("epochs-nan", with_set("training.epochs=.nan"), ExitCode.CONFIG, "training.epochs"),
+    ("max-grad-norm-infinite", with_set("training.max_grad_norm=.inf"), ExitCode.CONFIG, "training.max_grad_norm"),
     # --- remote sources refused before anything is fetched (issue 22, items 1 and 6) ---
     (
         "hf-path-climbs-out",
         lambda t: on(train(t, data="hf://org/name/../../..")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "may not contain '..'",
     ),
     (
         "hf-revision-climbs-out",
         lambda t: on(train(t, "--model", "hf://org/name@..%2F..%2Ftmp")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "model.path: hf://org/name@..%2F..%2Ftmp: '../../tmp' is not a valid revision",
     ),
     (
         "require-pins-unpinned-url",
         lambda t: on(train(t, "--set", "sources.require_pins=true", data="https://127.0.0.1:9/d/t.jsonl")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "sources.require_pins: https://127.0.0.1:9/d/t.jsonl: not pinned",
     ),
     (
         "sources-lock-missing",
         lambda t: on(train(t, data="s3://bucket-x/d.jsonl"), KUBETUNE_SOURCES_LOCK="job-that-never-fetched"),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "cannot read the sources lock",
     ),
     (
         "sources-lock-name-is-a-path",
         lambda t: on(train(t, data="s3://bucket-x/d.jsonl"), KUBETUNE_SOURCES_LOCK="../../etc/x"),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "KUBETUNE_SOURCES_LOCK: '../../etc/x' is not a plain name",
     ),
     # --- the output directory ---
     (
         "output-is-a-file",
         lambda t: on([*train(t)[:-6], "--output-dir", write(t / "o.txt", "x")]),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "output_dir: {t}/o.txt",
     ),
     (
         "output-under-a-file",
         lambda t: on([*train(t)[:-6], "--output-dir", write(t / "f", "x") + "/sub"]),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "output_dir: {t}/f/sub",
     ),
     # --- the model (tokenizer and files checked before the weights load) ---
-    ("model-missing", lambda t: on(train(t, "--model", str(t / "nomodel"))), EXIT_MODEL, "{t}/nomodel"),
+    ("model-missing", lambda t: on(train(t, "--model", str(t / "nomodel"))), ExitCode.MODEL, "{t}/nomodel"),
     (
         "model-dir-no-config",
         lambda t: on(train(t, "--model", str((t / "m").mkdir() or t / "m"))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/m",
     ),
-    ("model-is-a-plain-file", lambda t: on(train(t, "--model", write(t / "m.bin", "x"))), EXIT_MODEL, "{t}/m.bin"),
+    ("model-is-a-plain-file", lambda t: on(train(t, "--model", write(t / "m.bin", "x"))), ExitCode.MODEL, "{t}/m.bin"),
     (
         "model-gguf-garbage",
         lambda t: on(train(t, "--model", write(t / "m.gguf", b"not gguf"))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/m.gguf",
     ),
-    ("model-unknown-builtin", lambda t: on(train(t, "--model", "builtin:nope")), EXIT_MODEL, "builtin"),
+    ("model-unknown-builtin", lambda t: on(train(t, "--model", "builtin:nope")), ExitCode.MODEL, "builtin"),
     (
         "model-hub-offline",
         lambda t: on(train(t, "--model", "no-such-org/no-such-model"), HF_HUB_OFFLINE="1"),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "no-such-org/no-such-model",
     ),
     (
         "export-gguf-garbage",
         lambda t: on(["model", "export", write(t / "x.gguf", b"GGUF?"), str(t / "exp")]),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/x.gguf",
     ),
     (
         "export-onto-a-file",
         lambda t: on(["model", "export", "builtin:smollm2-135m-instruct", write(t / "e", "x")]),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "{t}/e: exists and is not a directory",
     ),
-    ("merge-no-adapter", lambda t: on(["merge", "--output-dir", str(t / "empty")]), EXIT_MODEL, "{t}/empty/adapter"),
-    ("generate-nothing-asked", lambda t: on(["generate", "--output-dir", str(t / "out")]), EXIT_CONFIG, "--prompt"),
+    (
+        "merge-no-adapter",
+        lambda t: on(["merge", "--output-dir", str(t / "empty")]),
+        ExitCode.MODEL,
+        "{t}/empty/adapter",
+    ),
+    ("generate-nothing-asked", lambda t: on(["generate", "--output-dir", str(t / "out")]), ExitCode.CONFIG, "--prompt"),
     (
         "inspect-bad-data",
         lambda t: on(["data", "inspect", "--data", write(t / "i.jsonl", "{x\n")]),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/i.jsonl:1",
     ),
     # --- checkpoints named for resuming ---
-    ("resume-not-a-checkpoint", with_set("training.resume=/nonexistent/ckpt"), EXIT_CONFIG, "/nonexistent/ckpt"),
+    ("resume-not-a-checkpoint", with_set("training.resume=/nonexistent/ckpt"), ExitCode.CONFIG, "/nonexistent/ckpt"),
     # --- `kubetune plan`: the same config, data and model checks as train (docs/plan.md) ---
     (
         "plan-yaml-unknown-key",
         lambda t: on(plan(t, "--config", write(t / "c.yaml", "lora:\n  rank: 8\n"))),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "{t}/c.yaml:2: lora.rank",
     ),
-    ("plan-no-data", lambda t: on(["plan"]), EXIT_CONFIG, "data.path"),
-    ("plan-memory-garbage", lambda t: on(plan(t, "--memory", "lots")), EXIT_CONFIG, "--memory"),
+    ("plan-no-data", lambda t: on(["plan"]), ExitCode.CONFIG, "data.path"),
+    ("plan-memory-garbage", lambda t: on(plan(t, "--memory", "lots")), ExitCode.CONFIG, "--memory"),
     (
         "plan-jsonl-malformed",
         lambda t: on(plan(t, data=write(t / "p.jsonl", jsonl(GOOD[:1]) + "{oops\n"))),
-        EXIT_DATA,
+        ExitCode.DATA,
         "{t}/p.jsonl:2",
     ),
-    ("plan-model-missing", lambda t: on(plan(t, "--model", str(t / "nomodel"))), EXIT_MODEL, "{t}/nomodel"),
+    ("plan-model-missing", lambda t: on(plan(t, "--model", str(t / "nomodel"))), ExitCode.MODEL, "{t}/nomodel"),
 ]
 
 
@@ -354,85 +374,85 @@ MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, st
     (
         "model-config-garbage",
         lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "config.json", "{not json")))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/model",
     ),
     (
         "model-weights-garbage",
         lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "model.safetensors", b"\x00" * 64)))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/model",
     ),
     (
         "model-tokenizer-garbage",
         lambda t, b: on(train(t, "--model", fake_model(t, b, lambda m: write(m / "tokenizer.json", "[1, 2]")))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/model",
     ),
     (
         "lora-unknown-target",
         lambda t, b: on(train(t, "--set", "lora.target_modules=q_proj,qkv")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "lora.target_modules",
     ),
     (
         "lora-unknown-modules-to-save",
         lambda t, b: on(train(t, "--set", "lora.modules_to_save=classifier")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "lora.modules_to_save",
     ),
     (
         "merge-adapter-without-tokenizer",
         lambda t, b: on(["merge", "--output-dir", str(t / "out"), "--base", b]),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/out/adapter",
     ),
     (
         "merge-adapter-weights-garbage",
         lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o2", b)]),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/o2/adapter",
     ),
     (
         "merge-run-json-garbage",
         lambda t, b: on(["merge", "--output-dir", broken_adapter(t / "o3", b, run="{x")]),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/o3/run.json:1",
     ),
     (
         "generate-adapter-weights-garbage",
         lambda t, b: on(["generate", "--output-dir", broken_adapter(t / "o4", b), "-p", "hi"]),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/o4/adapter",
     ),
     (
         "plan-model-config-garbage",
         lambda t, b: on(plan(t, "--model", fake_model(t, b, lambda m: write(m / "config.json", "{not json")))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/model",
     ),
     (
         "plan-model-weights-garbage",
         lambda t, b: on(plan(t, "--model", fake_model(t, b, lambda m: write(m / "model.safetensors", b"\x00" * 64)))),
-        EXIT_MODEL,
+        ExitCode.MODEL,
         "{t}/model",
     ),
     (
         "plan-lora-unknown-target",
         lambda t, b: on(plan(t, "--set", "lora.target_modules=qkv")),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "lora.target_modules",
     ),
     (
         "checkpoint-marker-garbage",
         lambda t, b: on(train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", "{oops")))),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "{t}/ck/checkpoint-2/COMPLETE",
     ),
     (
         "checkpoint-state-garbage",
         lambda t, b: on(train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", '{"identity": {}}', "nope")))),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "{t}/ck/checkpoint-2/trainer_state.json",
     ),
     (
@@ -440,7 +460,7 @@ MODEL_CASES: list[tuple[str, Callable[[Path, str], tuple[list[str], dict[str, st
         lambda t, b: on(
             train(t, "--set", "training.resume=" + str(checkpoint(t / "ck", '{"identity": {"model": "other"}}')))
         ),
-        EXIT_CONFIG,
+        ExitCode.CONFIG,
         "{t}/ck/checkpoint-2 was written by a different run",
     ),
 ]
@@ -554,13 +574,13 @@ def test_a_diverging_run_stops_at_once_with_its_own_code(tmp_path, monkeypatch):
     previous_run(out)
     kept = {k: v for k, v in snapshot(out).items() if k != "metrics.jsonl"}  # metrics.jsonl is this run's record
     result = CliRunner().invoke(app, argv)
-    assert result.exit_code == EXIT_DIVERGED, result.output[-3000:]
+    assert result.exit_code == ExitCode.DIVERGED, result.output[-3000:]
     assert "Traceback" not in result.output
     error = next(line for line in result.output.splitlines() if line.startswith("error: "))
     assert "training diverged" in error and "training.lr" in error
     step = int(error.split(" at step ")[1].split(";")[0])
     assert step < 20  # stopped early, not after the whole schedule
-    assert json.loads((tmp_path / "termination-log").read_text())["exit_code"] == EXIT_DIVERGED
+    assert json.loads((tmp_path / "termination-log").read_text())["exit_code"] == ExitCode.DIVERGED
     # The diverged state was not saved as a checkpoint or an adapter; the earlier outputs are intact.
     assert not list((out / "checkpoints").glob(f"checkpoint-{step}"))
     assert {k: v for k, v in snapshot(out).items() if k in kept} == kept
@@ -587,7 +607,7 @@ def test_bad_data_in_a_two_process_run_keeps_its_code_and_line(tmp_path):
         text=True,
         timeout=600,
     )
-    assert proc.returncode == EXIT_DATA, proc.stderr[-3000:]
+    assert proc.returncode == ExitCode.DATA, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"error: [rank 0] {data}:2: expected a JSON object" in proc.stderr
     assert snapshot(out) == before
@@ -632,12 +652,12 @@ def test_no_credential_reaches_the_error_the_logs_or_the_termination_message(tmp
         text=True,
         timeout=600,
     )
-    from kubetune.trainer.errors import EXIT_TRANSFER
+    from kubetune.api.contract import ExitCode
 
-    assert proc.returncode == EXIT_TRANSFER, proc.stderr[-3000:]
+    assert proc.returncode == ExitCode.TRANSFER, proc.stderr[-3000:]
     error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
     assert "127.0.0.1:9/d/t.jsonl" in error and "X-Amz-Signature=***" in error, error  # still says which source
     last = (tmp_path / "termination-log").read_text()
-    assert json.loads(last)["exit_code"] == EXIT_TRANSFER
+    assert json.loads(last)["exit_code"] == ExitCode.TRANSFER
     for secret in SECRETS:
         assert secret not in proc.stderr and secret not in proc.stdout and secret not in last, secret

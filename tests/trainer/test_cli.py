@@ -8,8 +8,8 @@ import precision_modes
 import pytest
 from typer.testing import CliRunner
 
+from kubetune.api.contract import ExitCode
 from kubetune.trainer.cli import app
-from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL
 
 runner = CliRunner()
 
@@ -44,14 +44,14 @@ def test_bad_config_exits_2_naming_file_and_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("training:\n  lr: fast\n")
     result = runner.invoke(app, ["train", "--config", str(cfg)])
-    assert result.exit_code == EXIT_CONFIG
+    assert result.exit_code == ExitCode.CONFIG
     assert result.output.startswith(f"error: {cfg}:2: training.lr:")
     assert "Traceback" not in result.output
 
 
 def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["train", "--config", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == EXIT_CONFIG and "cannot read config" in result.output
+    assert result.exit_code == ExitCode.CONFIG and "cannot read config" in result.output
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_bad_data_exits_3_before_loading_the_model(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
     result = runner.invoke(app, ["train", "--data", str(data), "--output-dir", str(tmp_path / "o")])
-    assert result.exit_code == EXIT_DATA
+    assert result.exit_code == ExitCode.DATA
     assert f"error: {data}:2: missing field 'completion'" in result.output
     assert not (tmp_path / "o").exists()  # nothing written
 
@@ -68,24 +68,24 @@ def test_missing_model_exits_4(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "x"}) + "\n")
     result = runner.invoke(app, ["train", "--data", str(data), "--model", str(tmp_path / "no-model")])
-    assert result.exit_code == EXIT_MODEL and "no such file or directory" in result.output
+    assert result.exit_code == ExitCode.MODEL and "no such file or directory" in result.output
 
 
 def test_merge_without_adapter_exits_4(tmp_path):
     result = runner.invoke(app, ["merge", "--output-dir", str(tmp_path)])
-    assert result.exit_code == EXIT_MODEL and "no LoRA adapter" in result.output
+    assert result.exit_code == ExitCode.MODEL and "no LoRA adapter" in result.output
 
 
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep").write_text("mine")
     result = runner.invoke(app, ["model", "export", "builtin:smollm2-135m-instruct", str(tmp_path / "x")])
-    assert result.exit_code == EXIT_CONFIG and (tmp_path / "x" / "keep").read_text() == "mine"
+    assert result.exit_code == ExitCode.CONFIG and (tmp_path / "x" / "keep").read_text() == "mine"
 
 
 def test_unknown_builtin(tmp_path):
     result = runner.invoke(app, ["model", "export", "builtin:nope", str(tmp_path / "y")])
-    assert result.exit_code == EXIT_MODEL and "unknown builtin 'nope'" in result.output
+    assert result.exit_code == ExitCode.MODEL and "unknown builtin 'nope'" in result.output
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import torch
 from precision_modes import LOSS_RTOL, child_env, needs_native_bf16
 from safetensors.torch import load_file
 
-from kubetune.trainer.errors import EXIT_PREEMPTED
+from kubetune.api.contract import ExitCode
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_pat
             break
     code = proc.wait(timeout=300)
     stderr = proc.stderr.read() if proc.stderr else ""
-    assert code == EXIT_PREEMPTED, stderr[-3000:]
+    assert code == ExitCode.PREEMPTED, stderr[-3000:]
     ckpts = sorted((tmp_path / "cut" / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
     stopped = int(ckpts[0].name.split("-")[1])
@@ -225,6 +225,6 @@ def test_ctrl_c_stops_at_a_checkpoint_in_a_single_process(data, tmp_path):
         if json.loads(line)["step"] >= 2:
             proc.send_signal(signal.SIGINT)
             break
-    assert proc.wait(timeout=120) == EXIT_PREEMPTED
+    assert proc.wait(timeout=120) == ExitCode.PREEMPTED
     ckpts = list((out / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()

@@ -115,7 +115,7 @@ def test_every_node_of_a_stopped_multi_node_run_exits_preempted(tmp_path):
     import sys
     import time
 
-    from kubetune.trainer.errors import EXIT_PREEMPTED
+    from kubetune.api.contract import ExitCode
     from kubetune.trainer.launch import PREEMPTED_MARKER, launch
 
     port = socket.socket()
@@ -131,8 +131,8 @@ def test_every_node_of_a_stopped_multi_node_run_exits_preempted(tmp_path):
         layout = Layout(nnodes=2, nproc_per_node=1, node_rank=rank, master_addr="127.0.0.1", master_port=free)
         return launch(layout, [], tmp_path, 5, 1, command=command)
 
-    assert node(0, write) == EXIT_PREEMPTED
-    assert node(1, stopped_too) == EXIT_PREEMPTED
+    assert node(0, write) == ExitCode.PREEMPTED
+    assert node(1, stopped_too) == ExitCode.PREEMPTED
     # A marker of an earlier attempt does not turn this attempt's crash into a retry without end.
     old = time.time() - 3600
     os.utime(marker, (old, old))

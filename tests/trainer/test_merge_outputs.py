@@ -11,8 +11,8 @@ from tinymodel import save_tiny_llama
 from typer.testing import CliRunner
 
 from kubetune.api import load_config
+from kubetune.api.contract import ExitCode
 from kubetune.trainer.cli import app
-from kubetune.trainer.errors import EXIT_CONFIG
 
 pytestmark = pytest.mark.slow
 DATES = Path(__file__).resolve().parents[2] / "examples" / "data" / "dates"
@@ -60,7 +60,7 @@ def test_merge_refuses_a_non_empty_dest_that_is_not_a_merge_result(trained, tmp_
     (home / "notes.txt").write_text("keep me")
     before = snapshot(home)
     result = CliRunner().invoke(app, ["merge", "--output-dir", str(out), "--dest", str(home)])
-    assert result.exit_code == EXIT_CONFIG, result.output
+    assert result.exit_code == ExitCode.CONFIG, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(home) in errors[0] and "not a kubetune merge result" in errors[0]
     assert snapshot(home) == before and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -90,4 +90,4 @@ def test_a_new_adapter_drops_the_merged_model_of_the_old_one(trained, tmp_path):
     assert not any(k.startswith("merged/") for k in files_to_push(out))  # nothing stale goes out with the new adapter
     assert record["adapter_sha256"] != adapter_identity(out / "adapter")
     result = CliRunner().invoke(app, ["generate", "--output-dir", str(out), "-p", "hi", "--model", "merged"])
-    assert result.exit_code == EXIT_CONFIG and "run `kubetune merge` first" in result.output
+    assert result.exit_code == ExitCode.CONFIG and "run `kubetune merge` first" in result.output

@@ -64,8 +64,9 @@ def test_summary_line_when_no_loss_was_logged():
 def test_divergence_guard_stops_at_the_first_non_finite_loss_without_saving():
     from transformers import TrainerControl, TrainerState
 
+    from kubetune.api.contract import ExitCode
     from kubetune.trainer.divergence import DivergenceGuard
-    from kubetune.trainer.errors import EXIT_DIVERGED, Diverged
+    from kubetune.trainer.errors import Diverged
 
     guard, state = DivergenceGuard(), TrainerState()
     for step, loss in [(1, 2.0), (2, 1.5)]:
@@ -78,4 +79,4 @@ def test_divergence_guard_stops_at_the_first_non_finite_loss_without_saving():
     assert control.should_training_stop and not control.should_save and not control.should_evaluate
     with pytest.raises(Diverged, match=r"loss is nan at step 3; .* training.lr \(now 0.001\)") as info:
         guard.raise_if_diverged(1e-3)
-    assert info.value.exit_code == EXIT_DIVERGED
+    assert info.value.exit_code == ExitCode.DIVERGED

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from kubetune.api.contract import FetchedEvent, parse_event
+from kubetune.api.contract import ExitCode, FetchedEvent, parse_event
 from kubetune.trainer.cli import app
-from kubetune.trainer.errors import EXIT_CONFIG, EXIT_SOURCE_DENIED, EXIT_SOURCE_MISSING, EXIT_TRANSFER
 
 runner = CliRunner()
 
@@ -36,7 +35,7 @@ def errors(result) -> list[str]:
 
 def test_missing_bucket(s3, tmp_path, data):
     result = train(tmp_path, "s3://no-such-bucket-here/models/x", data)
-    assert result.exit_code == EXIT_SOURCE_MISSING, result.output
+    assert result.exit_code == ExitCode.SOURCE_MISSING, result.output
     assert errors(result) == ["error: s3://no-such-bucket-here/models/x: no such bucket"]
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
@@ -44,20 +43,20 @@ def test_missing_bucket(s3, tmp_path, data):
 def test_gated_repo_without_a_token(hub, tmp_path, data):
     hub.add("org/gated", {"config.json": b"{}"}, gated=True)
     result = train(tmp_path, "hf://org/gated", data)
-    assert result.exit_code == EXIT_SOURCE_DENIED, result.output
+    assert result.exit_code == ExitCode.SOURCE_DENIED, result.output
     assert len(errors(result)) == 1 and "gated or private: set HF_TOKEN" in errors(result)[0]
 
 
 def test_remote_data_that_is_missing(hub, tmp_path):
     result = train(tmp_path, "builtin:smollm2-135m-instruct", "hf://org/no-such-dataset")
-    assert result.exit_code == EXIT_SOURCE_MISSING, result.output
+    assert result.exit_code == ExitCode.SOURCE_MISSING, result.output
     expected = f"error: hf://org/no-such-dataset: no such repository at {hub.url} (or private: set HF_TOKEN)"
     assert errors(result) == [expected]
 
 
 def test_a_bad_url_is_a_config_error_naming_the_flag(tmp_path, data):
     result = train(tmp_path, "s3://Not_A_Bucket/x", data)
-    assert result.exit_code == EXIT_CONFIG, result.output
+    assert result.exit_code == ExitCode.CONFIG, result.output
     assert errors(result)[0].startswith("error: --model: model.path: s3://Not_A_Bucket/x:")
 
 
@@ -66,7 +65,7 @@ def test_an_unreachable_store_is_retryable(tmp_path, data, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     result = train(tmp_path, "s3://models/x", data)
-    assert result.exit_code == EXIT_TRANSFER, result.output
+    assert result.exit_code == ExitCode.TRANSFER, result.output
     assert errors(result)[0].startswith("error: s3://models/x: cannot talk to http://127.0.0.1:9")
 
 
@@ -88,7 +87,7 @@ def test_fetch_fills_the_cache_and_a_later_train_reuses_it(hub, tmp_path, monkey
 
 def test_fetch_failure_is_the_same_one_line(hub):
     result = runner.invoke(app, ["fetch", "--model", "hf://org/absent"])
-    assert result.exit_code == EXIT_SOURCE_MISSING
+    assert result.exit_code == ExitCode.SOURCE_MISSING
     assert [x for x in result.output.splitlines() if x.startswith("error:")] == [
         f"error: hf://org/absent: no such repository at {hub.url} (or private: set HF_TOKEN)"
     ]

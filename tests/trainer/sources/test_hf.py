@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from hubserver import blobs_of
 
-from kubetune.trainer.errors import EXIT_SOURCE_DENIED, EXIT_SOURCE_MISSING, SourceDenied, SourceMissing, TransferFailed
+from kubetune.api.contract import ExitCode
+from kubetune.trainer.errors import SourceDenied, SourceMissing, TransferFailed
 from kubetune.trainer.sources import fetch
 
 CONFIG = json.dumps({"model_type": "llama"}).encode()
@@ -55,7 +56,7 @@ def test_gated_repo_needs_the_right_token(hub, monkeypatch, tmp_path):
     hub.add("org/gated", {"config.json": CONFIG}, gated=True)
     with pytest.raises(SourceDenied, match="gated or private") as exc:
         fetch("hf://org/gated")
-    assert exc.value.exit_code == EXIT_SOURCE_DENIED
+    assert exc.value.exit_code == ExitCode.SOURCE_DENIED
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(SourceDenied):
         fetch("hf://org/gated")
@@ -78,7 +79,7 @@ def test_missing_things_are_named(hub, uri, message):
     hub.add("org/tiny", {"config.json": CONFIG})
     with pytest.raises(SourceMissing, match=message) as exc:
         fetch(uri)
-    assert exc.value.exit_code == EXIT_SOURCE_MISSING
+    assert exc.value.exit_code == ExitCode.SOURCE_MISSING
     assert uri in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -153,10 +154,10 @@ def test_a_file_the_hub_does_not_list_is_removed(hub):
     "uri", ["hf://org/tiny/../../../../escaped", "hf://org/tiny/a/%2E%2E/%2E%2E", "hf://org/tiny@../../x"]
 )
 def test_a_path_or_revision_that_climbs_out_is_a_config_error(hub, uri):
-    from kubetune.trainer.errors import EXIT_CONFIG
+    from kubetune.api.contract import ExitCode
 
     hub.add("org/tiny", {"config.json": CONFIG})
     with pytest.raises(Exception) as exc:
         fetch(uri)
-    assert getattr(exc.value, "exit_code", None) == EXIT_CONFIG, exc.value
+    assert getattr(exc.value, "exit_code", None) == ExitCode.CONFIG, exc.value
     assert hub.requests == []  # refused before anything was asked of the hub

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.trainer.errors import EXIT_SOURCE_DENIED, EXIT_TRANSFER, SourceDenied, SourceMissing, TransferFailed
+from kubetune.api.contract import ExitCode
+from kubetune.trainer.errors import SourceDenied, SourceMissing, TransferFailed
 from kubetune.trainer.sources import fetch, store
 
 DATA = os.urandom(200_000)
@@ -36,7 +37,7 @@ def test_a_file_is_fetched_verified_and_reused(web):
 def test_a_wrong_stated_hash_rejects_the_download(web):
     with pytest.raises(TransferFailed, match="corrupt") as exc:
         fetch(f"{web.url}/d/train.jsonl#sha256={'0' * 64}", "data")
-    assert exc.value.exit_code == EXIT_TRANSFER
+    assert exc.value.exit_code == ExitCode.TRANSFER
     assert not list(Path(os.environ["KUBETUNE_CACHE_DIR"]).rglob("train.jsonl"))  # nothing unverified landed
 
 
@@ -76,7 +77,7 @@ def test_no_content_length_is_refused_unless_pinned(web):
     web.no_length.add("/d/train.jsonl")
     with pytest.raises(store.UnsafeSource, match="no Content-Length") as exc:
         fetch(f"{web.url}/d/train.jsonl", "data")
-    assert exc.value.exit_code == EXIT_SOURCE_DENIED
+    assert exc.value.exit_code == ExitCode.SOURCE_DENIED
     assert not list(Path(os.environ["KUBETUNE_CACHE_DIR"]).rglob("train.jsonl"))
     pinned = fetch(f"{web.url}/d/train.jsonl#sha256={hashlib.sha256(DATA).hexdigest()}", "data")
     assert Path(pinned.local).read_bytes() == DATA

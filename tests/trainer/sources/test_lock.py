@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.config import TrainConfig
-from kubetune.trainer.errors import EXIT_TRANSFER, TransferFailed
+from kubetune.api.contract import ExitCode
+from kubetune.trainer.errors import TransferFailed
 from kubetune.trainer.sources import fetch_all, localize, lock_path
 
 
@@ -71,7 +72,7 @@ def test_a_locked_file_tampered_with_in_the_cache_is_refused(hub, s3, monkeypatc
     target.write_bytes(b'{"v": 666}')
     with pytest.raises(TransferFailed, match="kubetune fetch") as exc:
         localize(config(location))
-    assert exc.value.exit_code == EXIT_TRANSFER
+    assert exc.value.exit_code == ExitCode.TRANSFER
 
 
 def test_the_lock_holds_no_credential_and_names_sources_by_digest(web, monkeypatch):

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.trainer.errors import (
-    EXIT_SOURCE_DENIED,
-    EXIT_SOURCE_MISSING,
-    EXIT_TRANSFER,
-    SourceDenied,
-    SourceMissing,
-    TransferFailed,
-)
+from kubetune.api.contract import ExitCode
+from kubetune.trainer.errors import SourceDenied, SourceMissing, TransferFailed
 from kubetune.trainer.sources import fetch, store
 
 WEIGHTS = os.urandom(300_000)
@@ -117,7 +111,7 @@ def test_wrong_credentials_are_denied(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(SourceDenied, match="access denied") as exc:
         fetch(f"s3://{bucket}/m")
-    assert exc.value.exit_code == EXIT_SOURCE_DENIED
+    assert exc.value.exit_code == ExitCode.SOURCE_DENIED
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
     with pytest.raises(SourceDenied, match="access denied"):
         fetch(f"s3://{bucket}/m")
@@ -127,7 +121,7 @@ def test_missing_bucket_and_object_are_named(s3):
     bucket = s3[2]
     with pytest.raises(SourceMissing, match="no such bucket") as exc:
         fetch("s3://no-such-bucket-here/m")
-    assert exc.value.exit_code == EXIT_SOURCE_MISSING
+    assert exc.value.exit_code == ExitCode.SOURCE_MISSING
     with pytest.raises(SourceMissing, match=f"s3://{bucket}/nothing: no such object or prefix"):
         fetch(f"s3://{bucket}/nothing")
 
@@ -141,7 +135,7 @@ def test_an_unreachable_endpoint_is_a_transfer_error(s3, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     with pytest.raises(TransferFailed, match=f"cannot talk to http://127.0.0.1:{port}") as exc:
         fetch(f"s3://{s3[2]}/m")
-    assert exc.value.exit_code == EXIT_TRANSFER
+    assert exc.value.exit_code == ExitCode.TRANSFER
 
 
 # --- the shared cache is checked against the store, not against itself (issue 22, item 3) --------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.trainer.errors import EXIT_SOURCE_DENIED
+from kubetune.api.contract import ExitCode
 from kubetune.trainer.sources import fetch, store
 
 
@@ -37,7 +37,7 @@ def test_an_s3_key_that_climbs_out_is_refused(s3, cache, tmp_path, key):
     before = outside_files(tmp_path, cache)
     with pytest.raises(store.UnsafeSource, match="would land outside the cache") as exc:
         fetch(f"s3://{bucket}/evil")
-    assert exc.value.exit_code == EXIT_SOURCE_DENIED
+    assert exc.value.exit_code == ExitCode.SOURCE_DENIED
     assert outside_files(tmp_path, cache) == before
 
 

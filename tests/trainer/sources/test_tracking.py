@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from kubetune.api import load_config
+from kubetune.api.contract import ExitCode
 from kubetune.trainer import tracking
-from kubetune.trainer.errors import EXIT_CONFIG, UsageError
+from kubetune.trainer.errors import UsageError
 
 
 def config(tmp_path, *sets: str):
@@ -35,7 +36,7 @@ def test_mlflow_without_a_uri_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(UsageError, match=r"tracking\.mlflow_uri or MLFLOW_TRACKING_URI") as exc:
         tracking.start(config(tmp_path, "training.report_to=mlflow"))
-    assert exc.value.exit_code == EXIT_CONFIG
+    assert exc.value.exit_code == ExitCode.CONFIG
 
 
 @pytest.mark.parametrize("package", ["wandb", "mlflow"])

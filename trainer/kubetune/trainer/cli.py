@@ -16,8 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from kubetune.api import contract
+from kubetune.api.contract import ExitCode
 from kubetune.api.sources import ConfigError, load_config, to_yaml
-from kubetune.trainer.errors import EXIT_CONFIG, EXIT_PREEMPTED, KubetuneError
+from kubetune.trainer.errors import KubetuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA / QLoRA fine-tuning of causal LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before training on it.")
@@ -53,12 +54,13 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int) -> None:
+    from kubetune.api.contract import ErrorEvent
     from kubetune.trainer.report import scrub
     from kubetune.trainer.termination import write_termination_message
 
     message = scrub(message)  # an error may quote a URL with credentials or a library's header dump
-    # In a pod, the same words become the termination message the operator puts in the job's status.
-    write_termination_message({"event": "error", "exit_code": code, "message": message})
+    # In a pod, the same words become the termination message the operator reads with the same model.
+    write_termination_message(ErrorEvent(exit_code=code, message=message).model_dump(mode="json"))
     for line in message.splitlines():
         typer.echo(f"error: {line}", err=True)
     raise typer.Exit(code)
@@ -118,7 +120,7 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
         root = os.environ.get(contract.ENV_MOUNT_ROOT) or "/"
         problems = unusable_mounts(root, _usable, os.getuid())
         if problems:
-            _fail("; ".join(problems), EXIT_CONFIG)
+            _fail("; ".join(problems), ExitCode.CONFIG)
         mounts = layer_from_mounts(root, os.path.exists)
         mounted_config = Path(root) / contract.CONFIG_FILE.lstrip("/")
         if config is None and not os.environ.get(contract.ENV_CONFIG) and mounted_config.is_file():
@@ -129,15 +131,15 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            _fail(f"{path}: cannot read config: {exc.strerror}", EXIT_CONFIG)
+            _fail(f"{path}: cannot read config: {exc.strerror}", ExitCode.CONFIG)
         except UnicodeDecodeError as exc:
-            _fail(f"{path}: cannot read config: not UTF-8 text (byte offset {exc.start})", EXIT_CONFIG)
+            _fail(f"{path}: cannot read config: not UTF-8 text (byte offset {exc.start})", ExitCode.CONFIG)
     given = {FLAG_PATHS[k]: v for k, v in flags.items() if v is not None and v is not False}
     names = {FLAG_PATHS[k]: "--" + k.replace("_", "-") for k in flags}
     try:
         return load_config(text, str(path) if path else "config", os.environ, sets or [], given, names, mounts)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_CONFIG)
+        _fail(str(exc), ExitCode.CONFIG)
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -231,7 +233,7 @@ def _launch_workers(layout: Any, cfg: Any) -> int:
     )
     timeout = cfg.distributed.timeout_seconds
     code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
-    if code == EXIT_PREEMPTED:
+    if code == ExitCode.PREEMPTED:
         typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)
     return code
 
@@ -338,7 +340,7 @@ def _recorded_export(output_dir: Path) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(["output", "export", *map(str, err["loc"])])
-        _fail(f"{output_dir / 'run.json'}: {where}: {err['msg']}", EXIT_CONFIG)
+        _fail(f"{output_dir / 'run.json'}: {where}: {err['msg']}", ExitCode.CONFIG)
 
 
 def _export_after_merge(output_dir: Path, merged: Path) -> dict[str, Any] | None:
@@ -414,7 +416,7 @@ def generate(
     from kubetune.trainer.generate import compare, print_report
 
     if not prompt and data is None:
-        _fail("give --prompt TEXT (repeatable) or --data FILE", EXIT_CONFIG)
+        _fail("give --prompt TEXT (repeatable) or --data FILE", ExitCode.CONFIG)
     report = _guard(compare, output_dir, prompt or [], data, adapter, base, max_new_tokens, limit, batch_size, model)
     print_report(report, show)
 
@@ -447,9 +449,9 @@ def model_export(
     from kubetune.trainer.models import builtin_gguf, export_gguf
 
     if dest.exists() and not dest.is_dir():
-        _fail(f"{dest}: exists and is not a directory", EXIT_CONFIG)
+        _fail(f"{dest}: exists and is not a directory", ExitCode.CONFIG)
     if dest.exists() and any(dest.iterdir()):
-        _fail(f"{dest}: exists and is not empty; refusing to overwrite", EXIT_CONFIG)
+        _fail(f"{dest}: exists and is not empty; refusing to overwrite", ExitCode.CONFIG)
     if dest.exists():
         dest.rmdir()
     if source.startswith("builtin:"):
@@ -457,14 +459,13 @@ def model_export(
     elif source.endswith(".gguf") and Path(source).is_file():
         gguf = Path(source)
     else:
-        _fail(f"{source}: expected builtin:<name> or an existing .gguf file", EXIT_CONFIG)
+        _fail(f"{source}: expected builtin:<name> or an existing .gguf file", ExitCode.CONFIG)
     try:
         export_gguf(gguf, dest)
     except Exception as exc:  # a file named .gguf that is not one fails inside the GGUF reader
-        from kubetune.trainer.errors import EXIT_MODEL
         from kubetune.trainer.models import first_line
 
-        _fail(f"{source}: cannot export: {first_line(exc)}", EXIT_MODEL)
+        _fail(f"{source}: cannot export: {first_line(exc)}", ExitCode.MODEL)
     typer.echo(f"exported {source} to {dest}")
 
 

@@ -261,9 +261,9 @@ def launch(
     if code != 0 and not workers_started and layout.nnodes > 1:
         raise UsageError(rendezvous_failure(layout, rdzv_timeout))
     if preempted(marker, started, signalled):
-        from kubetune.trainer.errors import EXIT_PREEMPTED
+        from kubetune.api.contract import ExitCode
 
         if layout.nnodes == 1:
             marker.unlink(missing_ok=True)
-        return EXIT_PREEMPTED
+        return ExitCode.PREEMPTED
     return code

@@ -25,8 +25,9 @@ from kube import (
     terminated,
 )
 
-from kubetune.api import TrainConfig
+from kubetune.api import TrainConfig, contract
 from kubetune.operator.render import Names
+from kubetune.operator.settings import PodSettings
 
 
 async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
@@ -286,11 +287,20 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
         await events_seen(cluster, "Initializing", "Created", "Succeeded")
     assert done["status"]["resultLocation"] == "s3://results/quotes"
     assert cluster.requests("post", "Job") == 3  # initializer, workers, merge: each once
+    uid = (await cluster.get("FinetuneJob", "quotes"))["metadata"]["uid"]
     for job in (init, workers, merge):
-        c = job["spec"]["template"]["spec"]["containers"][0]
-        assert c["envFrom"] == [{"secretRef": {"name": "s3"}}], job["metadata"]["name"]
+        pod_spec = job["spec"]["template"]["spec"]
+        c = pod_spec["containers"][0]
+        assert c["envFrom"] == [{"secretRef": {"name": "s3"}}], job["metadata"]["name"]  # all push to s3 or fetch
         assert {"name": "KUBETUNE_CACHE_DIR", "value": "/cache"} in c["env"]
-        assert any(m["mountPath"] == "/cache" for m in c["volumeMounts"])
+        # One lock per run: the initializer writes it under the uid, workers and merge read exactly that.
+        assert {"name": contract.ENV_SOURCES_LOCK, "value": uid} in c["env"]
+        cache = next(m for m in c["volumeMounts"] if m["mountPath"] == "/cache")
+        assert bool(cache.get("readOnly")) is (job is not init), job["metadata"]["name"]
+        # The hf:// model is the initializer's to fetch: only it holds the HF token (the push goes to s3://).
+        assert any(e["name"] == contract.ENV_HF_TOKEN_FILE for e in c["env"]) is (job is init)
+        tmp = next(v for v in pod_spec["volumes"] if v["name"] == "tmp")
+        assert tmp["emptyDir"]["sizeLimit"] == PodSettings().tmp_size
     assert init["spec"]["template"]["spec"]["containers"][0]["args"] == ["fetch"]
     cfg = TrainConfig.model_validate(
         yaml.safe_load((await cluster.get("ConfigMap", NAMES.config))["data"]["config.yaml"])
@@ -311,6 +321,25 @@ async def test_a_fetch_that_fails_ends_the_job_with_the_trainers_message(cluster
     cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert (cond["reason"], cond["message"]) == ("SourceNotFound", line)
     assert await cluster.get("Job", NAMES.workers) is None
+
+
+async def test_a_fetch_error_quoting_a_credential_reaches_no_status_or_event(cluster: Cluster):
+    # The trainer masks its own line; a plain-text log tail (FallbackToLogsOnError) is copied by the operator.
+    line = (
+        "Traceback: GET https://bob:hunter2pass@files.example/q.jsonl?X-Amz-Signature=deadbeefcafe1234 "
+        "failed; Authorization: Bearer sk-live-0123456789"
+    )
+    async with operator():
+        await cluster.create(remote())
+        await eventually(lambda: cluster.get("Job", INIT), what="initializer Job")
+        await fetch_pod(cluster, "Failed", 1, line)
+        await job_status(cluster, INIT, failed=2, conditions=condition("Failed", "BackoffLimitExceeded", "limit"))
+        failed = await phase_is(cluster, "Failed")
+        events = await events_seen(cluster, "InitializerFailed", type_="Warning")
+    written = json.dumps(failed["status"]) + json.dumps(events)
+    assert "files.example/q.jsonl" in failed["status"]["message"]  # still says what failed
+    for secret in ("hunter2pass", "deadbeefcafe1234", "sk-live-0123456789"):
+        assert secret not in written
 
 
 async def test_an_error_that_is_not_the_api_servers_is_a_condition_and_the_daemon_goes_on(cluster: Cluster):

@@ -42,9 +42,9 @@ class Redacting(logging.Filter):
 
 def redact_logs() -> None:
     """On kopf's per-object logger (its Event poster too) and on every root handler (the rest)."""
-    logging.getLogger("kopf.objects").addFilter(Redacting())
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(Redacting())
+    for target in (logging.getLogger("kopf.objects"), *logging.getLogger().handlers):
+        if not any(isinstance(f, Redacting) for f in target.filters):  # once, however often kopf starts us
+            target.addFilter(Redacting())
 
 
 @kopf.on.startup()

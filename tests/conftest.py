@@ -67,7 +67,9 @@ def s3_store():
     """moto's S3 server on 127.0.0.1, one for the whole session: moto keeps its IAM state, auth included,
     process-wide, so a second server in the same run would find auth already enforced and could not
     create its user (tests/trainer/sources and tests/e2e_local both use it; pods reach it over the host network)."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test]')")
+    pytest.importorskip(
+        "moto.server", reason="moto[server] is not installed (pip install 'kubetune-trainer[test-remote]')"
+    )
     from s3server import start_moto
 
     store = start_moto()

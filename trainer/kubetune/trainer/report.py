@@ -1,4 +1,8 @@
-"""What a run leaves behind for people and machines: run.json, loss.png, versions, hashes."""
+"""The helpers behind what a run leaves: secret scrubbing, versions, hashes, atomic writes, the loss plot.
+
+run.json itself is written by train.py (run_record) and updated by finish.py; this module holds the parts
+they and the other commands share.
+"""
 
 from __future__ import annotations
 

@@ -310,3 +310,21 @@ def test_values_yaml_defaults_are_the_operators_defaults():
 
     env = {e["name"]: str(e["value"]) for e in container(render())["env"] if "value" in e}
     assert from_env(env) == from_env({})  # the chart's defaults change nothing
+
+
+def test_the_tmp_size_limit_reaches_the_operator_and_its_pods():
+    from kubetune.api.finetunejob import FinetuneJobSpec
+    from kubetune.operator.render import render_worker_job
+    from kubetune.operator.settings import PodSettings, from_env
+
+    def tmp_limit(values: dict[str, Any]) -> str:
+        env = {e["name"]: str(e["value"]) for e in container(render(values))["env"] if "value" in e}
+        spec = FinetuneJobSpec.model_validate(
+            {"storage": {"model": {"claimName": "m"}, "data": {"claimName": "d"}, "output": {"claimName": "o"}}}
+        )
+        job = render_worker_job({"name": "j", "namespace": "ml", "uid": "u"}, spec, from_env(env).pods)
+        (tmp,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+        return tmp["emptyDir"]["sizeLimit"]
+
+    assert tmp_limit({}) == PodSettings().tmp_size  # the chart's default is the operator's
+    assert tmp_limit({"operator": {"workerTmpSize": "40Gi"}}) == "40Gi"

@@ -152,3 +152,14 @@ def test_a_pinned_https_location_is_not_a_credential():
         {"name": "j", "namespace": "ml", "uid": "u"}, spec, {}, Observed(now=datetime.now(UTC)), PodSettings()
     )
     assert plan.status.get("phase") != "Failed" and plan.create
+
+
+def test_a_running_job_an_older_operator_admitted_is_not_failed_for_a_credential_in_its_config():
+    spec = {
+        "storage": {"output": {"claimName": "o"}, "model": {"claimName": "m"}},
+        "sources": {"cache": {"claimName": "c"}},
+        "training": {"data": {"path": ["https://files.example/t.jsonl?sig=deadbeefcafe1234"]}},
+    }
+    meta = {"name": "j", "namespace": "ml", "uid": "u"}
+    plan = decide(meta, spec, {"phase": "Running"}, Observed(now=datetime.now(UTC)), PodSettings())
+    assert plan.status["phase"] != "Failed" and "credential" not in (plan.status.get("message") or "")

@@ -32,7 +32,7 @@ from kubetune.operator.render import (
 )
 from kubetune.operator.reports import failure_message, merge_result, parse_progress, result_location, summary_of
 from kubetune.operator.settings import PodSettings
-from kubetune.operator.validation import policy_problems, spec_problems
+from kubetune.operator.validation import credential_problems, policy_problems, spec_problems
 
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_TYPES = tuple(cond.CONDITION_TYPES)
@@ -137,7 +137,10 @@ def _decide(
     name = name_problem(meta["name"])
     if spec is None or name:
         return _invalid(Plan(), st, [name] if name else problems)
-    # The policy admits a job once, before any child exists: a running job is not stopped by a later change.
+    # The policy and the credential check admit a job once, before any child exists: a running job (one an
+    # older operator admitted) is not stopped by a later change.
+    if st.current is None and (leaked := credential_problems(spec.training.model_dump(mode="json"), "spec.training")):
+        return _invalid(Plan(), st, leaked)
     denied = policy_problems(spec, meta["namespace"], settings) if st.current is None else []
     if denied:
         return _invalid(Plan(), st, denied, cond.NOT_ALLOWED)

@@ -35,7 +35,6 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
     problems = []
     if spec.scheduling.queue_name and spec.run_policy.suspend:
         problems.append(QUEUED_SUSPEND_MESSAGE)
-    problems += credential_problems(spec.training.model_dump(mode="json"), "spec.training")
     backend = backends.get(spec.backend)
     collective = spec.training.distributed.backend
     if collective != "auto" and collective not in backend.collectives:

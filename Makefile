@@ -89,7 +89,7 @@ demo-export: setup ## After `make demo`: GGUF f16 + q8_0, verified in llama.cpp 
 		--prompt "What is 2031, March 9 in ISO 8601 format?"
 
 test: setup ## Run the whole test suite (unit + real training on the builtin model)
-	$(PY) -m pytest --with-e2e
+	$(PY) -m pytest --with-e2e --durations=30
 
 test-fast: setup ## Run the tests that do not train the real model (no end-to-end tier)
 	$(PY) -m pytest -m "not slow"

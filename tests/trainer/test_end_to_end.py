@@ -70,11 +70,20 @@ def test_run_json_is_complete(trained):
     run = json.loads((out / "run.json").read_text())
     assert run["config"] == cfg.model_dump(mode="json")
     assert run["resolved"]["device"] == "cpu" and run["resolved"]["precision"] in {"fp32", "bf16"}
-    assert run["resolved"]["precision"] == (precision_modes.forced() or run["resolved"]["precision"])
+    if precision_modes.forced():
+        assert run["resolved"]["precision"] == precision_modes.forced()
+    # What the Trainer itself was told, read back from the checkpoint it wrote (not from kubetune's record).
+    args = torch.load(out / "checkpoints" / "checkpoint-8" / "training_args.bin", weights_only=False)
+    assert args.bf16 == (run["resolved"]["precision"] == "bf16") and not args.fp16
     assert run["resolved"]["template"] == "chat" and run["resolved"]["global_batch"] == 4
     assert len(run["data"]["hashes"]) == 2 and all(len(h) == 64 for h in run["data"]["hashes"].values())
     assert len(run["model"]["fingerprint"]) == 64
-    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
+    import peft
+    import transformers
+
+    assert run["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert run["versions"]["transformers"] == transformers.__version__
+    assert run["versions"]["peft"] == peft.__version__
     m = run["metrics"]
     assert m["tokens"] > 0 and m["tokens_per_second"] > 0 and m["eval_loss"] is not None
     assert m == summary
@@ -94,10 +103,24 @@ def test_merge_loads_differs_and_generates(trained, builtin_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[key], base.state_dict()[key])
     assert torch.equal(merged.state_dict()["model.norm.weight"], base.state_dict()["model.norm.weight"])
+    # Independent of merge()'s own check: peft applies the saved adapter to a freshly loaded base, and the
+    # merged model must give the same next-token logits and the same greedy answers on real prompts.
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_path), out / "adapter").eval()
+    merged.eval()
     tok = AutoTokenizer.from_pretrained(out / "merged")
-    ids = tok("Write March 5, 2021 as YYYY-MM-DD.", return_tensors="pt")
-    gen = merged.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert gen.shape[1] == ids["input_ids"].shape[1] + 5 or gen[0, -1] == tok.eos_token_id
+    prompts = [json.loads(line)["prompt"] for line in (DATES / "test.jsonl").read_text().splitlines()[:3]]
+    for prompt in prompts:
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            want, got = adapted(**ids).logits[0, -1], merged(**ids).logits[0, -1]
+            base_logits = base(**ids).logits[0, -1]
+        assert (want - got).abs().max() < 1e-2 < (want - base_logits).abs().max()
+        answer = merged.generate(**ids, max_new_tokens=12, do_sample=False)
+        assert torch.equal(answer, adapted.generate(**ids, max_new_tokens=12, do_sample=False))
 
 
 def test_merge_failure_keeps_previous_output(trained, tmp_path):

@@ -85,8 +85,10 @@ def test_a_new_adapter_drops_the_merged_model_of_the_old_one(trained, tmp_path):
     merge(out)
     record = json.loads((out / "merged" / "kubetune-merge.json").read_text())
     assert any(k.startswith("merged/") for k in files_to_push(out))
+    (out / "gguf").mkdir(exist_ok=True)  # what `kubetune export` makes from merged/
+    (out / "gguf" / "model-f16.gguf").write_bytes(b"GGUF")
     train(tmp_path, base, seed=2)  # a re-run in the same output directory writes another adapter
-    assert not (out / "merged").exists()
+    assert not (out / "merged").exists() and not (out / "gguf").exists()
     assert not any(k.startswith("merged/") for k in files_to_push(out))  # nothing stale goes out with the new adapter
     assert record["adapter_sha256"] != adapter_identity(out / "adapter")
     result = CliRunner().invoke(app, ["generate", "--output-dir", str(out), "-p", "hi", "--model", "merged"])

@@ -105,3 +105,19 @@ def test_hf_push_with_a_wrong_token_is_denied(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(SourceDenied):
         push(fake_output(tmp_path / "out"), "hf://org/result")
+
+
+def test_gguf_files_go_out_with_their_merged_model_only(s3, tmp_path):
+    _, client, bucket = s3
+    out = fake_output(tmp_path / "out")
+    (out / "gguf").mkdir()
+    (out / "gguf" / "model-q8_0.gguf").write_bytes(b"GGUF" + b"q" * 100)
+    (out / "gguf" / "model-q8_0.Modelfile").write_text("FROM ./model-q8_0.gguf\n")
+    push(out, f"s3://{bucket}/g")
+    assert {"gguf/model-q8_0.gguf", "gguf/model-q8_0.Modelfile"} <= keys(client, bucket, "g/")
+    # Without merged/ (a new adapter dropped it), the gguf/ left behind was made from another adapter.
+    stale = fake_output(tmp_path / "stale", merged=False)
+    (stale / "gguf").mkdir()
+    (stale / "gguf" / "model-q8_0.gguf").write_bytes(b"GGUF-old")
+    push(stale, f"s3://{bucket}/h")
+    assert not any(k.startswith("gguf/") for k in keys(client, bucket, "h/"))

@@ -118,7 +118,8 @@ def is_current(merged: Path, adapter: Path) -> bool:
 
 
 def drop_stale(out: Path) -> bool:
-    """A new adapter was written: remove OUTPUT_DIR/merged unless it was merged from this very adapter."""
+    """A new adapter was written: remove OUTPUT_DIR/merged (and gguf/, exported from it) unless it was merged
+    from this very adapter."""
     import shutil
 
     merged, adapter = out / "merged", out / "adapter"
@@ -126,6 +127,7 @@ def drop_stale(out: Path) -> bool:
         return False
     log.info("removing %s: it was merged from an earlier adapter (run `kubetune merge` again)", merged)
     shutil.rmtree(merged)
+    shutil.rmtree(out / "gguf", ignore_errors=True)
     return True
 
 

@@ -26,14 +26,18 @@ from kubetune.trainer.sources.s3 import PUSH_MANIFEST
 
 log = logging.getLogger("kubetune.push")
 MANIFEST = PUSH_MANIFEST
-ITEMS = ("adapter", "merged", "run.json")
+ITEMS = ("adapter", "merged", "gguf", "run.json")
 
 
 def files_to_push(out: Path) -> dict[str, Path]:
-    """path under the target -> local file, for whichever of adapter/, merged/, run.json exist."""
+    """path under the target -> local file, for whichever of adapter/, merged/, gguf/, run.json exist.
+
+    gguf/ is made from merged/ (`kubetune export`): without merged/ it is a leftover of another adapter."""
     found: dict[str, Path] = {}
     for item in ITEMS:
         path = out / item
+        if item == "gguf" and not (out / "merged").is_dir():
+            continue
         if path.is_file():
             found[item] = path
         elif path.is_dir():

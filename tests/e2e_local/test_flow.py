@@ -364,6 +364,8 @@ async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_t
         client.head_object(Bucket=bucket, Key=f"results/{name}/{rel}")  # the objects really are there
     run = json.loads((remote_claims["runs"] / name / "run.json").read_text())
     assert {s["source"] for s in run["sources"]} == {f"s3://{bucket}/models/tiny", data_url}
+    # The workers asked no source: they read the initializer's lock (the run's uid) from a read-only cache.
+    assert all(s.get("locked") is True for s in run["sources"]), run["sources"]
     # The workers and the merge found everything in the cache the initializer filled: the data was downloaded once.
     assert len(list((remote_claims["cache"] / "sources").glob("*/*/manifest.json"))) == 2
     assert [r for r in files.ranges if r[0] == "/dates/train.jsonl"] == [("/dates/train.jsonl", None)], files.ranges

@@ -160,8 +160,9 @@ class FinetuneJobSpec(K8sModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     hf_token_secret: SecretKeyRef | None = Field(
-        None, description="Secret key holding a Hugging Face token: mounted as HF_TOKEN_FILE in the pods that "
-        "fetch or push to hf://."
+        None,
+        description="Secret key holding a Hugging Face token: mounted as HF_TOKEN_FILE in the pods that "
+        "fetch or push to hf://.",
     )
     http_token_secret: SecretKeyRef | None = Field(
         None,

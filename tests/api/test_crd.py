@@ -55,7 +55,18 @@ def test_every_model_field_is_in_the_schema():
         assert aliases == set(schema["properties"]), model.__name__
     assert spec["required"] == ["storage"]
     training = spec["properties"]["training"]["properties"]
-    sections = {"model", "lora", "data", "training", "distributed", "tracking", "sources", "merge", "output", "output_dir"}
+    sections = {
+        "model",
+        "lora",
+        "data",
+        "training",
+        "distributed",
+        "tracking",
+        "sources",
+        "merge",
+        "output",
+        "output_dir",
+    }
     assert set(training) == sections
 
 

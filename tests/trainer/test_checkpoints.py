@@ -85,7 +85,7 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tmp_path):
 
 def order_of(world_size: int = 1, **sections: dict) -> dict:
     cfg = TrainConfig.model_validate({"model": {"path": "m"}, **sections})
-    return identity(cfg, {"d": "h"}, "f", world_size)["order"]
+    return identity(cfg, {"d": "h"}, "f", world_size, "fp32")["order"]
 
 
 def test_the_data_order_is_part_of_a_checkpoints_identity():
@@ -114,3 +114,13 @@ def test_a_checkpoint_of_another_data_order_is_refused_by_name(tmp_path):
     with pytest.raises(UsageError, match=r"different run \(order changed\)"):
         select_resume(tmp_path, "auto", {**ID, "order": order_of(training={"batch_size": 8})}, force=False)
     assert select_resume(tmp_path, "auto", {**ID, "order": order_of(2, training={"batch_size": 2})}, force=False)
+
+
+def test_a_checkpoint_written_in_another_precision_is_refused_by_name(tmp_path):
+    cfg = TrainConfig.model_validate({"model": {"path": "m"}})
+    fp32, bf16 = (identity(cfg, {"d": "h"}, "f", 1, p) for p in ("fp32", "bf16"))
+    make(tmp_path, 3, identity=fp32)
+    assert select_resume(tmp_path, "auto", fp32, force=False)
+    # `precision: auto` is a timing probe's verdict: if it flips between runs, the resume must not go on quietly.
+    with pytest.raises(UsageError, match=r"different run \(precision changed\)"):
+        select_resume(tmp_path, "auto", bf16, force=False)

@@ -52,16 +52,21 @@ def rotate(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def identity(cfg: Any, data_hashes: dict[str, str], model_fingerprint: str, world_size: int) -> dict[str, Any]:
+def identity(
+    cfg: Any, data_hashes: dict[str, str], model_fingerprint: str, world_size: int, precision: str
+) -> dict[str, Any]:
     """What must not change between a checkpoint and the run resuming from it.
 
     `order` is what decides which records each step sees: a resume skips the steps already
     trained, so with another seed, global batch or record shaping it would skip the wrong records.
+    `precision` is the one the run resolved (`auto` is decided by a timing probe): a resume in another
+    precision would silently continue a different computation.
     """
     return {
         "model": cfg.model.path,
         "model_fingerprint": model_fingerprint,
         "quantization": cfg.model.quantization,
+        "precision": precision,
         "lora": {k: getattr(cfg.lora, k) for k in ("r", "alpha", "target_modules", "bias", "modules_to_save")},
         "data": data_hashes,
         "order": {

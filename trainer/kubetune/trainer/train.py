@@ -201,7 +201,7 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | N
     check_output_dir(Path(cfg.output_dir))
     place, backend = setup_hardware(cfg)
     tokenizer, data = setup_data(cfg)
-    resume = plan_resume(cfg)
+    resume = plan_resume(cfg, place.precision)
     # Before the (slow) load: a run that cannot fit here stops now, not OOM-killed at step 1.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     plan.preflight(cfg, data.train, place, launched_world_size(), local_processes)
@@ -313,10 +313,10 @@ def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
     return tokenizer, data
 
 
-def plan_resume(cfg: TrainConfig) -> Resume:
+def plan_resume(cfg: TrainConfig, precision: str) -> Resume:
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
-    identity = checkpoints.identity(cfg, data_hashes, fingerprint, launched_world_size())
+    identity = checkpoints.identity(cfg, data_hashes, fingerprint, launched_world_size(), precision)
     ckpt_root = Path(cfg.output_dir) / "checkpoints"
     checkpoint = checkpoints.select_resume(ckpt_root, cfg.training.resume, identity, cfg.training.force_resume)
     if checkpoint:

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from generated import write_or_check
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from kubetune.api import backends
 from kubetune.api.crd import finetunejob_crd
 from kubetune.operator import settings
 
-CHART = Path(__file__).resolve().parent.parent / "charts" / "kubetune"
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "kubetune"
 CRD_TEMPLATE = CHART / "templates" / "crd-finetunejobs.yaml"
 VALUES_SCHEMA = CHART / "values.schema.json"
 
@@ -154,20 +156,7 @@ def expected() -> dict[Path, str]:
 
 
 def main() -> int:
-    check = "--check" in sys.argv
-    stale = []
-    for path, text in expected().items():
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(path)
-        if not check:
-            path.write_text(text)
-    if check and stale:
-        print("stale: " + ", ".join(str(p) for p in stale) + " (run make chart)", file=sys.stderr)
-        return 1
-    for path in stale:
-        print(f"wrote {path}")
-    return 0
+    return write_or_check(expected(), "chart", sys.argv, ROOT)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from generated import write_or_check
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
@@ -286,21 +287,7 @@ def expected() -> dict[Path, str]:
 
 
 def main() -> int:
-    check = "--check" in sys.argv
-    stale = []
-    for path, text in expected().items():
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(path)
-        if not check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if check and stale:
-        print("stale: " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + " (run make docs)", file=sys.stderr)
-        return 1
-    for path in stale:
-        print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check(expected(), "docs", sys.argv, ROOT)
 
 
 if __name__ == "__main__":

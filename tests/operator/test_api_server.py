@@ -345,3 +345,18 @@ def test_the_emulated_rbac_grants_only_what_is_bound_to_the_operator():
     bound = RBAC.from_manifests([role, binding("ml", "kubetune")])
     assert bound.allows("create", "batch", "jobs", "ml") and not bound.allows("create", "batch", "jobs", "other")
     assert chart_rbac().allows("create", "batch", "jobs", "any-namespace")  # the chart binds its ClusterRole
+
+
+@pytest.mark.parametrize(("policy", "collected"), [(None, False), ("Orphan", False), ("Background", True)])
+async def test_a_jobs_pods_are_collected_only_when_its_delete_says_so(cluster: Cluster, policy, collected):
+    """The emulator's rule: batch/v1 Jobs orphan their pods unless the delete asks for Background or Foreground."""
+    owner = await cluster.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {}})
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": owner["metadata"]["uid"], "controller": True}
+    await cluster.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j-0", "ownerReferences": [ref]}})
+    assert await cluster.delete("Job", "j", propagation=policy)
+    if collected:
+        await eventually(lambda: _gone(cluster, "Pod", "j-0"), what="the pod collected with its Job")
+    else:
+        await asyncio.sleep(0.2)  # give a (wrong) background collection the time it would take
+        left = await cluster.get("Pod", "j-0")
+        assert left is not None and not left["metadata"].get("ownerReferences")

@@ -207,12 +207,13 @@ async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
     async with operator():
         await cluster.create(finetunejob(merge={"enabled": False}, runPolicy={"ttlSecondsAfterFinished": 1}))
         await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
-        await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
+        worker = await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Succeeded")
 
         async def children_gone() -> bool:
-            kinds = [("Job", NAMES.workers), ("ConfigMap", NAMES.config), ("Service", NAMES.service)]
+            # The pods too: a Job deleted without a propagation policy orphans them (batch/v1's default).
+            kinds = [("Job", NAMES.workers), ("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Pod", worker)]
             return all([await cluster.get(kind, name) is None for kind, name in kinds])
 
         await eventually(children_gone, what="children deleted after the TTL")

@@ -74,7 +74,11 @@ class Emulator(kmock.KubernetesEmulator):
     - `kueue`: Kueue's mutating webhook, which creates every Job labelled with a queue name suspended
       (kueue.sigs.k8s.io/docs/tasks/run/jobs); the test admits it by unsuspending;
     - garbage collection: children of a deleted owner (ownerReferences uid) go `gc_delay` seconds later, as
-      the real collector does in the background (kubernetes.io/docs/concepts/architecture/garbage-collection).
+      the real collector does in the background (kubernetes.io/docs/concepts/architecture/garbage-collection),
+      unless the delete orphans them: `propagationPolicy=Orphan`, or no policy on a batch/v1 Job, whose
+      resource default is orphan (DeleteOptions in the API reference: "the resource-specific default policy";
+      the API server warns "child pods are preserved by default when jobs are deleted"). Orphans lose their
+      ownerReference to the deleted owner and stay.
     """
 
     rbac: RBAC | None = None
@@ -92,6 +96,9 @@ class Emulator(kmock.KubernetesEmulator):
         uid = self._uid(key) if deleting else None
         response = await super()._handle(request)
         if uid and key in self._objects and self._objects[key].deleted:
+            if propagation(request) == "Orphan":
+                await self._orphan(uid)
+                return response
             task = asyncio.create_task(self._collect(uid))
             self._collecting.add(task)
             task.add_done_callback(self._collecting.discard)
@@ -135,6 +142,15 @@ class Emulator(kmock.KubernetesEmulator):
         if self.kueue and obj.get("kind") == "Job" and KUEUE_LABEL in (meta.get("labels") or {}):
             obj.setdefault("spec", {})["suspend"] = True
 
+    async def _orphan(self, owner_uid: str) -> None:
+        """What the garbage collector does for an orphaning delete: the dependents lose that ownerReference."""
+        async with self._lock:
+            for key, obj in self._objects.items():
+                refs = [] if obj.deleted else (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+                if any(r.get("uid") == owner_uid for r in refs):
+                    obj.patch({"metadata": {"ownerReferences": [r for r in refs if r.get("uid") != owner_uid]}})
+                    await self._buses[key[0]].put({"type": "MODIFIED", "object": obj.raw})
+
     async def _collect(self, owner_uid: str) -> None:
         """Background deletion of the dependents of a deleted owner (and theirs, in turn)."""
         await asyncio.sleep(self.gc_delay)
@@ -153,6 +169,18 @@ class Emulator(kmock.KubernetesEmulator):
                 await self._buses[key[0]].put({"type": "DELETED", "object": raw})
         for uid in filter(None, uids):
             await self._collect(uid)
+
+
+def propagation(request: Any) -> str:
+    """A delete's propagation policy: the query parameter, else the DeleteOptions body, else the resource default."""
+    body = request.data if isinstance(request.data, dict) else {}
+    given = (request.params or {}).get("propagationPolicy") or body.get("propagationPolicy")
+    if given:
+        return str(given)
+    if body.get("orphanDependents") is True:
+        return "Orphan"
+    resource = request.resource
+    return "Orphan" if (resource.group, resource.plural) == ("batch", "jobs") else "Background"
 
 
 class Cluster:
@@ -197,8 +225,9 @@ class Cluster:
         async with self.session.patch(self.path(kind, name, ns, sub), data=json.dumps(body), headers=headers) as r:
             assert r.status < 300, await r.text()
 
-    async def delete(self, kind: str, name: str, ns: str = NAMESPACE) -> bool:
-        async with self.session.delete(self.path(kind, name, ns)) as r:
+    async def delete(self, kind: str, name: str, ns: str = NAMESPACE, propagation: str | None = None) -> bool:
+        params = {"propagationPolicy": propagation} if propagation else {}
+        async with self.session.delete(self.path(kind, name, ns), params=params) as r:
             return r.status < 300
 
     def requests(self, method: str, kind: str) -> int:

@@ -360,3 +360,14 @@ async def test_a_jobs_pods_are_collected_only_when_its_delete_says_so(cluster: C
         await asyncio.sleep(0.2)  # give a (wrong) background collection the time it would take
         left = await cluster.get("Pod", "j-0")
         assert left is not None and not left["metadata"].get("ownerReferences")
+
+
+async def test_status_changes_only_through_its_subresource(cluster: Cluster):
+    """The emulator's rule, which the operator's status writes (k8s.patch_status) must follow."""
+    await cluster.create(finetunejob())
+    await cluster.patch("FinetuneJob", "quotes", {"status": {"phase": "Succeeded"}, "metadata": {"labels": {"a": "b"}}})
+    obj = await cluster.get("FinetuneJob", "quotes")
+    assert (obj.get("status") or {}).get("phase") is None and obj["metadata"]["labels"]["a"] == "b"
+    await cluster.patch("FinetuneJob", "quotes", {"status": {"phase": "Running"}, "spec": {"nodes": 3}}, sub="status")
+    obj = await cluster.get("FinetuneJob", "quotes")
+    assert obj["status"]["phase"] == "Running" and obj["spec"].get("nodes") != 3

@@ -78,7 +78,10 @@ class Emulator(kmock.KubernetesEmulator):
       unless the delete orphans them: `propagationPolicy=Orphan`, or no policy on a batch/v1 Job, whose
       resource default is orphan (DeleteOptions in the API reference: "the resource-specific default policy";
       the API server warns "child pods are preserved by default when jobs are deleted"). Orphans lose their
-      ownerReference to the deleted owner and stay.
+      ownerReference to the deleted owner and stay;
+    - the status subresource (FinetuneJobs, Jobs, Pods): a PATCH or PUT of the object ignores its `status`, one of
+      `/status` ignores everything else (kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/
+      custom-resource-definitions, "Status subresource"; the same holds for the built-in kinds).
     """
 
     rbac: RBAC | None = None
@@ -91,6 +94,8 @@ class Emulator(kmock.KubernetesEmulator):
             self._authorize(request)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             self._admit(request.data)
+        if request.action == kmock.action.UPDATE and isinstance(request.data, dict):
+            split_status(request.resource, request.subresource, request.data)
         key = (request.resource, request.namespace, request.name)
         deleting = request.action == kmock.action.DELETE and request.resource is not None and request.name
         uid = self._uid(key) if deleting else None
@@ -169,6 +174,20 @@ class Emulator(kmock.KubernetesEmulator):
                 await self._buses[key[0]].put({"type": "DELETED", "object": raw})
         for uid in filter(None, uids):
             await self._collect(uid)
+
+
+STATUS_SUBRESOURCE = {("kubetune.dev", "finetunejobs"), ("batch", "jobs"), ("", "pods")}
+
+
+def split_status(resource: Any, subresource: str | None, body: dict[str, Any]) -> None:
+    """Keep only the part of an update its endpoint may change (the object's spec and metadata, or its status)."""
+    if resource is None or (resource.group or "", resource.plural) not in STATUS_SUBRESOURCE:
+        return
+    if subresource == "status":
+        for key in [k for k in body if k not in ("status", "apiVersion", "kind")]:
+            del body[key]
+    elif subresource is None:
+        body.pop("status", None)
 
 
 def propagation(request: Any) -> str:

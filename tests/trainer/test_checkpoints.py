@@ -124,3 +124,7 @@ def test_a_checkpoint_written_in_another_precision_is_refused_by_name(tmp_path):
     # `precision: auto` is a timing probe's verdict: if it flips between runs, the resume must not go on quietly.
     with pytest.raises(UsageError, match=r"different run \(precision changed\)"):
         select_resume(tmp_path, "auto", bf16, force=False)
+    # A checkpoint written before the precision was recorded does not say: it resumes (the order rule still holds).
+    older = {k: v for k, v in fp32.items() if k != "precision"}
+    make(tmp_path, 4, identity=older)
+    assert select_resume(tmp_path, "auto", bf16, force=False).name == "checkpoint-4"

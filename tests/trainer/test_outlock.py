@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kubetune.api import load_config
-from kubetune.trainer.errors import UsageError
+from kubetune.api.contract import PERMANENT_EXIT_CODES, ExitCode
+from kubetune.trainer.errors import OutputBusy
 from kubetune.trainer.outlock import LOCK_FILE, hold
 
 HOLDER = (
@@ -52,8 +53,10 @@ def test_a_second_run_on_a_held_output_dir_fails_fast_and_deletes_nothing(other_
     base = save_tiny_llama(tmp_path / "base", builtin_path)
     sets = [f"model.path={base}", f"data.path={data}", f"output_dir={out}", "training.max_steps=1"]
     cfg = load_config(None, sets=[*sets, "training.resume=never"])  # never: the other run's checkpoint is not ours
-    with pytest.raises(UsageError, match=f"output_dir: {out} is in use by another kubetune process \\(pid "):
+    with pytest.raises(OutputBusy, match=f"output_dir: {out} is in use by another kubetune process \\(pid ") as busy:
         run(cfg, progress="none")
+    # Transient (a retried pod may start while the old one still terminates): a Job retries it, unlike exit 2.
+    assert busy.value.exit_code == ExitCode.OUTPUT_BUSY not in PERMANENT_EXIT_CODES
     assert staging.joinpath("adapter_model.safetensors").read_bytes() == b"the other run's half-written checkpoint"
     assert (out / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file() and not (out / "adapter").exists()
 
@@ -64,7 +67,7 @@ def test_merge_on_a_held_output_dir_fails(other_process):
     out, _ = other_process
     (out / "adapter").mkdir()
     (out / "adapter" / "adapter_config.json").write_text("{}")
-    with pytest.raises(UsageError, match="in use by another kubetune process"):
+    with pytest.raises(OutputBusy, match="in use by another kubetune process"):
         merge(out, base="unused")
     assert not (out / "merged").exists()
 
@@ -79,7 +82,7 @@ def test_a_killed_holder_releases_the_lock(other_process):
 
 
 def test_the_lock_is_released_and_its_file_removed(tmp_path):
-    with hold(tmp_path / "out"), pytest.raises(UsageError), hold(tmp_path / "out"):
+    with hold(tmp_path / "out"), pytest.raises(OutputBusy), hold(tmp_path / "out"):
         pass
     with hold(tmp_path / "out"):
         pass

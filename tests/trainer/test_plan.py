@@ -24,6 +24,7 @@ from kubetune.api.contract import ExitCode, PlanEvent, parse_event
 from kubetune.trainer import plan
 from kubetune.trainer.cli import app
 from kubetune.trainer.errors import UsageError
+from kubetune.trainer.plan import InsufficientMemory
 
 IGNORE = -100
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
@@ -209,6 +210,24 @@ def test_train_refuses_a_run_above_its_cgroup_limit_in_one_line_and_writes_nothi
     assert "--ignore-plan" in errors[0] and "Traceback" not in result.output
     assert json.loads((tmp_path / "termination-log").read_text())["exit_code"] == ExitCode.INSUFFICIENT_MEMORY
     assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+def test_on_a_gpu_the_host_memory_limit_does_not_stop_the_run(tmp_path, monkeypatch, small_llama, tokenizer):
+    """The weights and activations of a cuda/xpu run live in device memory: the host's cgroup limit is advice."""
+    from kubetune.api import load_config
+    from kubetune.trainer.data.pipeline import prepare
+    from kubetune.trainer.device import Placement
+
+    limit = tmp_path / "memory.max"
+    limit.write_text("300000000\n")  # what stops the same run on the CPU (the test above)
+    monkeypatch.setattr(plan, "CGROUP_MEMORY_MAX", limit)
+    cfg = load_config(None, sets=[f"model.path={small_llama}", f"data.path={records(tmp_path / 'd.jsonl', 4, 20)}"])
+    rows = prepare(cfg.data, tokenizer, cfg.training.seed).train
+    on = {d: Placement(d, "fp32", "test", 1, False) for d in ("cpu", "cuda")}
+    with pytest.raises(InsufficientMemory):
+        plan.preflight(cfg, rows, on["cpu"], 1, 1)
+    event = plan.preflight(cfg, rows, on["cuda"], 1, 1)
+    assert event is not None and not event.fits  # planned and said, not enforced
 
 
 @pytest.mark.slow

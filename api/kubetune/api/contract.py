@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 
 class ExitCode(IntEnum):
-    """The trainer's exit codes (README "Exit codes")."""
+    """The trainer's exit codes (docs/user/exit-codes.md)."""
 
     OK = 0
     UNEXPECTED = 1  # a bug or an environment failure: the traceback is printed
@@ -31,6 +31,7 @@ class ExitCode(IntEnum):
     SOURCE_MISSING = 10  # a remote source or push target does not exist: repo, revision, bucket, object, URL
     SOURCE_DENIED = 11  # credentials missing or refused (401/403, wrong keys, gated repo)
     TRANSFER = 12  # a download or upload failed midway or the store is unreachable; retrying resumes
+    OUTPUT_BUSY = 13  # another kubetune process holds the output directory's lock: retry once it has finished
     PREEMPTED = 75  # SIGTERM after a complete checkpoint: run the same command again (EX_TEMPFAIL)
 
 
@@ -47,7 +48,7 @@ PERMANENT_EXIT_CODES = frozenset(
     }
 )
 
-# --- Environment of the container contract (README "Container contract") -------------------------
+# --- Environment of the container contract (docs/user/containers.md) -------------------------
 ENV_PREFIX = "KUBETUNE_"
 ENV_CONFIG = "KUBETUNE_CONFIG"  # a YAML config file
 ENV_CACHE_DIR = "KUBETUNE_CACHE_DIR"  # where the builtin model's export and downloads are cached

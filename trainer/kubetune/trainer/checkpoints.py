@@ -80,8 +80,12 @@ def identity(
     }
 
 
+# Recorded since a later version: a checkpoint written before it did not say, so it is not held against it.
+ADDED_LATER = frozenset({"precision"})
+
+
 def mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [key for key in current if saved.get(key) != current[key]]
+    return [key for key in current if saved.get(key) != current[key] and (key in saved or key not in ADDED_LATER)]
 
 
 def _readable(checkpoint: Path) -> dict[str, Any]:

@@ -45,3 +45,9 @@ class SourceDenied(KubetuneError):
 
 class TransferFailed(KubetuneError):
     exit_code = ExitCode.TRANSFER
+
+
+class OutputBusy(KubetuneError):
+    """The output directory is locked by another process: transient (a pod that is still terminating holds it)."""
+
+    exit_code = ExitCode.OUTPUT_BUSY

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kubetune.trainer.errors import UsageError
+from kubetune.trainer.errors import OutputBusy
 
 LOCK_FILE = ".kubetune.lock"
 
@@ -37,7 +37,7 @@ def _acquire(path: Path, what: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UsageError(
+            raise OutputBusy(
                 f"output_dir: {path.parent} is in use by another kubetune process ({_holder(path)}); "
                 f"wait for it to finish or give this {what} another output directory"
             ) from None

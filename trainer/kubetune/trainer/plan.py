@@ -586,7 +586,9 @@ def preflight(cfg: TrainConfig, rows: list[dict[str, Any]], place: Any, world: i
         return None
     log.info("%s; %s: %s", summary_line(ev), source, gib(limit))
     log.info("plan event: %s", ev.line())  # on stderr: stdout carries progress events only
-    if not ev.fits and not cfg.training.ignore_plan:
+    # On a GPU the weights and activations live in device memory, which the host's limit says nothing
+    # about (and the plan is not yet checked against a GPU's allocator): advice only there.
+    if not ev.fits and not cfg.training.ignore_plan and place.device == "cpu":
         raise InsufficientMemory(refusal(ev, processes, limit, source))
     return ev
 

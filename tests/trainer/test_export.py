@@ -266,3 +266,20 @@ def test_merge_with_output_export_writes_verified_gguf(tmp_path):
     assert run["export"]["files"]["q8_0"]["verified"] is True and run["export"]["files"]["q8_0"]["records"] == 3
     termination = os.environ.get("KUBETUNE_TERMINATION_LOG")  # unset here: the merge's last line is on stderr
     assert termination is None and "verified in llama.cpp" in done.stderr
+
+
+def test_merge_with_a_bad_output_export_stops_before_touching_merged(tmp_path):
+    from typer.testing import CliRunner
+
+    from kubetune.trainer.cli import app
+
+    out = tmp_path / "out"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "merged").mkdir()
+    (out / "merged" / "previous").write_text("kept")
+    (out / "run.json").write_text(json.dumps({"config": {"output": {"export": {"gguf": ["q4_k"]}}}}))
+    result = CliRunner().invoke(app, ["merge", "--output-dir", str(out)])
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "output.export.gguf" in result.output and "Traceback" not in result.output
+    assert (out / "merged" / "previous").read_text() == "kept" and sorted(os.listdir(out / "merged")) == ["previous"]

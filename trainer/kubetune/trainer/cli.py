@@ -311,8 +311,13 @@ def merge(
     _setup_logging()
     from kubetune.trainer.merge import merge as do_merge
 
+    export_cfg = _recorded_export(output_dir)  # a bad output.export, or no llama.cpp, stops before merged/ is touched
+    if export_cfg.gguf:
+        from kubetune.trainer.export.verify import require_llamacpp
+
+        _guard(require_llamacpp)
     result = _guard(do_merge, output_dir, adapter, base, dest, dtype, merge_base)
-    exported = _export_after_merge(output_dir, Path(result["merged_path"]))
+    exported = _export_after_merge(output_dir, Path(result["merged_path"]), export_cfg)
     if exported:
         result["exported"] = exported
     from kubetune.trainer.finish import after_merge
@@ -343,9 +348,8 @@ def _recorded_export(output_dir: Path) -> Any:
         _fail(f"{output_dir / 'run.json'}: {where}: {err['msg']}", ExitCode.CONFIG)
 
 
-def _export_after_merge(output_dir: Path, merged: Path) -> dict[str, Any] | None:
+def _export_after_merge(output_dir: Path, merged: Path, cfg: Any) -> dict[str, Any] | None:
     """output.export.gguf in the run's config: the merge step also writes (and verifies) the GGUF files."""
-    cfg = _recorded_export(output_dir)
     if not cfg.gguf:
         return None
     from kubetune.trainer.export import export as do_export

@@ -4,7 +4,7 @@
 #   docker run --rm -v MODEL:/model:ro -v DATA:/data:ro -v OUT:/output IMAGE [train|merge|generate|...] [args]
 #
 # Everything else is `kubetune` itself: the images set KUBETUNE_CONTAINER=1, which makes the mounts
-# /model, /data, /output and /config/config.yaml the lowest-priority defaults (README "Container contract").
+# /model, /data, /output and /config/config.yaml the lowest-priority defaults (docs/user/containers.md).
 set -eu
 
 # A Hugging Face token from a mounted secret file: never baked into an image, never on a command line.

@@ -4,7 +4,7 @@
 test trains differently on different CI machines. Tests therefore either pin the precision they
 are about, or take their tolerance from the precision a run actually used (run.json records it).
 `KUBETUNE_TRAINING__PRECISION=fp32|bf16` (the config layer's own variable) forces it for every
-training run the trainer tests start, in-process or as a subprocess; see README "Testing".
+training run the trainer tests start, in-process or as a subprocess; see docs/contributors/testing.md.
 """
 
 from __future__ import annotations

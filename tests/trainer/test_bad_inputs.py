@@ -3,7 +3,7 @@
 Every case runs the real `kubetune` command line (typer's runner, in this process) against an output
 directory that already holds a previous run's outputs, and asserts:
 
-- the exit code (README "Exit codes") and that no traceback escaped;
+- the exit code (docs/user/exit-codes.md) and that no traceback escaped;
 - the culprit (file, line, field or variable) is named in the error line;
 - the same line and code went to the termination log, which the operator shows in status;
 - the previous run's files are byte-for-byte unchanged.

@@ -307,8 +307,8 @@ class SourcesSection(Section):
 class OutputSection(Section):
     push_to: PushLocation | None = Field(
         None,
-        description="After training (and merge) upload adapter/, merged/ and run.json here: s3://bucket/prefix "
-        "(a kubetune-push.json manifest is written last) or hf://org/name (one commit).",
+        description="After training (and merge) upload adapter/, merged/, gguf/ (output.export) and run.json "
+        "here: s3://bucket/prefix (a kubetune-push.json manifest is written last) or hf://org/name (one commit).",
     )
     export: ExportSection = Field(default_factory=ExportSection)
 

@@ -36,7 +36,9 @@ class Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(record.getMessage()), ()
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:  # also one a handler formatted (and cached) before this filter ran
+            record.exc_text = redact(record.exc_text)
         return True
 
 

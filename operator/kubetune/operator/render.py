@@ -3,7 +3,7 @@
 No Kubernetes client here (the import-linter contract forbids it): handlers
 read, call these, apply, and patch status. Everything a worker pod needs to
 become a kubetune worker is in its environment, which must match the trainer's
-container contract (README "Container contract"); tests parse it with the
+container contract (docs/user/containers.md); tests parse it with the
 trainer's own functions.
 """
 

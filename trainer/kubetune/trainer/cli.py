@@ -116,7 +116,7 @@ def resolve_config(config: Path | None, sets: list[str] | None, flags: dict[str,
 
     mounts = None
     if os.environ.get(contract.ENV_CONTAINER) == "1":
-        # The images' contract (README "Container contract"): mounts are the lowest-priority defaults.
+        # The images' contract (docs/user/containers.md): mounts are the lowest-priority defaults.
         root = os.environ.get(contract.ENV_MOUNT_ROOT) or "/"
         problems = unusable_mounts(root, _usable, os.getuid())
         if problems:

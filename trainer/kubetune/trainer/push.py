@@ -1,4 +1,4 @@
-"""output.push_to: upload adapter/, merged/ and run.json to s3:// or hf://, so a reader never sees half a model.
+"""output.push_to: upload adapter/, merged/, gguf/ and run.json to s3:// or hf://, so a reader never sees half a model.
 
 - hf://org/name[@branch][/prefix]: every file in ONE commit (huggingface_hub's
   create_commit); a commit is all-or-nothing, so the repo shows the old result or

@@ -61,3 +61,21 @@ def test_records_are_redacted_all_the_way_down():
         "ok": True,
         "none": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("url", "credential"),
+    [
+        ("https://bob:hunter2@files.example/m.tar", True),
+        ("https://files.example/t.jsonl?X-Amz-Signature=abc&X-Amz-Credential=k", True),
+        ("https://files.example/t.jsonl?sv=2024&sig=abc", True),
+        ("https://files.example/t.jsonl?api_key=abc", True),
+        ("https://files.example/t.jsonl?download=true&rev=3", False),
+        ("https://files.example/t.jsonl#sha256=" + "a" * 64, False),
+        ("s3://bucket/prefix", False),
+    ],
+)
+def test_a_url_carries_a_credential_only_in_userinfo_or_a_credential_key(url, credential):
+    from kubetune.api.redact import carries_credential
+
+    assert carries_credential(url) is credential

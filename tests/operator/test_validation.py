@@ -142,11 +142,14 @@ def test_a_credential_in_a_location_is_refused_naming_the_field_without_quoting_
     assert "hunter2pass" not in plan.status["message"] and "deadbeefcafe1234" not in plan.status["message"]
 
 
-def test_a_pinned_https_location_is_not_a_credential():
+@pytest.mark.parametrize(
+    "url", ["https://files.example/t.jsonl#sha256=" + "a" * 64, "https://files.example/t.jsonl?download=true"]
+)
+def test_a_pinned_or_plain_query_location_is_not_a_credential(url):
     spec = {
         "storage": {"output": {"claimName": "o"}, "model": {"claimName": "m"}},
         "sources": {"cache": {"claimName": "c"}},
-        "training": {"data": {"path": ["https://files.example/t.jsonl#sha256=" + "a" * 64]}},
+        "training": {"data": {"path": [url]}},
     }
     plan = decide(
         {"name": "j", "namespace": "ml", "uid": "u"}, spec, {}, Observed(now=datetime.now(UTC)), PodSettings()

@@ -50,6 +50,21 @@ def _url(match: re.Match[str]) -> str:
     return scheme + authority + slash + _QUERY_VALUE.sub(rf"\1{MASK}", tail)
 
 
+# Query keys that carry a credential: presigned S3/GCS/Azure URLs, API keys and tokens. Logs mask every query
+# value anyway (`redact`); this list decides what a URL may not carry where it is stored in the clear.
+_CREDENTIAL_KEY = re.compile(r"(sig|signature|token|secret|password|passwd|key|auth|credential|session)", re.I)
+
+
+def carries_credential(url: str) -> bool:
+    """A URL with userinfo, or a query key that names a credential (`?download=true` does not)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return True
+    return any(_CREDENTIAL_KEY.search(k) for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` with URL credentials, query values, credential headers, token shapes and `secrets` masked."""
     for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET}, key=len, reverse=True):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from kubetune.api import backends
 from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, SOURCES_ERROR, FinetuneJobSpec
-from kubetune.api.redact import redact
+from kubetune.api.redact import carries_credential, redact
 from kubetune.operator.settings import PodSettings
 
 PINNED_HF = re.compile(r"hf://[^@]+@[0-9a-f]{40}(/.*)?")  # a model repo at one commit: its code cannot change
@@ -58,7 +58,7 @@ def credential_problems(value: Any, where: str) -> list[str]:
         return [p for k, v in value.items() for p in credential_problems(v, f"{where}.{k}")]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in credential_problems(v, f"{where}[{i}]")]
-    if isinstance(value, str) and "://" in value and redact(value) != value:
+    if isinstance(value, str) and "://" in value and carries_credential(value):
         return [
             f"{where}: {redact(value)!r} carries a credential in the URL (userinfo or query); give it through a "
             "Secret instead (spec.sources.s3CredentialsSecret, spec.httpTokenSecret, spec.hfTokenSecret)"

@@ -12,6 +12,7 @@ error. An unsupported architecture is refused before anything is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from kubetune.api.config import DataSection, GgufType
+from kubetune.trainer import outlock
 from kubetune.trainer.data.loaders import BadRecord
 from kubetune.trainer.data.pipeline import load_examples, raise_bad_records
 from kubetune.trainer.data.render import adds_bos, encode_prompt, resolve_template
@@ -216,14 +218,16 @@ def export(
     verify.require_llamacpp()
     merged = merged or output_dir / "merged"
     dest = dest or output_dir / "gguf"
-    run = load_run(output_dir)
-    job = _Job(merged, dest, run, data, limit)
-    dest.mkdir(parents=True, exist_ok=True)
-    for kind in kinds:
-        entry = job.one(kind)
-        log.info("exported %s: %s verified in llama.cpp", kind, dest / entry["file"])
-    if (output_dir / "run.json").is_file():
-        keys = ("file", "verified", "records", "answers_equal", "exact_match_llamacpp", "exact_match_transformers")
-        summary = {kind: {k: entry[k] for k in keys} for kind, entry in job.report["files"].items()}
-        write_json_atomic(output_dir / "run.json", {**run, "export": {"dir": str(dest), "files": summary}})
+    # run.json is read now and rewritten at the end: no other kubetune process on this directory in between.
+    with outlock.hold(output_dir, "export") if output_dir.is_dir() else contextlib.nullcontext():
+        run = load_run(output_dir)
+        job = _Job(merged, dest, run, data, limit)
+        dest.mkdir(parents=True, exist_ok=True)
+        for kind in kinds:
+            entry = job.one(kind)
+            log.info("exported %s: %s verified in llama.cpp", kind, dest / entry["file"])
+        if (output_dir / "run.json").is_file():
+            keys = ("file", "verified", "records", "answers_equal", "exact_match_llamacpp", "exact_match_transformers")
+            summary = {kind: {k: entry[k] for k in keys} for kind, entry in job.report["files"].items()}
+            write_json_atomic(output_dir / "run.json", {**run, "export": {"dir": str(dest), "files": summary}})
     return {"dir": str(dest), **job.report}

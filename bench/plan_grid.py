@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+import peak
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
@@ -104,7 +106,7 @@ def run_point(point: tuple, models: dict[str, str], work: Path) -> dict:
     name, model, batch, length, r, quant, precision, ckpt, packing = point
     data = records(work / f"data-{length}.jsonl", 4 * batch, length)
     out = work / f"out-{abs(hash(name))}"
-    argv = ["nice", "-n", "10", KUBETUNE, "train", "--model", models.get(model, model), "--data", data]
+    argv = peak.command(["train", "--model", models.get(model, model), "--data", data], prefix=("nice", "-n", "10"))
     argv += ["--output-dir", str(out), "--max-steps", "2", "--batch-size", str(batch), "--precision", precision]
     argv += ["--quantization", quant, "--progress", "json", "--ignore-plan"]
     for key, value in {"lora.r": r, "training.gradient_checkpointing": ckpt, "data.packing": packing}.items():
@@ -113,11 +115,11 @@ def run_point(point: tuple, models: dict[str, str], work: Path) -> dict:
     started = time.time()
     with (work / "stdout").open("w+") as out_f, (work / "stderr").open("w+") as err_f:
         proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # the peak RSS of this child alone (nice execs kubetune)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         out_f.seek(0), err_f.seek(0)
         stdout, stderr = out_f.read(), err_f.read()
-    row = measure(name, proc.returncode, stdout, stderr, usage.ru_maxrss * 1024, time.time() - started)
+    # The child's own VmHWM (tests/support/peak.py): wait4's ru_maxrss includes the parent's pre-fork peak.
+    row = measure(name, proc.returncode, stdout, stderr, peak.peak_bytes(stderr) or 0, time.time() - started)
     run = out / "run.json"
     if "error" not in row and run.exists():  # the summary (with train_seconds) is run.json's metrics
         seconds = json.loads(run.read_text())["metrics"].get("train_seconds")

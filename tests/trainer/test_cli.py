@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import precision_modes
 import pytest
@@ -96,3 +98,18 @@ def test_data_inspect(tmp_path):
     assert result.exit_code == 0, result.output
     assert "records: 5" in result.output and "⟦a0<|im_end|>⟧" in result.output
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_unexpected_error_prints_a_redacted_traceback_and_exits_1():
+    """Exit 1 is the one path that prints a traceback: the exception's text goes through the redaction too."""
+    crash = (
+        "import kubetune.trainer.cli as cli\n"
+        "@cli.app.command('crash')\n"
+        "def crash():\n"
+        "    raise RuntimeError('GET https://bob:hunter2pass@files.example/x?X-Amz-Signature=deadbeefcafe failed')\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", crash, "crash"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "RuntimeError" in proc.stderr and "files.example" in proc.stderr
+    assert "hunter2pass" not in proc.stderr and "deadbeefcafe" not in proc.stderr

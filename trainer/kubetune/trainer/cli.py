@@ -489,7 +489,19 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def main() -> None:
-    app()
+    """The console script. An unexpected error (exit 1) prints its traceback through the same redaction as
+    every other message: an exception's text can quote a presigned URL or a token."""
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        import traceback
+
+        from kubetune.trainer.report import scrub
+
+        sys.stderr.write(scrub(traceback.format_exc()))
+        sys.exit(ExitCode.UNEXPECTED)
 
 
 if __name__ == "__main__":

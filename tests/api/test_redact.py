@@ -79,3 +79,10 @@ def test_a_url_carries_a_credential_only_in_userinfo_or_a_credential_key(url, cr
     from kubetune.api.redact import carries_credential
 
     assert carries_credential(url) is credential
+
+
+def test_a_structured_value_under_a_credentials_name_is_masked():
+    record = {"token": "abc123", "password": "pw", "headers": {"Authorization": "Bearer x"}, "tokens": 512}
+    got = redact_value({**record, "model": "org/name", "max_tokens": "16"})
+    assert got["token"] == got["password"] == got["headers"]["Authorization"] == "***"
+    assert got["tokens"] == 512 and got["model"] == "org/name" and got["max_tokens"] == "16"

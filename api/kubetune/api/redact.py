@@ -36,6 +36,11 @@ _HEADER = re.compile(
     r"cookie|set-cookie|x-api-key|api[-_]?key|access[-_]?token|secret[-_]?access[-_]?key|session[-_]?token|"
     r"password|passwd|token)(\s*[:=]\s*|['\"]\s*:\s*['\"])(bearer\s+|basic\s+|token\s+)?[^\s'\",&#]+"
 )
+# Keys whose string value is a secret in a structured record (what _HEADER catches in text).
+_SECRET_KEY = re.compile(
+    r"(?i)(authorization|cookie|x-api-key|api[-_]?key|access[-_]?token|secret[-_]?access[-_]?key|session[-_]?token|"
+    r"password|passwd|token|secret|client[-_]?secret|hf[-_]?token)"
+)
 _TOKENS = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|(?:AKIA|ASIA)[0-9A-Z]{16}|ghp_[A-Za-z0-9]{20,}|xox[abp]-[\w-]{10,})\b")
 
 
@@ -79,8 +84,13 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     secrets = tuple(secrets)
     if isinstance(value, str):
         return redact(value, secrets)
-    if isinstance(value, dict):
-        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, dict):  # a value under a credential's name ({"token": ...}) is masked whole
+        return {
+            redact_value(k, secrets): MASK
+            if isinstance(k, str) and isinstance(v, str) and v and _SECRET_KEY.fullmatch(k)
+            else redact_value(v, secrets)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [redact_value(v, secrets) for v in value]
     return value

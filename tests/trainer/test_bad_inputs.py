@@ -306,6 +306,12 @@ CASES: list[tuple[str, Build, int, str]] = [
         ExitCode.MODEL,
         "{t}/empty/adapter",
     ),
+    (
+        "merge-bad-dtype",
+        lambda t: on(["merge", "--output-dir", str(t / "empty"), "--dtype", "int4"]),
+        ExitCode.CONFIG,
+        "--dtype 'int4'",
+    ),
     ("generate-nothing-asked", lambda t: on(["generate", "--output-dir", str(t / "out")]), ExitCode.CONFIG, "--prompt"),
     (
         "inspect-bad-data",

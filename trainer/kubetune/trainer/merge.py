@@ -151,6 +151,8 @@ def merge(
     base_mode: str | None = None,
 ) -> dict[str, Any]:
     """Base (as trained, by default) + adapter -> merged model, verified before it replaces `dest`."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
     run = load_run(output_dir)
     adapter = adapter_dir(output_dir, adapter)
     if dest is not None:  # OUTPUT_DIR/merged is kubetune's own; anywhere else, only an earlier merge is replaced

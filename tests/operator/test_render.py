@@ -291,6 +291,52 @@ def test_tmp_is_bounded_by_the_settings(role):
     assert PodSettings().tmp_size
 
 
+def _writable_mount_of(job: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The pod's writable emptyDir mount that holds `path`, if any (the root filesystem is read-only)."""
+    spec = job["spec"]["template"]["spec"]
+    scratch = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    mounts = [m for m in container(job)["volumeMounts"] if m["name"] in scratch and not m.get("readOnly")]
+    return next((m for m in mounts if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")), None)
+
+
+@pytest.mark.parametrize("role", ["worker", "merge", "initializer"])
+def test_home_and_every_library_cache_are_on_the_pods_writable_tmp(role):
+    # HOME is on the read-only root filesystem: Triton, the CUDA driver, HF and kubetune's builtin export would
+    # fail writing ~/.triton, ~/.nv, ~/.cache (issue 21); a custom spec.image brings none of the images' ENV.
+    from kubetune.operator.initializer import render_initializer_job
+
+    render = {"worker": render_worker_job, "merge": render_merge_job, "initializer": render_initializer_job}[role]
+    for spec in (SPEC, REMOTE, SPEC.model_copy(update={"image": "registry.example/own-trainer:1"})):
+        job = render(META, spec, PodSettings())
+        env = env_of(job)
+        for key in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH"):
+            assert key in env, key
+        for key in contract.CACHE_ENV:
+            mount = _writable_mount_of(job, env[key])
+            assert mount is not None and mount["mountPath"] == contract.WRITABLE_DIR, (key, env[key])
+
+
+def test_the_libraries_put_their_caches_where_the_pod_env_says():
+    # The real libraries read the rendered env: nothing resolves to the image user's HOME on the read-only root.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in env_of(render_worker_job(META, SPEC, PodSettings())).items() if k in contract.CACHE_ENV}
+    probe = (
+        "import json, pathlib, huggingface_hub.constants as hf;"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir;"
+        "from kubetune.trainer.models import cache_dir as kubetune_cache;"
+        "print(json.dumps([str(pathlib.Path.home()), hf.HF_HUB_CACHE, cache_dir(), str(kubetune_cache())]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in contract.CACHE_ENV and k != contract.ENV_CACHE_DIR}
+    out = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    paths = json.loads(out.stdout)
+    assert all(p.startswith(contract.WRITABLE_DIR + "/") for p in paths), paths
+
+
 def test_the_config_keeps_remote_paths_and_push_to_for_the_trainer():
     cm = render_configmap(META, REMOTE)
     cfg = load_config(cm["data"]["config.yaml"], "config.yaml")  # what the pods parse

@@ -95,6 +95,21 @@ CONFIG_FILE = f"{MOUNT_CONFIG}/{CONFIG_FILE_NAME}"
 TERMINATION_LOG = "/dev/termination-log"
 IMAGE_UID = 10001  # the images' user and group (docker/Dockerfile.*: USER 10001:10001); pods run as it
 TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes per container
+WRITABLE_DIR = "/tmp"  # the pod's scratch emptyDir: with the root filesystem read-only, the one place caches can go
+# Libraries write their caches under HOME by default (~/.cache: Hugging Face, torch hub, kubetune's builtin
+# export; ~/.triton; ~/.nv/ComputeCache; ~/.config: matplotlib), and HOME is on the read-only root in a pod:
+# every pod the operator renders points them under WRITABLE_DIR, whatever image it runs (spec.image included).
+CACHE_ENV: dict[str, str] = {
+    "HOME": f"{WRITABLE_DIR}/home",
+    "XDG_CACHE_HOME": f"{WRITABLE_DIR}/.cache",
+    "XDG_CONFIG_HOME": f"{WRITABLE_DIR}/.config",
+    "HF_HOME": f"{WRITABLE_DIR}/hf",  # the images' own value (docker/Dockerfile.*)
+    "MPLCONFIGDIR": f"{WRITABLE_DIR}/matplotlib",  # the images' own value
+    "TRITON_HOME": f"{WRITABLE_DIR}/triton",  # Triton's ~/.triton (its cache, dumps, overrides)
+    "TRITON_CACHE_DIR": f"{WRITABLE_DIR}/triton/cache",
+    "TORCHINDUCTOR_CACHE_DIR": f"{WRITABLE_DIR}/torchinductor",  # its default names the user: no passwd entry needed
+    "CUDA_CACHE_PATH": f"{WRITABLE_DIR}/nv/ComputeCache",  # the CUDA driver's JIT cache
+}
 
 
 # --- Events -------------------------------------------------------------------------------------

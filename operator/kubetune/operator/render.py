@@ -276,13 +276,19 @@ def _volumes(
     volume_mounts += [
         {"name": "config", "mountPath": contract.MOUNT_CONFIG, "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": contract.WRITABLE_DIR},
     ]
     if role.scratch_output:
         volumes.append({"name": "scratch", "emptyDir": {}})
         volume_mounts.append({"name": "scratch", "mountPath": contract.MOUNT_OUTPUT})
     token_volumes, token_mounts, token_env, _ = credentials(spec, role.fetches)
     return volumes + token_volumes, volume_mounts + token_mounts, env + token_env
+
+
+def cache_env() -> list[dict[str, str]]:
+    """HOME and the caches torch, Triton, CUDA and Hugging Face write, under the pod's writable /tmp (the root
+    filesystem is read-only): contract.CACHE_ENV, as env entries."""
+    return [{"name": k, "value": v} for k, v in contract.CACHE_ENV.items()]
 
 
 def pod_template(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings, role: PodRole) -> dict[str, Any]:
@@ -296,7 +302,8 @@ def pod_template(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSetti
         "name": CONTAINER,
         "image": spec.image or settings.images[spec.backend],
         "args": role.args,
-        "env": [{"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *role.env, *mount_env],
+        # HOME and the libraries' caches under the writable /tmp first: what follows may override them.
+        "env": [*cache_env(), {"name": contract.ENV_CONFIG, "value": contract.CONFIG_FILE}, *role.env, *mount_env],
         "resources": resources,
         "volumeMounts": volume_mounts,
         "securityContext": RESTRICTED_CONTAINER,

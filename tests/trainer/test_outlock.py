@@ -81,9 +81,65 @@ def test_a_killed_holder_releases_the_lock(other_process):
     assert not (out / LOCK_FILE).exists()
 
 
+PROBE = (
+    "import sys; from pathlib import Path; from kubetune.trainer.outlock import hold\n"
+    "from kubetune.trainer.errors import OutputBusy\n"
+    "try:\n    with hold(Path(sys.argv[1])):\n        print('free')\nexcept OutputBusy:\n    print('busy')\n"
+)
+
+
+def another_process_finds(out: Path) -> str:
+    """'busy' or 'free': what a second kubetune process sees when it tries to take `out`'s lock now."""
+    return subprocess.run([sys.executable, "-c", PROBE, str(out)], capture_output=True, text=True, check=True).stdout
+
+
 def test_the_lock_is_released_and_its_file_removed(tmp_path):
-    with hold(tmp_path / "out"), pytest.raises(OutputBusy), hold(tmp_path / "out"):
-        pass
-    with hold(tmp_path / "out"):
-        pass
-    assert list((tmp_path / "out").iterdir()) == []
+    out = tmp_path / "out"
+    with hold(out):
+        assert another_process_finds(out).strip() == "busy"
+    assert list(out.iterdir()) == []
+    assert another_process_finds(out).strip() == "free"
+
+
+def test_a_nested_hold_keeps_the_lock_until_the_outer_one_ends(tmp_path):
+    """merge, export and the push nest their holds under the CLI's: the inner end must not release the lock."""
+    out = tmp_path / "out"
+    with hold(out, "merge"):
+        with hold(out, "export"):
+            pass
+        assert another_process_finds(out).strip() == "busy"
+    assert another_process_finds(out).strip() == "free"
+
+
+def _spy_push(monkeypatch, seen: list[str]) -> None:
+    """push.push, replaced by a probe: what another process finds at the moment the upload would run."""
+    from kubetune.trainer import push
+
+    def probe(out: Path, target: str) -> dict:
+        seen.append(another_process_finds(out).strip())
+        return {"target": target, "files": 0}
+
+    monkeypatch.setattr(push, "push", probe)
+
+
+@pytest.mark.slow
+def test_train_and_merge_hold_the_lock_through_the_push(monkeypatch, tmp_path, builtin_path):
+    """Another run on the directory during the upload would swap the adapter under it (issue 22 item 5)."""
+    from tinymodel import save_tiny_llama
+    from typer.testing import CliRunner
+
+    from kubetune.trainer.cli import app
+    from kubetune.trainer.train import run
+
+    seen: list[str] = []
+    _spy_push(monkeypatch, seen)
+    out, data = tmp_path / "out", tmp_path / "train.jsonl"
+    data.write_text("".join((DATES / "train.jsonl").read_text().splitlines(keepends=True)[:4]))
+    base = save_tiny_llama(tmp_path / "base", builtin_path)
+    sets = [f"model.path={base}", f"data.path={data}", f"output_dir={out}", "training.max_steps=1"]
+    run(load_config(None, sets=[*sets, "output.push_to=s3://bucket/run"]), progress="none")
+    assert seen == ["busy"]
+    result = CliRunner().invoke(app, ["merge", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert seen == ["busy", "busy"]
+    assert another_process_finds(out).strip() == "free" and not (out / LOCK_FILE).exists()

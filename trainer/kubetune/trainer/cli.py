@@ -6,6 +6,7 @@ line each (`error: file:line: what`) and exit with the documented code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -316,13 +317,18 @@ def merge(
         from kubetune.trainer.export.verify import require_llamacpp
 
         _guard(require_llamacpp)
-    result = _guard(do_merge, output_dir, adapter, base, dest, dtype, merge_base)
-    exported = _export_after_merge(output_dir, Path(result["merged_path"]), export_cfg)
-    if exported:
-        result["exported"] = exported
+    from kubetune.trainer import outlock
     from kubetune.trainer.finish import after_merge
 
-    result = _guard(after_merge, output_dir, result)  # output.push_to: the merged model goes out too
+    # One hold for merge, export and push: nobody rewrites the directory between them or during the upload.
+    with contextlib.ExitStack() as held:
+        if output_dir.is_dir():  # else merge names the missing directory itself
+            _guard(held.enter_context, outlock.hold(output_dir, "merge"))
+        result = _guard(do_merge, output_dir, adapter, base, dest, dtype, merge_base)
+        exported = _export_after_merge(output_dir, Path(result["merged_path"]), export_cfg)
+        if exported:
+            result["exported"] = exported
+        result = _guard(after_merge, output_dir, result)  # output.push_to: the merged model goes out too
     typer.echo(
         f"merged model in {result['merged_path']} (verified: max |Δlogits| "
         f"{result['max_logit_diff']:.2e}, {result['changed_tensors']} weight tensors changed)",

@@ -7,6 +7,11 @@ holder. The lock is an advisory `flock` on `OUTPUT_DIR/.kubetune.lock`: the
 kernel drops it when its process dies, so a killed run never leaves the
 directory locked. The file is removed on release, so a finished run leaves
 the directory as it found it apart from its outputs.
+
+The holder may enter again (`merge` then `export` then the push, all under the
+CLI's one hold): a nested hold in the same process is a no-op, so the lock is
+never dropped between the steps that write the directory and the push that
+reads it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from kubetune.trainer.errors import OutputBusy
 
 LOCK_FILE = ".kubetune.lock"
+_held: dict[Path, int] = {}  # lock file (resolved) -> nesting depth, this process's holds only
 
 
 def _holder(path: Path) -> str:
@@ -54,13 +60,22 @@ def _acquire(path: Path, what: str) -> int:
 def hold(out: Path, what: str = "run") -> Iterator[None]:
     """Hold the output directory's lock for the duration (creating the directory); fail fast if it is held."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
+    path = (out / LOCK_FILE).resolve()
+    if path in _held:  # this process holds it already (an outer step): keep holding, release with the outer one
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
     fd = _acquire(path, what)
+    _held[path] = 1
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}, kubetune {what}\n".encode())
         yield
     finally:
+        del _held[path]
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)

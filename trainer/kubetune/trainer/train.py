@@ -175,12 +175,13 @@ def run(cfg: TrainConfig, progress: str = "json") -> dict[str, Any]:
     try:
         cfg, fetched = sources.localize(cfg)  # remote model/data into the cache first; run.json notes the revisions
         trackers = tracking.start(cfg)  # report_to: runs opened (or one warning) before the model loads
-        try:
-            summary = _run(cfg, progress, stopper, trackers.callbacks)
-        except BaseException:
-            trackers.abort()
-            raise
-        return finish.after_training(cfg, summary, fetched, trackers)  # trackers closed, push_to, run.json
+        with contextlib.ExitStack() as held:  # the output lock, once _run takes it, lasts through the push
+            try:
+                summary = _run(cfg, progress, stopper, trackers.callbacks, held)
+            except BaseException:
+                trackers.abort()
+                raise
+            return finish.after_training(cfg, summary, fetched, trackers)  # trackers closed, push_to, run.json
     finally:
         stopper.restore()
 
@@ -190,10 +191,17 @@ def _stop_if_requested(stopper: Any, phase: str) -> None:
         raise Preempted(f"stopped by SIGTERM {phase}; nothing to save yet; run the same command again")
 
 
-def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def _run(
+    cfg: TrainConfig,
+    progress: str,
+    stopper: Any,
+    callbacks: list[Any] | None = None,
+    held: contextlib.ExitStack | None = None,
+) -> dict[str, Any]:
     """The recipe: every phase that can fail on bad input runs before the (slow) model load.
 
-    `callbacks` are the trackers' (report_to).
+    `callbacks` are the trackers' (report_to). The output lock is entered into `held` (the caller's, so
+    that it outlives this function until the push is done), else into a stack of its own.
     """
     started = time.time()
     if not cfg.data.path:
@@ -207,7 +215,9 @@ def _run(cfg: TrainConfig, progress: str, stopper: Any, callbacks: list[Any] | N
     plan.preflight(cfg, data.train, place, launched_world_size(), local_processes)
     _stop_if_requested(stopper, "while preparing data")
     # From here on the output directory is written: a second run on it fails now (outlock), not midway.
-    with outlock.hold(Path(cfg.output_dir)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+    with contextlib.ExitStack() as own:
+        if os.environ.get("RANK", "0") == "0":
+            (held or own).enter_context(outlock.hold(Path(cfg.output_dir)))
         model, loaded = setup_model(cfg, place)
         _stop_if_requested(stopper, "while loading the model")
         setup = Setup(place, backend, tokenizer, data, resume, model, loaded)

@@ -284,3 +284,32 @@ def test_the_memory_a_process_can_see_is_its_cgroup_limit_v2_or_v1_else_free_ram
         assert source == "free RAM" and limit > plan.process_rss()
     else:
         assert limit == expected and "cgroup" in source
+
+
+def test_preflight_leaves_the_plan_as_the_termination_message(tmp_path, monkeypatch, small_llama):
+    """What a FinetuneJob's initializer runs: the operator reads this file back as its PlanEvent."""
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    data = records(tmp_path / "d.jsonl", 8, 100)
+    argv = ["plan", "--preflight", "--json", "--model", small_llama, "--data", data, "--memory", "64Mi"]
+    result = CliRunner().invoke(app, [*argv, "--precision", "fp32", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output[-3000:]
+    event = parse_event(log.read_text())
+    assert isinstance(event, PlanEvent) and event.fits is False and event.memory_limit_bytes == 64 * 2**20
+    assert event.line() == result.output.strip().splitlines()[-1]
+
+
+def test_in_preflight_a_plan_that_cannot_be_made_is_a_warning_not_a_failure(tmp_path, monkeypatch, small_llama, caplog):
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setattr(plan, "planner", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no meta build")))
+    data = records(tmp_path / "d.jsonl", 8, 100)
+    argv = ["plan", "--preflight", "--json", "--model", small_llama, "--data", data]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert log.read_text() == "" and "plan: not available (no meta build)" in caplog.text
+    bad = CliRunner().invoke(app, ["plan", "--preflight", "--json", "--model", small_llama, "--data", "/nope.jsonl"])
+    assert bad.exit_code in (ExitCode.CONFIG, ExitCode.DATA), bad.output[-2000:]
+    assert parse_event(log.read_text()).event == "error"

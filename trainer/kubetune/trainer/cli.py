@@ -256,6 +256,13 @@ def plan(
         str | None, typer.Option(help="Memory per pod/machine (16Gi, 16GiB, 800Mi): does it fit, largest batch.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line (the contract's PlanEvent).")] = False,
+    preflight: Annotated[
+        bool,
+        typer.Option(
+            help="A FinetuneJob's initializer: fetch remote sources first, leave the plan as the termination "
+            "message; a plan that cannot be made is a warning."
+        ),
+    ] = False,
 ) -> None:
     """Peak memory per process and time per epoch of this config on this data, without loading weights."""
     _setup_logging()
@@ -271,9 +278,11 @@ def plan(
         skip_bad_records=skip_bad_records,
     )
     cfg = resolve_config(config, set_, flags)
-    from kubetune.trainer.plan import plan_config, print_plan
+    from kubetune.trainer.plan import plan_config, preflight_plan, print_plan
 
-    event = _guard(plan_config, cfg, memory)
+    event = _guard(preflight_plan, cfg, memory) if preflight else _guard(plan_config, cfg, memory)
+    if event is None:
+        return
     if as_json:
         typer.echo(event.line())
     else:

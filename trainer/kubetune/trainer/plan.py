@@ -631,6 +631,28 @@ def plan_config(cfg: TrainConfig, memory: str | None) -> PlanEvent:
     return make_plan(cfg, data.train, place, layout.world_size, per_process)
 
 
+def preflight_plan(cfg: TrainConfig, memory: str | None) -> PlanEvent | None:
+    """`kubetune plan --preflight`, a FinetuneJob's initializer: fetch the remote sources into the cache first
+    (writing the sources lock the workers read), then plan, and leave the plan as the pod's termination
+    message for the operator. As in `train`, a plan that cannot be made is a warning (None), never a failure:
+    only config, data, model and source errors (KubetuneError) stop the job here."""
+    from kubetune.api.remote import is_remote
+    from kubetune.trainer.sources import fetch_all
+    from kubetune.trainer.termination import write_termination_message
+
+    if any(is_remote(p) for p in (cfg.model.path, *cfg.data.path, *cfg.data.eval_path)):
+        fetch_all(cfg)
+    try:
+        ev = plan_config(cfg, memory)
+    except KubetuneError:
+        raise
+    except Exception as exc:  # the estimate is advice: the workers start without one
+        log.warning("plan: not available (%s); the workers get the default resources", first_line(exc))
+        return None
+    write_termination_message(ev.model_dump(mode="json"))
+    return ev
+
+
 def print_plan(ev: PlanEvent) -> None:
     from rich.console import Console
     from rich.table import Table

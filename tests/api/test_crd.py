@@ -92,6 +92,7 @@ def test_names_status_and_printer_columns():
         "Phase": ".status.phase",
         "Progress": ".status.progressSummary",
         "Loss": ".status.progress.loss",
+        "Plan": ".status.plan.estimate",
         "Result": ".status.resultLocation",
         "Age": ".metadata.creationTimestamp",
     }

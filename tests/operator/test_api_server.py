@@ -24,6 +24,7 @@ from kube import (
     phase_is,
     pod,
 )
+from preflight import worker_job
 
 from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
 from kubetune.operator.render import Names
@@ -41,7 +42,7 @@ async def test_the_charts_rbac_is_enough_for_the_whole_flow(cluster: Cluster):
     cluster.kmock.rbac = chart_rbac()
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await pod(cluster, 0, "Running")
         await job_status(cluster, NAMES.workers, active=1)
         await phase_is(cluster, "Running")
@@ -73,17 +74,17 @@ async def test_a_forbidden_create_is_reported_then_retried_once_allowed(cluster:
         await asyncio.sleep(1.0)  # five polls of the operator (0.2 s) with the create still refused
         assert len(await warning_events(cluster, "Forbidden")) == 1  # once, not every poll
         cluster.kmock.rbac = rbac  # the admin fixes the Role
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job once allowed")
+        await worker_job(cluster, what="worker Job once allowed")
         await phase_is(cluster, "Pending")
 
 
 async def test_an_invalid_child_fails_the_job_with_the_servers_message(cluster: Cluster):
-    # A queue name that is not a valid label value: the API server answers 422 to the worker Job.
+    # A queue name that is not a valid label value: the API server answers 422 to the first Job, the initializer.
     async with operator():
         await cluster.create(finetunejob(scheduling={"queueName": "team a!"}))
         failed = await phase_is(cluster, "Failed")
         await events_seen(cluster, "Invalid", type_="Warning")
-    assert failed["status"]["message"].startswith(f"creating Job {NAMES.workers} was refused (422): Job ")
+    assert failed["status"]["message"].startswith(f"creating Job {NAMES.initializer} was refused (422): Job ")
     assert "'team a!'" in failed["status"]["message"]
 
 
@@ -108,7 +109,7 @@ async def test_a_name_at_the_limit_gets_children_the_server_accepts(cluster: Clu
     names = Names.of(name)
     async with operator():
         await cluster.create(finetunejob(name=name))
-        job = await eventually(lambda: cluster.get("Job", names.workers), what="worker Job")
+        job = await worker_job(cluster, name=name)
         await phase_is(cluster, "Pending", name=name)
     assert await cluster.get("Service", names.service) and await cluster.get("ConfigMap", names.config)
     assert job["spec"]["template"]["metadata"]["labels"]["kubetune.dev/finetunejob"] == name
@@ -118,14 +119,15 @@ async def test_kueue_owns_the_suspension_of_a_queued_job(cluster: Cluster):
     cluster.kmock.kueue = True
     async with operator():
         await cluster.create(finetunejob(scheduling={"queueName": "team-a"}))
-        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        job = await worker_job(cluster)
+        patches = cluster.requests("patch", "Job")  # the test's own (the initializer's status) before this
         assert job["spec"]["suspend"] is True
         queued = await eventually(lambda: _message(cluster, "Kueue"), what="Queued")
         assert "team-a" in queued
         await phase_is(cluster, "Pending")
         await eventually(lambda: _reconciled_since(cluster, 5), what="a few more polls")
         assert (await cluster.get("Job", NAMES.workers))["spec"]["suspend"] is True  # quota not bypassed
-        assert cluster.requests("patch", "Job") == 0
+        assert cluster.requests("patch", "Job") == patches  # the operator patched no Job
         await cluster.patch("Job", NAMES.workers, {"spec": {"suspend": False}})  # Kueue admits it
         await pod(cluster, 0, "Running")
         await job_status(cluster, NAMES.workers, active=1)
@@ -147,7 +149,7 @@ async def _reconciled_since(api: Cluster, polls: int) -> bool:
 async def test_no_finalizer_so_deletion_never_waits_for_the_operator(cluster: Cluster):
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await phase_is(cluster, "Pending")
     obj = await cluster.get("FinetuneJob", "quotes")
     assert not obj["metadata"].get("finalizers")
@@ -165,16 +167,21 @@ async def test_delete_and_reapply_waits_for_the_old_children(cluster: Cluster):
     cluster.kmock.gc_delay = 1.0
     async with operator():
         await cluster.create(finetunejob())
-        old = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        old = await worker_job(cluster)
         await cluster.delete("FinetuneJob", "quotes")
-        new = await cluster.create(finetunejob())  # at once: the old Job is still there
+        new = await cluster.create(finetunejob())  # at once: the old Jobs are still there
 
-        async def new_job() -> dict[str, Any] | None:
-            job = await cluster.get("Job", NAMES.workers)
-            owner = ((job or {}).get("metadata") or {}).get("ownerReferences") or [{}]
-            return job if owner[0].get("uid") == new["metadata"]["uid"] else None
+        def new_job(name: str) -> Any:
+            async def probe() -> dict[str, Any] | None:
+                job = await cluster.get("Job", name)
+                owner = ((job or {}).get("metadata") or {}).get("ownerReferences") or [{}]
+                return job if owner[0].get("uid") == new["metadata"]["uid"] else None
 
-        await eventually(new_job, what="the new run's worker Job")
+            return probe
+
+        await eventually(new_job(NAMES.initializer), what="the new run's initializer Job")
+        await job_status(cluster, NAMES.initializer, succeeded=1, conditions=condition("Complete"))
+        await eventually(new_job(NAMES.workers), what="the new run's worker Job")
         await phase_is(cluster, "Pending")
     assert old["metadata"]["uid"] != (await cluster.get("Job", NAMES.workers))["metadata"]["uid"]
     assert not await warning_events(cluster, "NameConflict")
@@ -186,7 +193,7 @@ async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, m
     monkeypatch.setenv("KUBETUNE_WATCH_NAMESPACES", "ml")
     async with operator("--standalone", env={"KUBETUNE_WATCH_NAMESPACES": "ml"}):
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Merging")
     seen = [r for method in ("get", "post", "patch", "delete") for r in cluster.kmock[method]]
@@ -199,7 +206,7 @@ async def test_a_finalizer_left_by_an_older_operator_is_removed(cluster: Cluster
     old["metadata"]["finalizers"] = ["kubetune.dev/finalizer"]
     async with operator():
         await cluster.create(old)
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
 
         async def released() -> bool:
             obj = await cluster.get("FinetuneJob", "quotes")
@@ -251,7 +258,7 @@ async def test_a_deleted_runs_terminating_pods_are_not_this_runs(cluster: Cluste
     await cluster.create(old)
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await pod(cluster, 0, "Running")
         running = await phase_is(cluster, "Running")
     assert running["status"]["restarts"] == 0 and running["status"]["workerPods"] == {"0": f"{NAMES.workers}-0-a"}
@@ -264,7 +271,7 @@ async def test_a_forged_pod_does_not_change_another_jobs_result(cluster: Cluster
     forged = {**real, "pushed_to": "s3://attacker/loot", "final_loss": 0.01}
     async with operator():
         await cluster.create(finetunejob(merge={"enabled": False}))
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await pod(cluster, 0, "Succeeded", exit_code=0, message=json.dumps(real))
         await cluster.create(
             foreign_pod(
@@ -285,7 +292,7 @@ async def test_pods_the_job_controller_cannot_create_are_reported(cluster: Clust
     quota = 'pods "quotes-workers-0-x" is forbidden: exceeded quota: team-a, requested: cpu=4, limited: cpu=2'
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await failed_create(cluster, NAMES.workers, quota)
 
         async def reported() -> dict[str, Any] | None:
@@ -312,7 +319,7 @@ async def test_with_network_policies_on_each_run_gets_one_before_its_pods(cluste
     monkeypatch.setenv("KUBETUNE_NETWORK_POLICY", "true")
     async with operator(env={"KUBETUNE_NETWORK_POLICY": "true"}):
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         policy = await eventually(lambda: cluster.get("NetworkPolicy", NAMES.network_policy), what="NetworkPolicy")
     ftj = await cluster.get("FinetuneJob", "quotes")
     run = {"matchLabels": {"kubetune.dev/run": ftj["metadata"]["uid"]}}

@@ -19,6 +19,7 @@ from kubetune.operator.validation import spec_problems
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 META = {"name": "quotes", "namespace": "ml", "uid": "uid-1"}
 NAMES = Names.of("quotes")
+INIT = NAMES.initializer
 SPEC: dict[str, Any] = {
     "storage": {
         "model": {"claimName": "models"},
@@ -92,12 +93,30 @@ def test_spec_problems_across_fields():
     assert spec_problems(SPEC)[1] == []
 
 
-def test_first_pass_creates_children_and_is_pending():
+def initializing(spec: dict[str, Any] = SPEC) -> dict[str, Any]:
+    """The status while the initializer (every run's first Job) runs."""
+    return run(spec, observed=Observed(now=NOW)).status
+
+
+def init_done(message: str | None = None, **kw: Any) -> Observed:
+    """The initializer finished, its pod's last words `message` (a PlanEvent line, or nothing)."""
+    done = pod("fetch-x", index=None, phase="Succeeded", exit_code=0, message=message)
+    return Observed(
+        now=NOW, has_config=True, initializer=job(INIT, condition="Complete"), initializer_pods=(done,), **kw
+    )
+
+
+def test_first_pass_creates_the_initializer_then_the_workers_and_is_pending():
     plan = run(observed=Observed(now=NOW))
     kinds = [(m["kind"], m["metadata"]["name"]) for m in plan.create]
-    assert kinds == [("ConfigMap", NAMES.config), ("Service", NAMES.service), ("Job", NAMES.workers)]
-    assert plan.status["phase"] == "Pending" and [e.reason for e in plan.events] == ["Created"]
-    assert {c["type"]: c["status"] for c in plan.status["conditions"]} == {"Created": "True"}
+    assert kinds == [("ConfigMap", NAMES.config), ("Job", INIT)]  # no worker before the preflight
+    assert plan.status["phase"] == "Initializing" and [e.reason for e in plan.events] == ["Initializing"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+    assert conditions == {"Created": ("True", "ChildrenCreated"), "Initialized": ("False", "Planning")}
+    done = run(status=plan.status, observed=init_done())
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in done.create]
+    assert kinds == [("Service", NAMES.service), ("Job", NAMES.workers)]
+    assert done.status["phase"] == "Pending" and [e.reason for e in done.events] == ["Created"]
 
 
 def test_nothing_is_created_twice_once_children_exist():
@@ -203,7 +222,8 @@ def test_suspend_then_resume():
 
 
 def test_a_job_created_suspended_stays_suspended():
-    plan = run({**SPEC, "runPolicy": {"suspend": True}}, observed=Observed(now=NOW))
+    spec = {**SPEC, "runPolicy": {"suspend": True}}
+    plan = run(spec, initializing(spec), init_done())
     worker = next(m for m in plan.create if m["kind"] == "Job")
     assert worker["spec"]["suspend"] is True and plan.status["phase"] == "Suspended"
 
@@ -330,7 +350,7 @@ def test_refusals_fail_or_report_with_the_servers_words():
 
 def test_a_queued_job_is_left_to_kueue():
     spec = {**SPEC, "scheduling": {"queueName": "team-a"}}
-    created = run(spec, observed=Observed(now=NOW))
+    created = run(spec, initializing(spec), init_done())
     assert next(m for m in created.create if m["kind"] == "Job")["spec"]["suspend"] is True
     waiting = run(spec, created.status, seen(workers=job(suspend=True)))
     assert waiting.suspend_workers is None and "waiting for admission" in waiting.status["message"]
@@ -355,7 +375,6 @@ def test_a_garbled_progress_line_is_skipped_not_fatal():
 
 
 # --- remote sources: the initializer Job first, then the workers ---------------------------------------------
-INIT = Names.of("quotes").initializer
 REMOTE_SPEC: dict[str, Any] = {
     "storage": {"output": {"claimName": "runs", "subPath": "quotes"}},
     "sources": {"cache": {"claimName": "cache"}, "s3CredentialsSecret": "s3"},
@@ -570,3 +589,103 @@ def test_a_refusal_quoting_a_credential_is_masked_and_reported_once():
     assert [e.reason for e in first.events] == ["Forbidden"] and "pa55word1" not in first.events[0].message
     again = run(status=first.status, observed=observed)  # the masked message is the same: no second Event
     assert again.events == []
+
+
+# --- the preflight plan: status.plan, workers sized by it, a run that cannot fit refused ------------------
+GiB = 2**30
+
+
+def plan_line(peak: float, **kw: Any) -> str:
+    """The initializer's last words, written with the contract's model as the trainer writes them."""
+    fields = dict(batch_size=8, tokens_per_epoch=12_000, steps_per_epoch=10, steps=20, seconds=400.0)
+    return contract.PlanEvent(peak_bytes=round(peak * GiB), **{**fields, **kw}).line()
+
+
+def worker_resources(plan) -> dict[str, Any]:
+    worker = next(m for m in plan.create if m["kind"] == "Job" and m["metadata"]["name"] == NAMES.workers)
+    return worker["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+def test_an_unsized_run_plans_first_and_its_workers_get_the_plans_memory_with_headroom():
+    first = run(observed=Observed(now=NOW))
+    init = next(m for m in first.create if m["metadata"]["name"] == INIT)
+    container = init["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["plan", "--preflight", "--json"]  # no limit to check against
+    done = run(status=first.status, observed=init_done(plan_line(2.0)))
+    # 2 GiB x 1.25 = 2560 Mi, as request and limit; the cpu backend's cpu request stays.
+    assert worker_resources(done) == {
+        "requests": {"cpu": "1", "memory": "2560Mi"},
+        "limits": {"memory": "2560Mi"},
+    }
+    assert done.status["plan"] == {
+        "peakBytesPerWorker": 2 * GiB,
+        "peak": "2.0 GiB",
+        "batchSize": 8,
+        "tokens": 24_000,
+        "steps": 20,
+        "estimatedSeconds": 400.0,
+        "tokensPerSecond": 60.0,
+        "estimate": "2.0 GiB, ~7m",
+        "memory": "2560Mi",
+    }
+    initialized = next(c for c in done.status["conditions"] if c["type"] == "Initialized")
+    assert (initialized["status"], initialized["reason"]) == ("True", "Planned")
+    # A worker Job deleted by hand (or a restarted operator) is recreated from status.plan: the same size.
+    again = run(status={**done.status, "phase": "Running"}, observed=seen())
+    assert worker_resources(again) == worker_resources(done)
+
+
+def test_a_plan_of_several_processes_per_pod_sizes_the_pod_for_all_of_them():
+    spec = {**SPEC, "procsPerNode": 2}
+    first = run(spec, observed=Observed(now=NOW))
+    env = next(m for m in first.create if m["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "KUBETUNE_NPROC_PER_NODE", "value": "2"} in env  # the plan divides the pod among them
+    done = run(spec, first.status, init_done(plan_line(1.5)))
+    assert worker_resources(done)["limits"]["memory"] == "3840Mi"  # 2 x 1.5 GiB x 1.25
+    assert done.status["plan"]["peakBytesPerWorker"] == 3 * GiB
+
+
+def test_a_run_above_its_memory_limit_fails_before_any_worker_with_the_numbers():
+    spec = {**SPEC, "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}}}
+    first = run(spec, observed=Observed(now=NOW))
+    init = next(m for m in first.create if m["metadata"]["name"] == INIT)
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", "8Gi"]
+    line = plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB, max_batch_size=4)
+    failed = run(spec, first.status, init_done(line))
+    assert [m["kind"] for m in failed.create] == [] and failed.status["phase"] == "Failed"
+    message = "needs 14.2 GiB per worker, spec.resources.limits.memory is 8Gi; training.batch_size 4 would fit"
+    condition = next(c for c in failed.status["conditions"] if c["type"] == "Failed")
+    assert (condition["reason"], condition["message"]) == ("InsufficientMemory", message)
+    assert failed.status["message"] == message and failed.status["plan"]["maxBatchSize"] == 4
+    assert [e.reason for e in failed.events] == ["InsufficientMemory"]
+    assert run(spec, failed.status, init_done(line)).create == []  # and stays so
+
+
+def test_a_run_within_its_limit_keeps_the_resources_it_asked_for():
+    spec = {**SPEC, "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}
+    done = run(spec, initializing(spec), init_done(plan_line(3.0, fits=True, memory_limit_bytes=8 * GiB)))
+    assert worker_resources(done) == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    assert done.status["phase"] == "Pending" and "memory" not in done.status["plan"]
+
+
+def test_without_a_plan_the_workers_get_the_backend_defaults():
+    # An image older than the preflight leaves no PlanEvent (plain text or nothing): the run goes on.
+    done = run(status=initializing(), observed=init_done(""))
+    assert worker_resources(done) == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
+    initialized = next(c for c in done.status["conditions"] if c["type"] == "Initialized")
+    assert (initialized["status"], initialized["reason"]) == ("True", "NoPlan") and "plan" not in done.status
+
+
+def test_on_a_gpu_backend_the_cpu_plan_neither_sizes_nor_refuses():
+    spec = {**SPEC, "backend": "cuda", "resources": {"limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}}
+    done = run(spec, initializing(spec), init_done(plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB)))
+    assert done.status["phase"] == "Pending" and "plan" not in done.status
+    assert worker_resources(done)["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "1"}
+
+
+def test_progress_compares_the_measured_rate_with_the_plans():
+    status = {"phase": "Running", "plan": run(status=initializing(), observed=init_done(plan_line(2.0))).status["plan"]}
+    plan = run(
+        status=status, observed=seen(workers=job(active=1), worker_pods=(pod("w-0"),), rank0_log=progress_line(4))
+    )
+    assert plan.status["progress"]["speedVsPlan"] == round(100.0 / 60.0, 2)  # 100 tokens/s measured, 60 planned

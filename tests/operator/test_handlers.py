@@ -24,6 +24,7 @@ from kube import (
     pod,
     terminated,
 )
+from preflight import initialized, worker_job
 
 from kubetune.api import TrainConfig, contract
 from kubetune.operator.render import Names
@@ -33,7 +34,7 @@ from kubetune.operator.settings import PodSettings
 async def start_running(api: Cluster, **spec: Any) -> dict[str, Any]:
     """A FinetuneJob whose worker pod runs (the tests play the Job controller)."""
     await api.create(finetunejob(**spec))
-    await eventually(lambda: api.get("Job", NAMES.workers), what="worker Job")
+    await worker_job(api)
     await pod(api, 0, "Running")
     await job_status(api, NAMES.workers, active=1)
     return await phase_is(api, "Running")
@@ -55,8 +56,8 @@ def progress(step: int, total: int = 5, loss: float = 1.25) -> str:
 async def test_create_makes_the_children_with_the_trainers_config(cluster: Cluster):
     async with operator():
         created = await cluster.create(finetunejob())
-        await phase_is(cluster, "Pending")
-        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await phase_is(cluster, "Initializing")
+        job = await worker_job(cluster)
         config = await cluster.get("ConfigMap", NAMES.config)
         service = await cluster.get("Service", NAMES.service)
         events = await eventually(lambda: cluster.list("Event"), what="an Event")
@@ -73,7 +74,7 @@ async def test_create_makes_the_children_with_the_trainers_config(cluster: Clust
 async def test_progress_from_the_rank0_log_lands_in_status(cluster: Cluster):
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         name = await pod(cluster, 0, "Running")
         cluster.logs[name] = "loading the model\n" + progress(2) + "\n"
         await job_status(cluster, NAMES.workers, active=1)
@@ -93,7 +94,7 @@ async def test_training_then_merge_then_succeeded(cluster: Cluster):
     summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5, "epochs": 1.0})
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         merging = await phase_is(cluster, "Merging")
@@ -111,7 +112,7 @@ async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(c
     error = json.dumps({"event": "error", "exit_code": 3, "message": "/data/quotes.jsonl:7: missing field 'output'"})
     async with operator():
         await cluster.create(finetunejob(runPolicy={"backoffLimit": 1}))
-        job = await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        job = await worker_job(cluster)
         assert job["spec"]["backoffLimit"] == 1
         await pod(cluster, 0, "Failed", "a", 3, error, "2026-11-22T10:00:00Z")
         await pod(cluster, 0, "Running", "b", created="2026-11-22T10:01:00Z")  # the Job controller's retry
@@ -139,10 +140,13 @@ async def test_worker_failures_are_retried_then_fail_with_the_trainers_message(c
 
 async def test_deadline_fails_the_job_and_stops_the_workers(cluster: Cluster):
     async with operator():
-        await start_running(cluster, runPolicy={"activeDeadlineSeconds": 1})
+        # The deadline covers the preflight too: here it passes while the initializer runs.
+        await cluster.create(finetunejob(runPolicy={"activeDeadlineSeconds": 1}))
+        await eventually(lambda: cluster.get("Job", NAMES.initializer), what="initializer Job")
         failed = await phase_is(cluster, "Failed")
         assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
-        assert await eventually(lambda: _gone(cluster, "Job", NAMES.workers), what="workers deleted")
+        assert await eventually(lambda: _gone(cluster, "Job", NAMES.initializer), what="initializer deleted")
+        assert await cluster.get("Job", NAMES.workers) is None
 
 
 async def _gone(api: Cluster, kind: str, name: str) -> bool:
@@ -169,21 +173,21 @@ async def test_suspend_and_resume(cluster: Cluster):
         await cluster.patch("FinetuneJob", "quotes", {"spec": {"runPolicy": {"suspend": False}}})
         await eventually(lambda: job_suspended(False), what="Job resumed")
         await phase_is(cluster, "Pending")
-    assert cluster.requests("post", "Job") == 1  # resumed, not recreated
+    assert cluster.requests("post", "Job") == 2  # the initializer, the workers: resumed, not recreated
 
 
 async def test_an_operator_restart_creates_nothing_twice(cluster: Cluster):
     async with operator():
         await start_running(cluster)
     posts = {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")}
-    assert posts == {"Job": 1, "ConfigMap": 1, "Service": 1}
+    assert posts == {"Job": 2, "ConfigMap": 1, "Service": 1}  # the initializer and the workers
     async with operator():  # a new operator process adopts what exists
         summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
         await cluster.patch("Pod", f"{NAMES.workers}-0-a", terminated("Succeeded", 0, summary), sub="status")
         await job_status(cluster, NAMES.workers, active=0, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Merging")
     assert {k: cluster.requests("post", k) for k in ("Job", "ConfigMap", "Service")} == {
-        "Job": 2,  # the merge Job, once
+        "Job": 3,  # the merge Job, once
         "ConfigMap": 1,
         "Service": 1,
     }
@@ -206,7 +210,7 @@ async def test_ttl_removes_the_children_of_a_finished_job(cluster: Cluster):
     summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
     async with operator():
         await cluster.create(finetunejob(merge={"enabled": False}, runPolicy={"ttlSecondsAfterFinished": 1}))
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         worker = await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Succeeded")
@@ -302,7 +306,7 @@ async def test_remote_sources_are_fetched_before_any_worker_and_the_result_locat
         assert any(e["name"] == contract.ENV_HF_TOKEN_FILE for e in c["env"]) is (job is init)
         tmp = next(v for v in pod_spec["volumes"] if v["name"] == "tmp")
         assert tmp["emptyDir"]["sizeLimit"] == PodSettings().tmp_size
-    assert init["spec"]["template"]["spec"]["containers"][0]["args"] == ["fetch"]
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"] == ["plan", "--preflight", "--json"]
     cfg = TrainConfig.model_validate(
         yaml.safe_load((await cluster.get("ConfigMap", NAMES.config))["data"]["config.yaml"])
     )
@@ -360,7 +364,7 @@ async def test_an_error_that_is_not_the_api_servers_is_a_condition_and_the_daemo
         found = await eventually(error_condition, what="ReconcileError condition")
         assert found["status"] == "True" and found["reason"] == "JSONDecodeError"
         broken["on"] = False
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job once the answers are good")
+        await worker_job(cluster, what="worker Job once the answers are good")
         await phase_is(cluster, "Pending")
         assert await error_condition() is None
 
@@ -371,7 +375,7 @@ async def test_a_log_read_the_kubelet_cannot_answer_does_not_stall_the_job(clust
 
     async with operator():
         await cluster.create(finetunejob())
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         name = await pod(cluster, 0, "Running")
         cluster.logs[name] = Refused(503, "ServiceUnavailable", "the node is NotReady")
         await job_status(cluster, NAMES.workers, active=1)
@@ -384,7 +388,7 @@ async def test_a_log_read_the_kubelet_cannot_answer_does_not_stall_the_job(clust
 async def test_a_pod_that_cannot_pull_its_image_leaves_the_job_pending_with_the_reason(cluster: Cluster):
     async with operator():
         await cluster.create(finetunejob())  # its image is not on the node: the kubelet cannot pull it
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         name = await pod(cluster, 0, "Pending")
         waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
         status = {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": waiting}]}
@@ -397,7 +401,9 @@ async def test_a_pod_that_cannot_pull_its_image_leaves_the_job_pending_with_the_
 
         obj = await eventually(reported, what="the waiting reason in status.message")
         await events_seen(cluster, "ImagePullBackOff", type_="Warning")
-    assert obj["status"]["phase"] == "Pending" and "startTime" not in obj["status"]
+    # startTime is the preflight's (the deadline covers it); no worker runs, so Running is not True.
+    running = next((c for c in obj["status"]["conditions"] if c["type"] == "Running"), {})
+    assert obj["status"]["phase"] == "Pending" and running.get("status") != "True"
 
 
 async def test_an_image_or_secret_the_policy_forbids_is_refused_with_the_reason(cluster: Cluster, monkeypatch):
@@ -450,7 +456,7 @@ async def test_a_ttl_set_after_the_job_finished_still_removes_its_children(clust
     summary = json.dumps({"event": "summary", "steps": 5, "first_loss": 2.0, "final_loss": 0.5})
     async with operator():
         await cluster.create(finetunejob(merge={"enabled": False}))
-        await eventually(lambda: cluster.get("Job", NAMES.workers), what="worker Job")
+        await worker_job(cluster)
         await pod(cluster, 0, "Succeeded", exit_code=0, message=summary)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Succeeded")
@@ -491,3 +497,47 @@ def test_operator_logs_mask_credentials_in_messages_and_tracebacks():
     assert "reconcile failed" in text and "ValueError" in text and "x.example" in text
     for secret in ("hunter2pass", "deadbeefcafe1234", "sk-live-0123456789"):
         assert secret not in text
+
+
+# --- the preflight plan ------------------------------------------------------------------------------------
+GiB = 2**30
+
+
+def plan_line(peak_gib: float, **kw: Any) -> str:
+    fields = dict(batch_size=8, tokens_per_epoch=6000, steps_per_epoch=5, steps=5, seconds=120.0)
+    return contract.PlanEvent(peak_bytes=round(peak_gib * GiB), **{**fields, **kw}).line()
+
+
+async def test_a_run_its_plan_says_cannot_fit_fails_with_the_numbers_and_no_worker_job(cluster: Cluster):
+    line = plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB, max_batch_size=4)
+    async with operator():
+        await cluster.create(finetunejob(resources={"limits": {"memory": "8Gi"}}))
+        init = await initialized(cluster, message=line)
+        failed = await phase_is(cluster, "Failed")
+        events = await events_seen(cluster, "InsufficientMemory", type_="Warning")
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", "8Gi"]
+    message = "needs 14.2 GiB per worker, spec.resources.limits.memory is 8Gi; training.batch_size 4 would fit"
+    condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert (condition["reason"], condition["message"]) == ("InsufficientMemory", message)
+    assert failed["status"]["plan"]["peak"] == "14.2 GiB" and failed["status"]["plan"]["maxBatchSize"] == 4
+    assert any(e["message"] == message for e in events)
+    assert await cluster.get("Job", NAMES.workers) is None and cluster.requests("post", "Job") == 1
+
+
+async def test_an_unsized_run_gets_its_workers_memory_from_the_plan_and_status_shows_it(cluster: Cluster):
+    async with operator():
+        await cluster.create(finetunejob())
+        workers = await worker_job(cluster, message=plan_line(2.0))
+        name = await pod(cluster, 0, "Running")
+        cluster.logs[name] = progress(2) + "\n"  # 80 tokens/s measured; the plan said 6000 / 120 s = 50
+        await job_status(cluster, NAMES.workers, active=1)
+
+        async def compared() -> dict[str, Any] | None:
+            obj = await cluster.get("FinetuneJob", "quotes")
+            return obj if (obj["status"].get("progress") or {}).get("speedVsPlan") else None
+
+        running = await eventually(compared, what="progress compared with the plan")
+    resources = workers["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "1", "memory": "2560Mi"}, "limits": {"memory": "2560Mi"}}
+    assert running["status"]["plan"]["estimate"] == "2.0 GiB, ~2m" and running["status"]["plan"]["tokens"] == 6000
+    assert running["status"]["progress"]["speedVsPlan"] == 1.6

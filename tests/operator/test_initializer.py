@@ -1,4 +1,5 @@
-"""The initializer's pure builders: a `kubetune fetch` Job into the cache claim, and what its end means for status."""
+"""The initializer's pure builders: a `kubetune plan --preflight` Job (fetch into the cache, then plan), and what
+its end means for status and for the workers' size."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from kubetune.api import load_config
-from kubetune.api.contract import ExitCode
+from kubetune.api.contract import ExitCode, PlanEvent
 from kubetune.api.finetunejob import FinetuneJobSpec, RemoteSources
 from kubetune.operator import initializer as init
+from kubetune.operator.observed import PodView
 from kubetune.operator.render import CACHE_MOUNT, LABEL_ROLE, container_config
 from kubetune.operator.settings import PodSettings
 
@@ -37,31 +39,52 @@ REMOTE = spec(
 )
 
 
-def test_only_remote_sources_need_an_initializer():
-    assert REMOTE.remote_locations() == ["hf://org/llama@v1", "s3://data/quotes/train.jsonl"]
-    assert init.needs_initializer(REMOTE)
-    assert not init.needs_initializer(spec({"data": {"path": ["train.jsonl"]}}))
+FAILED = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
+COMPLETE = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
 
 
-def test_the_initializer_job_runs_fetch_into_the_cache_with_credentials_from_secrets():
+def ended(phase: str, exit_code: int | None, message: str | None) -> tuple[PodView, ...]:
+    return (PodView("init-x", None, phase, "2026-11-22T10:00:00Z", exit_code, message),)
+
+
+def test_a_local_run_plans_with_its_claims_read_only_and_its_workers_layout():
+    local = spec({"data": {"path": ["train.jsonl"]}}, nodes=2, procsPerNode=4)
+    job = init.render_initializer_job(META, local, PodSettings())
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["plan", "--preflight", "--json"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["KUBETUNE_NNODES"], env["KUBETUNE_NPROC_PER_NODE"]) == ("2", "4")
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/model"]["readOnly"] and mounts["/data"]["readOnly"] and "/cache" not in mounts
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert claims["model"] == "models" and claims["data"] == "data" and claims.get("scratch") is None
+    assert container["resources"] == init.RESOURCES  # a small CPU pod, whatever the workers ask for
+    kubernetes_validate.validate(job, "1.30", strict=True)
+    limited = spec({"data": {"path": ["t.jsonl"]}}, resources={"limits": {"memory": "8Gi"}})
+    args = init.render_initializer_job(META, limited, PodSettings())["spec"]["template"]["spec"]["containers"][0]
+    assert args["args"] == ["plan", "--preflight", "--json", "--memory", "8Gi"]
+
+
+def test_the_initializer_job_fetches_into_the_cache_with_credentials_from_secrets():
     assert REMOTE.sources == RemoteSources.model_validate(SOURCES)
     job = init.render_initializer_job(META, REMOTE, PodSettings(image_pull_secrets=("registry",)))
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert container["args"] == ["fetch"]
+    assert container["args"] == ["plan", "--preflight", "--json"]
     assert env["KUBETUNE_CACHE_DIR"] == CACHE_MOUNT and env["HF_TOKEN_FILE"] == "/secrets/hf/token"
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]  # AWS_* keys, never in the spec
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["cache"]["mountPath"] == "/cache" and not mounts["cache"]["readOnly"]
     claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
-    assert claims["cache"] == "kubetune-cache" and "model" not in claims and "data" not in claims
+    assert claims["cache"] == "kubetune-cache" and claims["data"] == "data"  # local.jsonl is on the claim
     assert container["securityContext"]["readOnlyRootFilesystem"] and pod["automountServiceAccountToken"] is False
     assert job["metadata"]["ownerReferences"][0]["uid"] == META["uid"]
     assert job["metadata"]["labels"][LABEL_ROLE] == "initializer" and len(job["metadata"]["name"]) <= 63
     assert job["spec"]["backoffLimit"] == 1
     (rule,) = job["spec"]["podFailurePolicy"]["rules"]  # a missing or denied source is not retried
-    assert rule["action"] == "FailJob" and {10, 11, 2} <= set(rule["onExitCodes"]["values"])
+    assert rule["action"] == "FailJob" and {10, 11, 2, 3, 4} <= set(rule["onExitCodes"]["values"])
     assert 12 not in rule["onExitCodes"]["values"]  # a cut transfer is: the next pod resumes it
     kubernetes_validate.validate(job, "1.30", strict=True)
     assert pod["imagePullSecrets"] == [{"name": "registry"}]  # placed like the workers: same image, same registry
@@ -85,7 +108,7 @@ def test_pods_keep_remote_paths_and_the_trainer_reads_them():
     ],
 )
 def test_outcome_before_and_after_success(job, expected):
-    assert init.initializer_outcome(job, None, None)[0] == expected
+    assert init.initializer_outcome(job, ()).state == expected
 
 
 def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
@@ -100,26 +123,29 @@ def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["fetch", "--model", "s3://Bad_Bucket/x"])
     assert result.exit_code == ExitCode.CONFIG
     failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
-    state, reason, message = init.initializer_outcome(failed, result.exit_code, log.read_text())
+    outcome = init.initializer_outcome(failed, ended("Failed", result.exit_code, log.read_text()))
+    state, reason, message = outcome.state, outcome.reason, outcome.message
     assert (state, reason) == ("failed", "InvalidSource")
     assert message.startswith("--model: model.path: s3://Bad_Bucket/x:") and "bucket name" in message
     assert json.loads(log.read_text())["exit_code"] == ExitCode.CONFIG
 
 
 def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
-    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
-    assert init.initializer_outcome(failed, 137, None) == ("failed", "InitializerFailed", "BackoffLimitExceeded")
-    assert init.initializer_outcome(failed, 1, "3")[2] == "BackoffLimitExceeded"  # JSON, but not an event
-    assert init.initializer_outcome({"status": None}, None, None)[0] == "pending"  # a Job not yet given a status
-    assert init.initializer_outcome(failed, 10, "Traceback\nerror: s3://b/x: no such bucket\n")[1:] == (
-        "SourceNotFound",
-        "error: s3://b/x: no such bucket",
+    failed = FAILED
+    assert init.initializer_outcome(failed, ended("Failed", 137, None)) == init.Outcome(
+        "failed", "InitializerFailed", "BackoffLimitExceeded"
     )
+    assert init.initializer_outcome(failed, ended("Failed", 1, "3")).message == "BackoffLimitExceeded"  # not an event
+    assert init.initializer_outcome({"status": None}, ()).state == "pending"  # a Job not yet given a status
+    outcome = init.initializer_outcome(failed, ended("Failed", 10, "Traceback\nerror: s3://b/x: no such bucket\n"))
+    assert (outcome.reason, outcome.message) == ("SourceNotFound", "error: s3://b/x: no such bucket")
 
 
 def test_fetch_reasons_match_the_trainers_exit_codes():
     assert init.FETCH_REASONS == {
         ExitCode.CONFIG: "InvalidSource",
+        ExitCode.DATA: "InvalidData",
+        ExitCode.MODEL: "InvalidModel",
         ExitCode.SOURCE_MISSING: "SourceNotFound",
         ExitCode.SOURCE_DENIED: "SourceAccessDenied",
         ExitCode.TRANSFER: "SourceTransferFailed",
@@ -133,3 +159,35 @@ def test_result_location_comes_from_the_summary():
     assert result_location(SummaryEvent(pushed_to="s3://results/quotes")) == "s3://results/quotes"
     assert result_location(MergedEvent(merged_path="/output/merged", pushed_to="s3://r/q")) == "s3://r/q"
     assert result_location(SummaryEvent(steps=3)) is None and result_location(None) is None
+
+
+def test_a_real_preflights_last_words_are_read_back_as_its_plan(tmp_path, monkeypatch, builtin_path):
+    """The seam: `kubetune plan --preflight` writes the termination message, the operator reads its PlanEvent."""
+    from tinymodel import save_tiny_llama
+
+    from kubetune.trainer.cli import app
+
+    model = save_tiny_llama(tmp_path / "model", builtin_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}", "completion": "ok"}) + "\n" for i in range(6)))
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setattr("kubetune.trainer.cli._setup_logging", lambda: None)
+    argv = ["plan", "--preflight", "--json", "--model", str(model), "--data", str(data), "--memory", "1Mi"]
+    result = CliRunner().invoke(app, [*argv, "--batch-size", "2", "--max-steps", "3"])
+    assert result.exit_code == 0, result.output[-2000:]
+    outcome = init.initializer_outcome(COMPLETE, ended("Succeeded", 0, log.read_text()))
+    assert outcome.state == "succeeded" and isinstance(outcome.plan, PlanEvent)
+    assert outcome.plan.fits is False and outcome.plan.records == 6 and outcome.plan.steps == 3
+    limited = spec({"data": {"path": ["d.jsonl"]}}, resources={"limits": {"memory": "1Mi"}})
+    assert init.too_big(limited, outcome.plan).startswith(f"needs {init.gib(outcome.plan.peak_bytes)} per worker")
+    summary = init.plan_summary(spec({"data": {"path": ["d.jsonl"]}}), outcome.plan)
+    assert summary.peak_bytes_per_worker == outcome.plan.peak_bytes and summary.steps == 3
+    assert summary.memory == f"{-(-outcome.plan.peak_bytes * 5 // 4 // 2**20)}Mi"  # the headroom, rounded up
+
+
+def test_a_plan_text_that_is_not_a_plan_event_is_no_plan():
+    assert init.initializer_outcome(COMPLETE, ended("Succeeded", 0, "")).plan is None  # an older image
+    fetched = json.dumps({"event": "fetched", "sources": ["hf://org/x"]})
+    assert init.initializer_outcome(COMPLETE, ended("Succeeded", 0, fetched)).plan is None

@@ -24,7 +24,9 @@ def _reason(name: str, meaning: str) -> str:
 
 # --- condition types, in the order status lists them -------------------------------------------------------
 CREATED = _type("Created", "The children (ConfigMap, Service, Jobs) were created, or why they could not be.")
-INITIALIZED = _type("Initialized", "Remote sources are in the cache claim (only with spec.sources).")
+INITIALIZED = _type(
+    "Initialized", "The initializer fetched the remote sources into the cache (spec.sources) and planned the run."
+)
 RUNNING = _type("Running", "Worker pods are running (not merely pending).")
 SUCCEEDED = _type("Succeeded", "Training (and the merge, when enabled) finished.")
 FAILED = _type("Failed", "The job failed and will not be retried; the reason says why.")
@@ -61,6 +63,20 @@ SOURCE_NOT_FOUND = _reason("SourceNotFound", "Failed: a source does not exist at
 SOURCE_ACCESS_DENIED = _reason("SourceAccessDenied", "Failed: the credentials may not read a source.")
 SOURCE_TRANSFER_FAILED = _reason("SourceTransferFailed", "Failed: a transfer broke off after its retries.")
 INITIALIZER_FAILED = _reason("InitializerFailed", "Failed: the initializer failed for another reason.")
+PLANNING = _reason("Planning", "Initialized=False: the initializer reads the config and the data and plans the run.")
+PLANNED = _reason("Planned", "Initialized=True: the sources are in place and the plan is in status.plan.")
+NO_PLAN = _reason(
+    "NoPlan",
+    "Initialized=True: the initializer finished without a plan (an image older than the preflight, or a model "
+    "the plan cannot build); the workers get spec.resources or the backend's defaults.",
+)
+INVALID_DATA = _reason("InvalidData", "Failed: the initializer found a bad data file or record (exit 3).")
+INVALID_MODEL = _reason("InvalidModel", "Failed: the initializer could not read the model's config (exit 4).")
+INSUFFICIENT_MEMORY = _reason(
+    "InsufficientMemory",
+    "Failed: the plan's peak memory per worker is above spec.resources.limits.memory; the message gives both and "
+    "the largest training.batch_size that fits. No worker pod was created.",
+)
 
 # --- reasons: running ---------------------------------------------------------------------------------------
 WORKERS_RUNNING = _reason("WorkersRunning", "Running=True: this many worker pods run.")

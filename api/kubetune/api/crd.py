@@ -204,6 +204,7 @@ def finetunejob_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary"},
                         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+                        {"name": "Plan", "type": "string", "jsonPath": ".status.plan.estimate"},
                         {"name": "Result", "type": "string", "jsonPath": ".status.resultLocation"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

@@ -207,6 +207,31 @@ class Progress(K8sModel):
     epoch: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
+    speed_vs_plan: float | None = Field(
+        None,
+        description="tokensPerSecond over status.plan.tokensPerSecond: 1.0 runs as planned, 0.5 takes twice as long.",
+    )
+
+
+class PlanSummary(K8sModel):
+    """What the initializer's plan (`kubetune plan --preflight`, docs/plan.md) said before any worker started."""
+
+    peak_bytes_per_worker: int = Field(
+        description="Peak memory of one worker pod: the plan's peak per process times procsPerNode."
+    )
+    peak: str = Field(description="peakBytesPerWorker for people (GiB).")
+    batch_size: int = Field(description="training.batch_size the plan is for.")
+    max_batch_size: int | None = Field(
+        None, description="The largest training.batch_size within spec.resources.limits.memory, when one is given."
+    )
+    tokens: int = Field(description="Tokens the whole run trains on (the actual data after templating and packing).")
+    steps: int = Field(description="Optimizer steps of the whole run.")
+    estimated_seconds: float | None = Field(None, description="The plan's time for the whole run (CPU estimate).")
+    tokens_per_second: float | None = Field(None, description="The plan's training rate: tokens / estimatedSeconds.")
+    estimate: str = Field(description="Peak per worker and time, for kubectl's PLAN column.")
+    memory: str | None = Field(
+        None, description="The memory each worker pod was given from the plan (spec.resources omitted), with headroom."
+    )
 
 
 class Condition(K8sModel):
@@ -221,6 +246,7 @@ class FinetuneJobStatus(K8sModel):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     progress: Progress | None = None
+    plan: PlanSummary | None = Field(None, description="The preflight plan: peak memory, tokens, estimated time.")
     start_time: str | None = None
     completion_time: str | None = None
     restarts: int = Field(0, description="Worker pods replaced (preempted, evicted or retried).")

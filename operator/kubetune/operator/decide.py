@@ -18,9 +18,16 @@ from typing import Any
 
 from kubetune.api import conditions as cond
 from kubetune.api import contract
-from kubetune.api.finetunejob import FinetuneJobSpec, FinetuneJobStatus, Progress, name_problem
+from kubetune.api.finetunejob import FinetuneJobSpec, FinetuneJobStatus, PlanSummary, Progress, name_problem
 from kubetune.api.redact import redact, redact_value
-from kubetune.operator.initializer import initializer_outcome, needs_initializer, render_initializer_job
+from kubetune.operator.initializer import (
+    acts_on_plan,
+    initializer_outcome,
+    plan_summary,
+    render_initializer_job,
+    sized_spec,
+    too_big,
+)
 from kubetune.operator.observed import Observed, PodView, iso, job_condition, ownership, parse_time
 from kubetune.operator.render import (
     Names,
@@ -248,39 +255,62 @@ def _deadline(run: _Pass) -> Plan | None:
 
 
 def _initializing(run: _Pass) -> Plan | None:
-    """Remote sources: the initializer Job fills the cache first, and no worker exists before it completed
-    (like Kubeflow Trainer's model and dataset initializers). Its failure ends the job with the trainer's line."""
+    """Every run starts with the initializer Job (initializer.py): it fetches remote sources, then plans, and
+    no worker exists before it completed (like Kubeflow Trainer's model and dataset initializers). Its failure
+    ends the job with the trainer's line; a plan that cannot fit the worker's memory limit ends it too."""
     st, seen, spec = run.st, run.seen, run.spec
     initialized = any(c.get("type") == cond.INITIALIZED and c.get("status") == "True" for c in st.data["conditions"])
-    if not needs_initializer(spec) or initialized or seen.workers is not None or st.current == "Merging":
+    if initialized or seen.workers is not None or st.current == "Merging":
         return None
-    failed = sorted((p for p in seen.initializer_pods if p.phase == "Failed"), key=lambda p: p.created)
-    last = failed[-1] if failed else None
-    state, reason, message = initializer_outcome(
-        seen.initializer, last.exit_code if last else None, last.termination_message if last else None
-    )
-    if state == "failed":
-        st.condition(cond.INITIALIZED, "False", reason or cond.INITIALIZER_FAILED, message)
-        return _fail(run.plan, st, reason or cond.INITIALIZER_FAILED, message)
-    if state == "succeeded":
-        st.condition(cond.INITIALIZED, "True", cond.SOURCES_FETCHED, message)
-        return None  # the workers are created by this same pass
+    outcome = initializer_outcome(seen.initializer, seen.initializer_pods)
+    if outcome.state == "failed":
+        reason = outcome.reason or cond.INITIALIZER_FAILED
+        st.condition(cond.INITIALIZED, "False", reason, outcome.message)
+        return _fail(run.plan, st, reason, outcome.message)
+    if outcome.state == "succeeded":
+        return _planned(run, outcome.plan)
     if not seen.has_config:
         run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
     _ensure_network_policy(run)
     if seen.initializer is None:
-        assert spec.sources is not None  # needs_initializer
         run.plan.create.append(render_initializer_job(run.meta, spec, run.settings))
         if st.current is None:
             st.condition(
                 cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap and initializer Job {run.names.initializer}"
             )
-    locations = spec.remote_locations()
-    st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the fetch too
-    st.condition(cond.INITIALIZED, "False", cond.FETCHING, ", ".join(locations))
-    st.phase("Initializing", cond.INITIALIZING, f"{message}: {', '.join(locations)}")
+    locations = ", ".join(spec.remote_locations())
+    st.data.setdefault("startTime", iso(st.now))  # activeDeadlineSeconds covers the preflight too
+    if locations:
+        st.condition(cond.INITIALIZED, "False", cond.FETCHING, locations)
+        st.phase("Initializing", cond.INITIALIZING, f"fetching into the cache, then planning: {locations}")
+    else:
+        st.condition(cond.INITIALIZED, "False", cond.PLANNING, "reading the config and the data")
+        st.phase("Initializing", cond.INITIALIZING, "planning the run from its config and data")
     _create_failed(st, seen, run.names.initializer)
     return _finish(run.plan, st)
+
+
+def _planned(run: _Pass, plan: contract.PlanEvent | None) -> Plan | None:
+    """The initializer succeeded: its plan goes into status.plan (CPU backends), sizes the workers when
+    spec.resources is omitted, and fails the job, before any worker pod exists, when it cannot fit the limit."""
+    st, spec = run.st, run.spec
+    if plan is None or not acts_on_plan(spec):
+        why = "finished without a plan" if plan is None else f"the plan is a CPU one: not used on {spec.backend}"
+        st.condition(cond.INITIALIZED, "True", cond.NO_PLAN, why)
+        return None  # the workers are created by this same pass
+    summary = plan_summary(spec, plan)
+    st.data["plan"] = summary.model_dump(by_alias=True, exclude_none=True)
+    problem = too_big(spec, plan)
+    st.condition(cond.INITIALIZED, "True", cond.PLANNED, f"plan: {summary.estimate}")
+    if problem:
+        return _fail(run.plan, st, cond.INSUFFICIENT_MEMORY, problem)
+    return None
+
+
+def _planned_spec(run: _Pass) -> FinetuneJobSpec:
+    """The spec the worker Job is rendered from: sized by status.plan (what a restarted operator reads too)."""
+    recorded = run.st.data.get("plan")
+    return sized_spec(run.spec, PlanSummary.model_validate(recorded) if recorded else None)
 
 
 def _ensure_children(run: _Pass) -> None:
@@ -294,7 +324,7 @@ def _ensure_children(run: _Pass) -> None:
     if phase == "Merging" and seen.merge is None:
         plan.create.append(render_merge_job(run.meta, run.spec, run.settings))  # deleted by hand: merge again
     if phase != "Merging" and seen.workers is None:
-        plan.create.append(render_worker_job(run.meta, run.spec, run.settings))
+        plan.create.append(render_worker_job(run.meta, _planned_spec(run), run.settings))
         if phase in (None, "Initializing"):
             run.st.condition(
                 cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap, Service and Job {run.names.workers}"
@@ -371,7 +401,7 @@ def _observe_workers(run: _Pass) -> Plan | None:
         return _fail(run.plan, st, reason, failure_message(seen.worker_pods, fallback))
     progress = parse_progress(seen.rank0_log)
     if progress:
-        st.data["progress"] = progress
+        st.data["progress"] = _vs_plan(progress, st.data.get("plan"))
         if progress.get("step") is not None and progress.get("totalSteps"):
             st.data["progressSummary"] = f"{progress['step']}/{progress['totalSteps']}"
     if job_condition(seen.workers, "Complete"):
@@ -528,10 +558,20 @@ def _apply_summary(st: _Status, summary: contract.SummaryEvent) -> None:
         tokens_per_second=summary.tokens_per_second,
         eta_seconds=0,
     )
-    st.data["progress"] = {**(st.data.get("progress") or {}), **final.model_dump(by_alias=True)}
+    progress = {**(st.data.get("progress") or {}), **final.model_dump(by_alias=True, exclude={"speed_vs_plan"})}
+    st.data["progress"] = _vs_plan(progress, st.data.get("plan"))
     st.data["progressSummary"] = f"{summary.steps}/{summary.steps}"
     if summary.best_step is not None:  # an eval chose the adapter: which step, by what, how good
         st.data.update(evalMetric=summary.eval_metric, bestStep=summary.best_step, bestValue=summary.best_value)
+
+
+def _vs_plan(progress: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
+    """progress.speedVsPlan: the run's measured tokens per second over the plan's (both for the whole job)."""
+    planned = PlanSummary.model_validate(plan).tokens_per_second if plan else None
+    actual = progress.get("tokensPerSecond")
+    if planned and actual:
+        return {**progress, "speedVsPlan": round(actual / planned, 2)}
+    return progress
 
 
 def _trained_message(summary: contract.SummaryEvent | None) -> str:

@@ -1,44 +1,67 @@
-"""The FinetuneJob's initializer: one Job that runs `kubetune fetch` into the cache claim before any worker starts.
+"""The FinetuneJob's initializer: one small CPU Job that runs before any worker, for every FinetuneJob.
 
-With remote sources (`hf://`, `s3://`, `https://` in spec.training.model.path /
-data.path), N workers would otherwise download the same model N times; instead
-the initializer fills `/cache` (spec.sources.cache, a ReadWriteMany claim for
-more than one node; KUBETUNE_CACHE_DIR) once, like Kubeflow Trainer's model and
-dataset initializers, and workers and the merge Job mount the same claim
-read-only: with KUBETUNE_SOURCES_LOCK (the run's uid) they ask no source
-anything and train on exactly what this Job fetched. Credentials reach pods from
-Secrets (HF and https token files, S3 keys via envFrom), never through the
-spec: every source credential here, only the push target's in the pods that push. `decide` creates this Job
-first and the workers only once it completed; its failure ends the FinetuneJob
-with the trainer's own one-line message.
+It runs `kubetune plan --preflight`: with remote sources (`hf://`, `s3://`, `https://` in
+spec.training.model.path / data.path) it first fills `/cache` (spec.sources.cache, a ReadWriteMany claim
+for more than one node; KUBETUNE_CACHE_DIR) once, like Kubeflow Trainer's model and dataset initializers,
+instead of N workers downloading the same model N times; workers and the merge Job mount the same claim
+read-only and, with KUBETUNE_SOURCES_LOCK (the run's uid), ask no source anything. Then it reads the
+config and the actual data and plans the run (docs/plan.md) with the workers' layout, against the worker
+pod's memory limit when spec.resources gives one, and leaves the plan as its last word: the contract's
+PlanEvent in the termination message. A bad config or dataset therefore fails here, on a small pod, and
+a run that cannot fit fails before any worker pod exists (decide.py).
+
+Credentials reach pods from Secrets (HF and https token files, S3 keys via envFrom), never through the
+spec: every source credential here, only the push target's in the pods that push. Its failure ends the
+FinetuneJob with the trainer's own one-line message.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api import backends, contract
 from kubetune.api import conditions as cond
-from kubetune.api.contract import ExitCode
-from kubetune.api.finetunejob import FinetuneJobSpec
+from kubetune.api.contract import ExitCode, PlanEvent
+from kubetune.api.finetunejob import FinetuneJobSpec, PlanSummary, Resources
 from kubetune.operator import render
+from kubetune.operator.observed import PodView
 from kubetune.operator.reports import last_words, message_of
 from kubetune.operator.settings import PodSettings
 
 ROLE = "initializer"
-# `kubetune fetch` moves bytes: far less than training needs, whatever the backend.
+# Fetching moves bytes and the plan builds the model on torch's meta device (no weights): far less than
+# training needs, whatever the backend. The tokenized data is the one thing that grows with the run.
 RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+# Worker pods sized from the plan get its peak times this. The plan's memory error on the benchmark grid was
+# -8 % to +16 % (docs/plan.md), and one run's peak moves by up to 20 % between runs on a busy node: a quarter
+# more than the plan keeps a run that matches the plan clear of its limit, without reserving double.
+HEADROOM = 1.25
+MIB = 2**20
 
 
-def needs_initializer(spec: FinetuneJobSpec) -> bool:
-    return bool(spec.remote_locations()) and spec.sources is not None
+def memory_limit(spec: FinetuneJobSpec) -> str | None:
+    """spec.resources.limits.memory, the worker pod's limit the plan is checked against (None: none given)."""
+    value = spec.resources.limits.get("memory") if spec.resources else None
+    return str(value) if value is not None else None
 
 
 def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:
-    """A one-pod Job: `kubetune fetch` with the run's config, from the workers' pod template (same image, same
-    nodes, same credentials). No claim but the cache: /output is an empty dir (the image checks it is
-    writable; the output claim may be ReadWriteOnce and in use by a previous run's pod). One retry: a missing
-    repo stays missing (the fail-fast rule), a cut transfer resumes."""
-    role = render.PodRole(ROLE, ["fetch"], (), resources=RESOURCES, scratch_output=True, fetches=True)
+    """A one-pod Job: `kubetune plan --preflight` with the run's config, from the workers' pod template (same
+    image, same nodes, same credentials), the model and data claims read-only and the workers' layout (the
+    plan divides a pod's memory among its processes and the data among all of them). /output is an empty dir
+    (the image checks it is writable; the output claim may be ReadWriteOnce and in use by a previous run's
+    pod). One retry: a missing repo or a bad record stays so (the fail-fast rule), a cut transfer resumes."""
+    limit = memory_limit(spec)
+    args = ["plan", "--preflight", "--json", *(["--memory", limit] if limit else [])]
+    env = (
+        {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
+        {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
+    )
+    role = render.PodRole(
+        ROLE, args, ("model", "data"), env, resources=RESOURCES, scratch_output=True, fetches=True
+    )
     job_spec = {
         "backoffLimit": 1,
         "podFailurePolicy": {"rules": [render.fail_fast_rule()]},
@@ -47,28 +70,110 @@ def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings
     return render.child_job(meta, render.Names.of(meta["name"]).initializer, ROLE, spec, job_spec)
 
 
-# Why `kubetune fetch` failed, by its exit code (kubetune.api.contract; the operator never imports the trainer).
+# Why the initializer failed, by its exit code (kubetune.api.contract; the operator never imports the trainer).
 FETCH_REASONS = {
     ExitCode.CONFIG: cond.INVALID_SOURCE,
+    ExitCode.DATA: cond.INVALID_DATA,
+    ExitCode.MODEL: cond.INVALID_MODEL,
     ExitCode.SOURCE_MISSING: cond.SOURCE_NOT_FOUND,
     ExitCode.SOURCE_DENIED: cond.SOURCE_ACCESS_DENIED,
     ExitCode.TRANSFER: cond.SOURCE_TRANSFER_FAILED,
 }
 
 
-def initializer_outcome(
-    job: dict[str, Any] | None, exit_code: int | None, termination: str | None
-) -> tuple[str, str | None, str]:
-    """("pending" | "succeeded" | "failed", reason, message) from the initializer Job and its pod's last words.
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # pending | succeeded | failed
+    reason: str | None
+    message: str
+    plan: PlanEvent | None = None  # the succeeded pod's last word
 
-    The message is the trainer's own line (e.g. `hf://org/x: no such repository at ...`), which is what
-    the FinetuneJob's status.message should carry when this ends it.
-    """
+
+def initializer_outcome(job: dict[str, Any] | None, pods: tuple[PodView, ...]) -> Outcome:
+    """The initializer Job's outcome, its failure in the trainer's own line (e.g. `hf://org/x: no such
+    repository at ...`, what status.message should carry when this ends the job), its plan when it succeeded."""
     status = (job or {}).get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    newest = sorted(pods, key=lambda p: p.created, reverse=True)
     if conditions.get("Complete", {}).get("status") == "True":
-        return "succeeded", None, "model and data are in the cache"
+        done = next((p for p in newest if p.phase == "Succeeded"), None)
+        words = last_words(done.termination_message) if done else None
+        plan = words if isinstance(words, PlanEvent) else None
+        return Outcome("succeeded", None, "planned" if plan else "finished without a plan", plan)
     if conditions.get("Failed", {}).get("status") != "True":
-        return "pending", None, "fetching model and data into the cache"
-    message = message_of(last_words(termination)) or conditions["Failed"].get("message") or "the initializer failed"
-    return "failed", FETCH_REASONS.get(exit_code or 0, cond.INITIALIZER_FAILED), message
+        return Outcome("pending", None, "planning")
+    last = next((p for p in newest if p.phase == "Failed"), None)
+    words = last_words(last.termination_message) if last else None
+    message = message_of(words) or conditions["Failed"].get("message") or "the initializer failed"
+    code = (last.exit_code if last else None) or 0
+    return Outcome("failed", FETCH_REASONS.get(code, cond.INITIALIZER_FAILED), message)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def duration(seconds: float) -> str:
+    """~45s, ~12m, ~3.5h: kubectl's PLAN column."""
+    if seconds < 90:
+        return f"~{seconds:.0f}s"
+    return f"~{seconds / 60:.0f}m" if seconds < 5400 else f"~{seconds / 3600:.1f}h"
+
+
+def acts_on_plan(spec: FinetuneJobSpec) -> bool:
+    """Only CPU backends: the plan is made on the initializer's CPU, and a GPU's memory is not the pod's."""
+    return backends.get(spec.backend).device is None
+
+
+def plan_summary(spec: FinetuneJobSpec, plan: PlanEvent) -> PlanSummary:
+    """status.plan from the initializer's PlanEvent: per worker pod (the plan's peak is per process)."""
+    per_worker = plan.peak_bytes * spec.procs_per_node
+    tokens = round(plan.tokens_per_epoch * plan.steps / max(1, plan.steps_per_epoch))
+    seconds = plan.seconds
+    rate = round(tokens / seconds, 1) if seconds else None
+    memory = None
+    if spec.resources is None:
+        memory = f"{math.ceil(per_worker * HEADROOM / MIB)}Mi"
+    estimate = gib(per_worker) + (f", {duration(seconds)}" if seconds is not None else "")
+    return PlanSummary(
+        peak_bytes_per_worker=per_worker,
+        peak=gib(per_worker),
+        batch_size=plan.batch_size,
+        max_batch_size=plan.max_batch_size,
+        tokens=tokens,
+        steps=plan.steps,
+        estimated_seconds=seconds,
+        tokens_per_second=rate,
+        estimate=estimate,
+        memory=memory,
+    )
+
+
+def too_big(spec: FinetuneJobSpec, plan: PlanEvent) -> str | None:
+    """The InsufficientMemory message when the plan does not fit the worker's memory limit, else None."""
+    limit = memory_limit(spec)
+    if limit is None or plan.fits is not False:
+        return None
+    fit = (
+        f"; training.batch_size {plan.max_batch_size} would fit"
+        if plan.max_batch_size
+        else "; not even training.batch_size 1 fits"
+    )
+    per = f" ({spec.procs_per_node} processes)" if spec.procs_per_node > 1 else ""
+    return (
+        f"needs {gib(plan.peak_bytes * spec.procs_per_node)} per worker{per}, "
+        f"spec.resources.limits.memory is {limit}{fit}"
+    )
+
+
+def sized_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
+    """The spec the worker Job is rendered from: without spec.resources, the backend's CPU request and the
+    plan's memory (with HEADROOM) as both request and limit, so the scheduler reserves what the run will use."""
+    if spec.resources is not None or summary is None or summary.memory is None:
+        return spec
+    base = backends.get(spec.backend).resources()
+    resources = Resources(
+        requests={**base["requests"], "memory": summary.memory},
+        limits={**base["limits"], "memory": summary.memory},
+    )
+    return spec.model_copy(update={"resources": resources})

@@ -43,7 +43,7 @@ def message_of(words: contract.AnyEvent | str | None) -> str | None:
 def progress_of(event: contract.ProgressEvent) -> dict[str, Any]:
     """status.progress from a progress event: Progress takes the event's own field names."""
     fields = event.model_dump(include=set(Progress.model_fields))
-    return Progress.model_validate(fields).model_dump(by_alias=True)
+    return Progress.model_validate(fields).model_dump(by_alias=True, exclude={"speed_vs_plan"})  # decide's
 
 
 def parse_progress(log: str | None) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ TIERS = {
     "install": "e2e",  # fresh venvs with pip installs of the distributions (docs/user/install.md): minutes
     "operator/test_handlers.py": "integration",
     "operator/test_api_server.py": "integration",  # kopf against the emulator, like test_handlers
+    "charts/test_rbac.py": "integration",  # the operator against the emulator under the chart's RBAC
 }
 UNIT_TIMEOUT_S = 120  # generous for 2 loaded cores; a unit test needing more is a slow test or a hang
 

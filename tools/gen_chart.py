@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from generated import write_or_check
@@ -49,9 +49,13 @@ class Peering(Strict):
     name: str = Field(min_length=1, max_length=63)
 
 
+# A namespace's name (a DNS-1123 label): each becomes a Role's namespace and a `kopf run --namespace`.
+Namespace = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+
+
 class Watch(Strict):
-    namespaced: bool = False
-    namespaces: list[str] = []
+    namespaced: bool = True
+    namespaces: list[Namespace] = []
 
 
 class Crds(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from apirules import Refused
+from rbac import RBAC
 
 from kubetune.api import backends
 from kubetune.api.crd import finetunejob_crd
@@ -23,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
 K8S_VERSION = "1.30"
 NAMESPACED = {"watch": {"namespaced": True, "namespaces": ["team-a", "team-b"]}}
+ALL_NAMESPACES = {"watch": {"namespaced": False}}
+RELEASE_NAMESPACE = "kubetune-system"
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with helm.Chart.load(str(CHART)) as chart:
-        files = chart.render(values or {}, name="kubetune", namespace="kubetune-system")
+        files = chart.render(values or {}, name="kubetune", namespace=RELEASE_NAMESPACE)
     docs = []
     for path, text in files.items():
         if path.endswith(".yaml"):
@@ -75,6 +80,7 @@ def test_lint_has_no_errors():
         ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
         ({"metrics": {"port": 0}}, "/metrics/port"),
         ({"surprise": True}, "surprise"),
+        ({"watch": {"namespaces": ["Team_A"]}}, "/watch/namespaces/0"),  # a Role's namespace: a DNS label
     ],
 )
 def test_values_schema_refuses_bad_values(bad: dict[str, Any], named: str):
@@ -84,7 +90,17 @@ def test_values_schema_refuses_bad_values(bad: dict[str, Any], named: str):
             chart.validate_schema(bad)
 
 
-@pytest.mark.parametrize("values", [{}, NAMESPACED, {"replicaCount": 2}], ids=["default", "namespaced", "peering"])
+VARIANTS = {
+    "default": {},
+    "namespaced": NAMESPACED,
+    "all-namespaces": ALL_NAMESPACES,
+    "peering": {"replicaCount": 2, **NAMESPACED},
+    "all-namespaces-peering": {"replicaCount": 2, **ALL_NAMESPACES},
+    "network-policy": {"networkPolicy": {"enabled": True}},
+}
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
 def test_every_rendered_manifest_is_valid_kubernetes(values: dict[str, Any]):
     docs = render(values)
     assert docs
@@ -109,11 +125,12 @@ def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
 
 
-@pytest.mark.parametrize("values", [{}, NAMESPACED, {"replicaCount": 3}], ids=["default", "namespaced", "peering"])
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
 def test_rbac_is_least_privilege(values: dict[str, Any]):
+    """No wildcard, no Secret, no verb beyond these (tests/charts/test_rbac.py derives the exact set from a run)."""
     allowed = {
         "finetunejobs": {"get", "list", "watch", "patch"},
-        "finetunejobs/status": {"get", "patch"},
+        "finetunejobs/status": {"patch"},
         "finetunejobs/finalizers": {"update"},  # blockOwnerDeletion under OwnerReferencesPermissionEnforcement
         "jobs": {"get", "create", "patch", "delete"},
         "configmaps": {"get", "create", "delete"},
@@ -123,8 +140,8 @@ def test_rbac_is_least_privilege(values: dict[str, Any]):
         "events": {"create", "list"},  # list: the Job controller's FailedCreate Events
         "customresourcedefinitions": {"list", "watch"},
         "networkpolicies": {"get", "create", "delete"},  # networkPolicy.enabled only
-        "clusterkopfpeerings": {"get", "list", "watch", "patch"},
-        "kopfpeerings": {"get", "list", "watch", "patch"},
+        "clusterkopfpeerings": {"list", "watch", "patch"},
+        "kopfpeerings": {"list", "watch", "patch"},
     }
     for rule in rules(render(values)):
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
@@ -141,8 +158,55 @@ def test_namespaced_mode_has_no_cluster_rights():
         assert binding["subjects"][0]["namespace"] == "kubetune-system"
     env = {e["name"]: e.get("value") for e in container(docs)["env"]}
     assert env["KUBETUNE_WATCH_NAMESPACES"] == "team-a,team-b"
-    default_env = {e["name"] for e in container(render())["env"]}
-    assert "KUBETUNE_WATCH_NAMESPACES" not in default_env
+    all_env = {e["name"] for e in container(render(ALL_NAMESPACES))["env"]}
+    assert "KUBETUNE_WATCH_NAMESPACES" not in all_env
+
+
+def operator_command(docs: list[dict[str, Any]]) -> list[str]:
+    """The `kopf run` command line the operator builds from the Deployment's arguments and environment."""
+    from kubetune.operator.main import command
+
+    c = container(docs)
+    return command(c["args"], {e["name"]: str(e["value"]) for e in c["env"] if "value" in e})
+
+
+def test_the_default_serves_only_the_release_namespace():
+    docs = render()
+    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
+    rbac = RBAC.from_manifests(docs)
+    assert rbac.allows("create", "batch", "jobs", RELEASE_NAMESPACE)
+    for namespace in ("ml", "kube-system", None):
+        assert not rbac.allows("create", "batch", "jobs", namespace) and not rbac.allows(
+            "list", "kubetune.dev", "finetunejobs", namespace
+        )
+    cmd = operator_command(docs)
+    assert [a for a in cmd if a.startswith(("--namespace", "--all-namespaces", "-A"))] == [
+        f"--namespace={RELEASE_NAMESPACE}"
+    ]
+
+
+def test_listed_namespaces_get_the_write_rights_and_no_other_namespace_does():
+    docs = render({"watch": {"namespaces": ["team-a"]}, "networkPolicy": {"enabled": True}})
+    rbac = RBAC.from_manifests(docs)
+    rbac.check("create", "batch", "jobs", "team-a")
+    with pytest.raises(Refused) as refused:
+        rbac.check("create", "batch", "jobs", "kube-system")
+    assert refused.value.status == 403 and 'in the namespace "kube-system"' in refused.value.message
+    writes = {"create", "patch", "update", "delete"}
+    granted = {(r.namespace, v, res) for r in rbac.rules for v in r.verbs & writes for res in r.resources}
+    assert granted and {ns for ns, *_ in granted} == {"team-a"}  # no write outside it, none cluster-wide
+    assert [r for r in rbac.rules if r.namespace is None] == []  # and no cluster-scoped read either
+    assert "--namespace=team-a" in operator_command(docs) and "--all-namespaces" not in operator_command(docs)
+
+
+def test_all_namespaces_is_an_explicit_choice_that_grants_everywhere():
+    docs = render(ALL_NAMESPACES)
+    rbac = RBAC.from_manifests(docs)
+    assert [d["kind"] for d in docs if d["kind"].endswith("Role")] == ["ClusterRole"]
+    assert rbac.allows("create", "batch", "jobs", "kube-system")  # what values.yaml says it grants
+    assert "--all-namespaces" in operator_command(docs)
+    with pytest.raises(Exception, match=r"watch\.namespaces=\[team-a\]: set watch\.namespaced=true"):
+        render({"watch": {"namespaced": False, "namespaces": ["team-a"]}})  # a list that would narrow nothing
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -309,7 +373,9 @@ def test_values_yaml_defaults_are_the_operators_defaults():
     from kubetune.operator.settings import from_env
 
     env = {e["name"]: str(e["value"]) for e in container(render())["env"] if "value" in e}
-    assert from_env(env) == from_env({})  # the chart's defaults change nothing
+    # The chart's defaults change nothing but the scope: the release namespace, where the bare operator (run
+    # with a person's kubeconfig) serves every namespace.
+    assert from_env(env) == replace(from_env({}), watch_namespaces=(RELEASE_NAMESPACE,))
 
 
 def test_the_tmp_size_limit_reaches_the_operator_and_its_pods():

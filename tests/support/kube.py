@@ -440,5 +440,6 @@ def chart_objects(values: dict[str, Any] | None = None, namespace: str = "kubetu
 
 
 def chart_rbac(values: dict[str, Any] | None = None) -> RBAC:
-    """The operator's rights as the chart grants them."""
-    return RBAC.from_manifests(chart_objects(values))
+    """The operator's rights as the chart grants them. Values that name no watch mode get the all-namespaces
+    one (watch.namespaced: false), which matches `operator()`'s default command line (--all-namespaces)."""
+    return RBAC.from_manifests(chart_objects({"watch": {"namespaced": False}, **(values or {})}))

@@ -7,7 +7,7 @@ grants its Role's or ClusterRole's rules in the binding's namespace only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from apirules import Refused
@@ -31,6 +31,10 @@ class RBAC:
 
     rules: list[Rule]
     user: str = "system:serviceaccount:kubetune-system:kubetune"
+    # Every request checked, as (verb, group, resource, namespace), and those refused: what a real run of the
+    # operator needed, to compare with what the chart grants (tests/charts/test_rbac.py).
+    used: set[tuple[str, str, str, str | None]] = field(default_factory=set)
+    refused: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
     @staticmethod
     def from_manifests(docs: list[dict[str, Any]], account: tuple[str, str] = OPERATOR_ACCOUNT) -> RBAC:
@@ -66,8 +70,14 @@ class RBAC:
             for r in self.rules
         )
 
+    def granted(self) -> set[tuple[str, str, str]]:
+        """Every (verb, group, resource) some bound rule grants, wherever."""
+        return {(v, g, res) for r in self.rules for v in r.verbs for g in r.api_groups for res in r.resources}
+
     def check(self, verb: str, group: str, resource: str, namespace: str | None) -> None:
+        self.used.add((verb, group, resource, namespace))
         if not self.allows(verb, group, resource, namespace):
+            self.refused.append((verb, group, resource, namespace))
             where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
             raise Refused(
                 403,

@@ -25,6 +25,14 @@ app.kubernetes.io/component: operator
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* Namespaces listed for the all-namespaces mode would narrow nothing: refuse them rather than let an admin
+believe they do. */}}
+{{- define "kubetune.checkWatch" -}}
+{{- if and (not .Values.watch.namespaced) .Values.watch.namespaces -}}
+{{- fail (printf "values watch.namespaces=%v: set watch.namespaced=true to serve only these namespaces, or empty the list to serve every namespace" .Values.watch.namespaces) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The namespaces watched in namespaced mode: the listed ones, else the release's. */}}
 {{- define "kubetune.watchNamespaces" -}}
 {{- if .Values.watch.namespaces -}}
@@ -45,10 +53,10 @@ app.kubernetes.io/component: operator
   - apiGroups: [kubetune.dev]
     resources: [finetunejobs/finalizers]
     verbs: [update]
-  # Their status: phase, conditions, progress.
+  # Their status: phase, conditions, progress (a merge patch of the status subresource; never read through it).
   - apiGroups: [kubetune.dev]
     resources: [finetunejobs/status]
-    verbs: [get, patch]
+    verbs: [patch]
   # The worker and merge Jobs: created, suspended/resumed (patch), deleted on deadline and TTL.
   - apiGroups: [batch]
     resources: [jobs]
@@ -80,6 +88,6 @@ app.kubernetes.io/component: operator
   # Peering between replicas (namespaced operators): only one acts at a time.
   - apiGroups: [kopf.dev]
     resources: [kopfpeerings]
-    verbs: [get, list, watch, patch]
+    verbs: [list, watch, patch]
   {{- end }}
 {{- end }}

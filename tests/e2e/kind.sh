@@ -27,13 +27,17 @@ step "images (cpu trainer, operator) -> kind"
 make images BACKEND="cpu operator" VERSION="$VERSION"
 kind load docker-image --name "$CLUSTER" "kubetune/trainer:cpu-$VERSION" "kubetune/operator:$VERSION"
 
-step "helm install (chart, CRD, operator)"
+step "helm install (chart, CRD, operator serving $NS: a Role there, no cluster-wide right)"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 helm upgrade --install kubetune charts/kubetune -n kubetune-system --create-namespace \
-    --set image.pullPolicy=Never --set operator.pollSeconds=5 --set replicaCount=2 --wait --timeout 5m
+    --set image.pullPolicy=Never --set operator.pollSeconds=5 --set replicaCount=2 \
+    --set "watch.namespaces={$NS}" --wait --timeout 5m
 kubectl get crd finetunejobs.kubetune.dev
+SA=system:serviceaccount:kubetune-system:kubetune
+[ "$(kubectl auth can-i create jobs --as=$SA -n "$NS")" = yes ]
+[ "$(kubectl auth can-i create jobs --as=$SA -n kube-system || true)" = no ]
 
 step "PVCs, and the model and data copied in"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -n "$NS" -f examples/k8s/pvcs.yaml
 kubectl apply -n "$NS" -f examples/k8s/copy-pod.yaml
 kubectl wait -n "$NS" pod/kubetune-copy --for=condition=Ready --timeout=300s

@@ -689,3 +689,13 @@ def test_progress_compares_the_measured_rate_with_the_plans():
         status=status, observed=seen(workers=job(active=1), worker_pods=(pod("w-0"),), rank0_log=progress_line(4))
     )
     assert plan.status["progress"]["speedVsPlan"] == round(100.0 / 60.0, 2)  # 100 tokens/s measured, 60 planned
+
+
+def test_an_initializer_pod_that_cannot_start_says_why():
+    waiting = PodView(
+        "quotes-fetch-x", None, "Pending", "2026-11-22T11:00:00Z", waiting=("ImagePullBackOff", "no image")
+    )
+    plan = run(status=initializing(), observed=seen(initializer=job(INIT, active=1), initializer_pods=(waiting,)))
+    assert plan.status["phase"] == "Initializing"
+    assert plan.status["message"] == "waiting for initializer pod quotes-fetch-x: ImagePullBackOff: no image"
+    assert [e.reason for e in plan.events] == ["ImagePullBackOff"]

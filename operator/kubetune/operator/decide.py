@@ -286,7 +286,8 @@ def _initializing(run: _Pass) -> Plan | None:
     else:
         st.condition(cond.INITIALIZED, "False", cond.PLANNING, "reading the config and the data")
         st.phase("Initializing", cond.INITIALIZING, "planning the run from its config and data")
-    _create_failed(st, seen, run.names.initializer)
+    if not _create_failed(st, seen, run.names.initializer):
+        _waiting(st, seen.initializer_pods, "initializer pod")
     return _finish(run.plan, st)
 
 
@@ -432,14 +433,15 @@ def _create_failed(st: _Status, seen: Observed, job_name: str) -> bool:
     return True
 
 
-def _waiting(st: _Status, pods: tuple[PodView, ...]) -> None:
-    """Why no worker runs yet, in status and (for a reason that needs someone's action) as a Warning Event."""
+def _waiting(st: _Status, pods: tuple[PodView, ...], what: str = "worker pod") -> None:
+    """Why no worker (or initializer) runs yet, in status and (for a reason that needs someone's action) as a
+    Warning Event."""
     waiting = sorted((p for p in pods if p.phase == "Pending" and p.waiting), key=lambda p: p.created)
     if not waiting:
         return
     pod = waiting[-1]
     reason, detail = pod.waiting or ("", "")
-    message = redact(f"waiting for worker pod {pod.name}: {reason}" + (f": {detail}" if detail else ""))
+    message = redact(f"waiting for {what} {pod.name}: {reason}" + (f": {detail}" if detail else ""))
     st.condition(cond.RUNNING, "False", reason, message)
     if st.data.get("message") != message and reason in cond.POD_WAITING_REASONS:
         st.events.append(Event("Warning", reason, message))

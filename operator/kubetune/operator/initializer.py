@@ -59,9 +59,7 @@ def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings
         {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
         {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
     )
-    role = render.PodRole(
-        ROLE, args, ("model", "data"), env, resources=RESOURCES, scratch_output=True, fetches=True
-    )
+    role = render.PodRole(ROLE, args, ("model", "data"), env, resources=RESOURCES, scratch_output=True, fetches=True)
     job_spec = {
         "backoffLimit": 1,
         "podFailurePolicy": {"rules": [render.fail_fast_rule()]},

@@ -133,10 +133,9 @@ class Cluster:
         initializer = self._read("Job", ns, names.initializer)  # fetch and plan, before any worker
         worker_pods = self._pods(ns, workers)
         merge_pods = self._pods(ns, merge)
-        # Its pods' last words once it finished: the trainer's error, or the plan. Not read again once the
-        # workers exist (the plan is in status by then).
-        finished = job_condition(initializer, "Failed") or job_condition(initializer, "Complete")
-        initializer_pods = self._pods(ns, initializer) if finished and workers is None else ()
+        # Its pods until the workers exist: why one waits (an image it cannot pull), then its last words (the
+        # trainer's error, or the plan). Not read again once the workers exist (the plan is in status by then).
+        initializer_pods = self._pods(ns, initializer) if workers is None else ()
         # Once training is over its summary is in the termination message: no more log reads while merging/TTL.
         training_over = job_condition(workers, "Complete") or job_condition(workers, "Failed")
         rank0 = sorted(

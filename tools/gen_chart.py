@@ -49,8 +49,8 @@ class Peering(Strict):
     name: str = Field(min_length=1, max_length=63)
 
 
-# A namespace's name (a DNS-1123 label): each becomes a Role's namespace and a `kopf run --namespace`.
-Namespace = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+# A namespace's name, as the operator checks it: each becomes a Role's namespace and a `kopf run --namespace`.
+Namespace = Annotated[str, Field(pattern=settings.NAMESPACE_NAME.pattern, max_length=63)]
 
 
 class Watch(Strict):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+from kubetune.api.contract import ExitCode
 from kubetune.operator.main import command
 from kubetune.operator.settings import PodSettings, SettingsError, from_env
 
@@ -39,6 +44,29 @@ def test_watch_scope_comes_from_the_environment_unless_given():
         "--standalone",
     ]
     assert command(["-n", "x"], {"KUBETUNE_WATCH_NAMESPACES": "a"}) == [*base, "-n", "x"]
+
+
+@pytest.mark.parametrize("value", ["team-*", "Team_A", "a" * 64])
+def test_a_watched_namespace_must_be_a_name(value: str):
+    # A glob would make kopf list every namespace (a right namespaced mode withholds); the rest kopf cannot watch.
+    with pytest.raises(SettingsError, match=r"env KUBETUNE_WATCH_NAMESPACES: '.*' is not a namespace name"):
+        command([], {"KUBETUNE_WATCH_NAMESPACES": f"ml,{value}"})
+
+
+def test_the_operator_refuses_a_bad_namespace_in_one_line_before_kopf_starts():
+    env = {**os.environ, "KUBETUNE_WATCH_NAMESPACES": "team-*"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetune.operator.main", "--standalone"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == ExitCode.CONFIG
+    assert done.stderr.strip().splitlines() == [
+        "kubetune-operator: env KUBETUNE_WATCH_NAMESPACES: 'team-*' is not a namespace name "
+        "(lowercase letters, digits and '-', at most 63 characters; no globs)"
+    ]
 
 
 def test_replicas_get_distinct_peering_priorities():

@@ -14,7 +14,8 @@ import sys
 
 import kopf.cli
 
-from kubetune.operator.settings import watch_namespaces
+from kubetune.api.contract import ExitCode
+from kubetune.operator.settings import SettingsError, watch_namespaces
 
 
 def priority(identity: str) -> int:
@@ -41,7 +42,12 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
-    kopf.cli.main(args=command(sys.argv[1:], dict(os.environ)), prog_name="kubetune-operator")
+    try:
+        args = command(sys.argv[1:], dict(os.environ))
+    except SettingsError as exc:  # before kopf starts: one line and the config exit code, no traceback
+        print(f"kubetune-operator: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.CONFIG)
+    kopf.cli.main(args=args, prog_name="kubetune-operator")
 
 
 if __name__ == "__main__":

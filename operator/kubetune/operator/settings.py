@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,9 +81,21 @@ class OperatorConfig:
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
 
 
+# A namespace's name (a DNS-1123 label). The chart's values schema takes it from here (tools/gen_chart.py).
+NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
 def watch_namespaces(env: Mapping[str, str]) -> tuple[str, ...]:
-    """KUBETUNE_WATCH_NAMESPACES (comma-separated, the chart's namespaced mode); empty means all."""
-    return _csv(env, "KUBETUNE_WATCH_NAMESPACES")
+    """KUBETUNE_WATCH_NAMESPACES (comma-separated, the chart's namespaced mode); empty means all. Names only:
+    kopf reads "team-*" as a glob, which needs the right to list every namespace that namespaced mode withholds."""
+    names = _csv(env, "KUBETUNE_WATCH_NAMESPACES")
+    bad = [n for n in names if len(n) > 63 or not NAMESPACE_NAME.match(n)]
+    if bad:
+        raise SettingsError(
+            f"env KUBETUNE_WATCH_NAMESPACES: {bad[0]!r} is not a namespace name "
+            "(lowercase letters, digits and '-', at most 63 characters; no globs)"
+        )
+    return names
 
 
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:

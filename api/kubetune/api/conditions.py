@@ -57,7 +57,6 @@ WAITING_FOR_CLEANUP = _reason(
 # --- reasons: remote sources (the initializer Job) ----------------------------------------------------------
 INITIALIZING = _reason("Initializing", "Event: the initializer Job was created and fetches the sources.")
 FETCHING = _reason("Fetching", "Initialized=False: the initializer is fetching the listed sources.")
-SOURCES_FETCHED = _reason("SourcesFetched", "Initialized=True: model and data are in the cache.")
 INVALID_SOURCE = _reason("InvalidSource", "Failed: a source location or its config is malformed (exit 2).")
 SOURCE_NOT_FOUND = _reason("SourceNotFound", "Failed: a source does not exist at its location.")
 SOURCE_ACCESS_DENIED = _reason("SourceAccessDenied", "Failed: the credentials may not read a source.")

@@ -28,6 +28,9 @@ assert hasattr(bitsandbytes, "cuda_ops"), "bitsandbytes did not import its CUDA 
 for kernel in ("cdequantize_blockwise_bf16_nf4", "cgemm_4bit_inference_naive_bf16", "cquantize_blockwise_bf16_nf4"):
     getattr(lib._lib, kernel)
 
+# The export extra's llama.cpp (its CPU build, which loads without a GPU) and kubetune itself.
+import xllamacpp  # noqa: E402, F401
+
 import kubetune.trainer.cli  # noqa: E402, F401
 
 print("torch", torch.__version__, "cuda", torch.version.cuda, "bitsandbytes", bitsandbytes.__version__, lib._lib._name)

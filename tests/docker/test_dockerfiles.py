@@ -107,7 +107,8 @@ def test_common_constraints_are_exact_pins():
 def test_every_trainer_dependency_is_pinned_for_the_images():
     import tomllib
 
-    deps = tomllib.loads((ROOT / "trainer" / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "trainer" / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["export"]  # the images install export too
     names = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in deps} - {"kubetune-api", "torch"}
     pinned = {
         line.split("==")[0].lower()
@@ -115,3 +116,22 @@ def test_every_trainer_dependency_is_pinned_for_the_images():
         if "==" in line
     }
     assert names <= pinned, names - pinned
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_trainer_image_installs_the_export_extra_and_its_libgomp(backend, tmp_path):
+    """The deps stage's own requirements command, run here on the real pyproject, lists the export extra
+    (xllamacpp), and the runtime stage installs libgomp1, which llama.cpp links (torch carries a private
+    copy). The built cpu image is checked by running `kubetune export` in it (tests/docker/test_images.py)."""
+    path = ROOT / "docker" / f"Dockerfile.{backend}"
+    (step,) = [args for op, args in instructions(path) if op == "RUN" and "tomllib" in args]
+    snippet = re.search(r'python -c "(.*?)" > /tmp/requirements.txt', step)
+    assert snippet, step
+    (tmp_path / "trainer").mkdir()
+    shutil.copy(ROOT / "trainer" / "pyproject.toml", tmp_path / "trainer" / "pyproject.toml")
+    proc = subprocess.run([sys.executable, "-c", snippet.group(1)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.startswith("xllamacpp") for line in proc.stdout.splitlines()), proc.stdout
+    assert not any(line.startswith("kubetune") for line in proc.stdout.splitlines())
+    runs = [args for op, args in final_stage(path) if op == "RUN"]
+    assert any(re.search(r"apt-get install [^&]*\blibgomp1\b", args) for args in runs), runs

@@ -185,6 +185,38 @@ def test_readme_flow_export_train_merge_generate(exported, mounts):
 
 @needs_trainer
 @pytest.mark.slow
+def test_export_runs_in_the_image_and_its_gguf_holds_the_model(tmp_path, builtin_path):
+    """`kubetune export` in the image: its llama.cpp (the export extra, with the libgomp it links) checks each
+    file, as a read-only container with no network; the host then reads the GGUF back with the gguf package."""
+    import gguf
+    import numpy as np
+    from tinymodel import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "tiny", builtin_path)
+    for f in model.iterdir():
+        f.chmod(0o644)  # transformers writes the weights 0600: the image's user 10001 reads them
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    args = ["--read-only", "--tmpfs", "/tmp", "--network", "none", "-v", f"{model}:/model:ro", "-v", f"{out}:/output"]
+    proc = run(*args, TRAINER, "export", "--output-dir", "/output", "--merged", "/model", "-t", "f16", "-t", "q8_0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "gguf" / "export.json").read_text())["files"]
+    assert [report[k]["verified"] for k in ("f16", "q8_0")] == [True, True], report
+    assert (out / "gguf" / "model-q8_0.Modelfile").is_file()
+    from safetensors.numpy import load_file
+
+    embedding = load_file(model / "model.safetensors")["model.embed_tokens.weight"]
+    stored = {t.name: t for t in gguf.GGUFReader(out / "gguf" / "model-f16.gguf").tensors}["token_embd.weight"]
+    got = gguf.quants.dequantize(stored.data, stored.tensor_type).reshape(embedding.shape)
+    assert np.abs(got - embedding).max() <= np.abs(embedding).max() * 2**-10  # f16 rounding, nothing more
+    # What export adds to the runtime stage is libgomp1 (~1 MB), not apt's package caches (78 MB at first).
+    (apt,) = [size for size, step in layers(TRAINER) if "libgomp1" in step]
+    assert apt < 5e6, apt
+
+
+@needs_trainer
+@pytest.mark.slow
 def test_stop_checkpoints_exits_75_and_the_next_run_resumes(exported, mounts):
     data, out = mounts
     exe = engine.engine()

@@ -350,7 +350,9 @@ async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_t
     async with LocalNode(cluster, remote_claims, tmp_path / "node") as node:
         await s3_secret(cluster, s3.env())
         async with operator():
-            await cluster.create(remote_finetunejob(name, f"s3://{bucket}/models/tiny", data_url, target))
+            ftj = remote_finetunejob(name, f"s3://{bucket}/models/tiny", data_url, target)
+            ftj["spec"]["training"]["output"]["export"] = {"gguf": ["q8_0"]}  # the merge Job exports too
+            await cluster.create(ftj)
             done = await watch.phase("Succeeded", node, timeout=600)
             await events_seen(cluster, "Initializing", "Created", "Running", "TrainingSucceeded", "Succeeded")
     init = Names.of(name).initializer
@@ -362,13 +364,57 @@ async def test_remote_model_and_data_are_fetched_once_and_the_result_is_pushed_t
     assert {"run.json", "adapter/adapter_model.safetensors", "merged/config.json"} <= set(pushed["files"])
     for rel in ("adapter/adapter_model.safetensors", "merged/config.json", "run.json"):
         client.head_object(Bucket=bucket, Key=f"results/{name}/{rel}")  # the objects really are there
+    # output.export: the merge Job left a verified GGUF and its Modelfile in the output, pushed under gguf/.
+    gguf = remote_claims["runs"] / name / "gguf"
+    assert {"gguf/model-q8_0.gguf", "gguf/model-q8_0.Modelfile", "gguf/export.json"} <= set(pushed["files"])
+    pushed_gguf = tmp_path / "pushed-q8_0.gguf"
+    client.download_file(bucket, f"results/{name}/gguf/model-q8_0.gguf", str(pushed_gguf))
+    assert pushed_gguf.read_bytes() == (gguf / "model-q8_0.gguf").read_bytes()
+    assert (gguf / "model-q8_0.Modelfile").is_file()
+    # Loaded in llama.cpp, the pushed file predicts like the merged model in transformers: the same top tokens
+    # (a random tiny model's are near-ties, so the top-10 as a set) with the same log-probabilities.
+    cpp = _next_token_logprobs_in_llamacpp(pushed_gguf)
+    hf = _next_token_logprobs_in_transformers(remote_claims["runs"] / name / "merged")
+    assert set(cpp) <= set(hf.topk(20).indices.tolist()), (cpp, hf.topk(20))
+    assert max(abs(lp - float(hf[i])) for i, lp in cpp.items()) < 0.01, cpp
     run = json.loads((remote_claims["runs"] / name / "run.json").read_text())
+    assert run["export"]["files"]["q8_0"]["verified"] is True
     assert {s["source"] for s in run["sources"]} == {f"s3://{bucket}/models/tiny", data_url}
     # The workers asked no source: they read the initializer's lock (the run's uid) from a read-only cache.
     assert all(s.get("locked") is True for s in run["sources"]), run["sources"]
     # The workers and the merge found everything in the cache the initializer filled: the data was downloaded once.
     assert len(list((remote_claims["cache"] / "sources").glob("*/*/manifest.json"))) == 2
     assert [r for r in files.ranges if r[0] == "/dates/train.jsonl"] == [("/dates/train.jsonl", None)], files.ranges
+
+
+PROMPT = "What is 2031, March 9 in ISO 8601 format?"
+
+
+def _next_token_logprobs_in_llamacpp(path: Path) -> dict[int, float]:
+    """The GGUF loaded in llama.cpp itself (xllamacpp, the export extra): its top-10 next tokens after PROMPT."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx = 128
+    params.warmup = False
+    params.verbosity = -1
+    server = xllamacpp.Server(params)
+    try:
+        reply = server.handle_completions({"prompt": PROMPT, "n_predict": 1, "temperature": 0.0, "n_probs": 10})
+    finally:
+        del server
+    return {int(t["id"]): float(t["logprob"]) for t in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]}
+
+
+def _next_token_logprobs_in_transformers(merged: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = tok(PROMPT, return_tensors="pt").input_ids  # llama.cpp adds BOS where this tokenizer does
+    with torch.no_grad():
+        return torch.log_softmax(AutoModelForCausalLM.from_pretrained(merged).eval()(input_ids=ids).logits[0, -1], -1)
 
 
 async def test_a_missing_source_fails_the_job_with_the_trainers_message(

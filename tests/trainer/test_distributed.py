@@ -108,6 +108,47 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, prec
     assert [json.loads(x)["step"] for x in two.stdout.splitlines()] == [1, 2, 3, 4]
 
 
+def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path):
+    """Two launchers (nnodes=2, one process each, as two pods run it) vs one process at the same global batch.
+
+    The same examples per step, split across nodes: losses agree to fp32 summation order, and so does the
+    adapter they end with. Only node 0's rank 0 writes outputs; node 1's output directory stays empty.
+    """
+    pin, steps = ("--precision", "fp32"), ("--max-steps", "4", "--batch-size")
+    one = kubetune(args(data, tmp_path / "one", *steps, "4", *pin), env_for())
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kubetune.trainer.cli", *args(data, tmp_path / f"node{rank}", *steps, "2", *pin)],
+            env=env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    finished = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in finished]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "node0")
+    assert list(a) == list(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=LOSS_RTOL["fp32"]), (step, a, b)
+    run = json.loads((tmp_path / "node0" / "run.json").read_text())
+    assert run["resolved"]["world_size"] == 2 and run["resolved"]["global_batch"] == 4
+    want, got = adapter(tmp_path / "one"), adapter(tmp_path / "node0")
+    assert sorted(want) == sorted(got)
+    # B starts at zero, so B is the whole update. Compared as one relative norm: Adam's first step is
+    # g/|g| per element, so an element whose gradient is ~0 may take either sign under a different
+    # summation order. Measured: two nodes vs one, 5e-6; one process at half the batch (what a node
+    # stepping on its own half without the all-reduce would do), 0.76.
+    b_keys = [k for k in want if "lora_B" in k]
+    diff = torch.sqrt(sum(((want[k] - got[k]) ** 2).sum() for k in b_keys))
+    norm = torch.sqrt(sum((want[k] ** 2).sum() for k in b_keys))
+    assert norm > 0 and diff / norm < 1e-2, (diff, norm)
+    assert not (tmp_path / "node1").exists() or not any((tmp_path / "node1").rglob("adapter_model.safetensors"))
+
+
 def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path):
     common = ["--max-steps", "10", "--batch-size", "2", "--set", "training.save_steps=100"]
     proc = subprocess.Popen(

@@ -16,7 +16,7 @@ import pytest
 from jobcontroller import new_pod, rule_action
 from kube import Cluster, eventually
 from kubelet import container_env, exit_code, termination_message
-from localnode import LocalNode, available, dump
+from localnode import LocalNode, available, dump, mode
 
 from kubetune.api.contract import ENV_JOB_COMPLETION_INDEX, PERMANENT_EXIT_CODES, ExitCode
 
@@ -85,6 +85,25 @@ async def test_an_evicted_pod_counts_against_backoff_limit_without_the_disruptio
         condition = await eventually(failed, timeout=60, what="the Job Failed")
     assert condition["reason"] == "BackoffLimitExceeded", condition
     assert node.exits("counted") == [137] and await cluster.get("Pod", pod) is None, dump(node)  # the API deleted it
+
+
+async def test_a_pod_whose_image_is_not_on_the_node_stays_pending_active_and_is_not_replaced(
+    cluster: Cluster, tmp_path: Path
+):
+    if mode() != "container":
+        pytest.skip("process mode runs the entrypoint, not an image")
+    manifest = job("noimage", "true", 1, [])
+    manifest["spec"]["template"]["spec"]["containers"][0]["image"] = "localhost/kubetune/none:0"
+    await cluster.create(manifest)
+    node = LocalNode(cluster, {}, tmp_path / "node")  # not entered: each sync is one look, no background loop
+    for _ in range(3):
+        await node.sync()
+    pods = await cluster.list("Pod")
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]  # the Job controller counts it active: no second
+    (state,) = [s["state"] for s in pods[0]["status"]["containerStatuses"]]
+    assert pods[0]["status"]["phase"] == "Pending" and state["waiting"]["reason"] == "ImagePullBackOff"
+    assert (await cluster.get("Job", "noimage"))["status"]["active"] == 1
+    await node.kubelet.close()
 
 
 async def _failed(cluster: Cluster, pod: str) -> dict[str, Any] | None:

@@ -118,38 +118,54 @@ class JobController:
         self.cluster = cluster
         self.kubelet = kubelet  # the one node: every pod runs there
         self.jobs: dict[str, JobState] = {}  # by the Job's uid
+        self.pending: dict[str, tuple[str, int]] = {}  # pods the kubelet left Pending: name -> (Job uid, index)
 
     def _active(self, uid: str) -> list[Container]:
         return [c for c in self.kubelet.containers.values() if c.job_uid == uid and c.exit_code is None]
 
-    async def sync(self, job: dict[str, Any]) -> None:
+    def _pending(self, uid: str, pods: set[str]) -> dict[str, int]:
+        """The Job's pods that exist but never started (ImagePullBackOff): active, as Job.status.active counts them."""
+        for name in [n for n in self.pending if n not in pods]:
+            del self.pending[name]
+        return {name: index for name, (owner, index) in self.pending.items() if owner == uid}
+
+    async def sync(self, job: dict[str, Any], pods: set[str]) -> None:
         meta, spec = job["metadata"], job["spec"]
         state = self.jobs.setdefault(meta["uid"], JobState())
         if state.finished or state.fail_job is not None or state.failed > _backoff_limit(job):
             return  # finished, or failing: `finished` is writing the Failed condition; no replacement pod
-        active = self._active(meta["uid"])
+        active, pending = self._active(meta["uid"]), self._pending(meta["uid"], pods)
         conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c["type"] != "Suspended"]
         if spec.get("suspend"):
-            await self._suspend(job, active, conditions)
+            await self._suspend(job, active, list(pending), conditions)
             return
         completions = int(spec.get("completions") or 1)
         indexed = spec.get("completionMode") == "Indexed"
-        running = {c.index or 0 for c in active}  # a non-indexed Job's single pod counts as index 0
+        # A non-indexed Job's single pod counts as index 0; a Pending pod holds its index (no second pod for it).
+        running = {c.index or 0 for c in active} | set(pending.values())
         for index in range(completions):
             if index in state.succeeded or index in running:
                 continue
             pod = new_pod(job, index if indexed else None)
             await self.cluster.create(pod)
-            await self.kubelet.run(pod, job, self)
+            if not await self.kubelet.run(pod, job, self):
+                self.pending[pod["metadata"]["name"]] = (meta["uid"], index or 0)
         state.started = state.started or now()
-        status = {"active": len(self._active(meta["uid"])), "startTime": state.started, "conditions": conditions}
+        waiting = [name for name, (owner, _) in self.pending.items() if owner == meta["uid"]]
+        active_count = len(self._active(meta["uid"])) + len(waiting)
+        status = {"active": active_count, "startTime": state.started, "conditions": conditions}
         await self._status(meta["name"], status, job)
 
-    async def _suspend(self, job: dict[str, Any], active: list[Container], conditions: list[dict]) -> None:
+    async def _suspend(
+        self, job: dict[str, Any], active: list[Container], pending: list[str], conditions: list[dict]
+    ) -> None:
         current = job.get("status") or {}
         already = any(c["type"] == "Suspended" for c in current.get("conditions") or [])
-        if already and not active and current.get("active") == 0:
+        if already and not active and not pending and current.get("active") == 0:
             return
+        for name in pending:
+            del self.pending[name]
+            await self.cluster.delete("Pod", name)
         for c in active:
             if not c.deleted:
                 c.deleted = True

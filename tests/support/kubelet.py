@@ -311,14 +311,14 @@ class Kubelet:
                 c.deleted = True
                 self.spawn(self.terminate(c, c.grace))
 
-    async def run(self, pod: dict[str, Any], job: dict[str, Any], owner: PodOwner) -> None:
-        """Start the pod's container (or leave it Pending when its image is not on this node)."""
+    async def run(self, pod: dict[str, Any], job: dict[str, Any], owner: PodOwner) -> bool:
+        """Start the pod's container; False when it stays Pending (its image is not on this node)."""
         meta, pod_spec = pod["metadata"], pod["spec"]
         name, ns = meta["name"], meta["namespace"]
         container = pod_spec["containers"][0]
         if self.mode == "container" and engine.image_id(container["image"]) is None:
             await self.cluster.patch("Pod", name, {"status": image_pull_backoff(container["image"])}, sub="status")
-            return
+            return False
         services = await self.cluster.list("Service", ns)
         env = pod_env(pod_spec, services, await self._env_from(ns, container), container_env(pod, container))
         index = meta.get("annotations", {}).get(INDEX_ANNOTATION)
@@ -347,6 +347,7 @@ class Kubelet:
         c.reader = asyncio.create_task(self._read(c))
         await self.cluster.patch("Pod", name, {"status": {"phase": "Running", "startTime": now()}}, sub="status")
         self.spawn(self._wait(c, container, job, owner))
+        return True
 
     async def evict(self, pod: str, reason: str = "EvictionByEvictionAPI", grace: float | None = None) -> None:
         """A disruption of a running pod: DisruptionTarget first, then SIGTERM and SIGKILL after the grace period

@@ -126,9 +126,10 @@ class LocalNode:
 
     async def sync(self) -> None:
         """One look at the API: the kubelet stops the pods that are gone, the Job controller syncs every Job."""
-        await self.kubelet.sync({p["metadata"]["name"] for p in await self.cluster.list("Pod")})
+        pods = {p["metadata"]["name"] for p in await self.cluster.list("Pod")}
+        await self.kubelet.sync(pods)
         for job in await self.cluster.list("Job"):
-            await self.controller.sync(job)
+            await self.controller.sync(job, pods)
 
     async def evict(self, pod: str, reason: str = "EvictionByEvictionAPI", grace: float | None = None) -> None:
         """Disrupt a running pod (kubelet.Kubelet.evict): DisruptionTarget, SIGTERM, SIGKILL after the grace."""

@@ -649,7 +649,7 @@ def test_a_run_above_its_memory_limit_fails_before_any_worker_with_the_numbers()
     spec = {**SPEC, "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}}}
     first = run(spec, observed=Observed(now=NOW))
     init = next(m for m in first.create if m["metadata"]["name"] == INIT)
-    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", "8Gi"]
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", str(8 * GiB)]
     line = plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB, max_batch_size=4)
     failed = run(spec, first.status, init_done(line))
     assert [m["kind"] for m in failed.create] == [] and failed.status["phase"] == "Failed"

@@ -515,7 +515,7 @@ async def test_a_run_its_plan_says_cannot_fit_fails_with_the_numbers_and_no_work
         init = await initialized(cluster, message=line)
         failed = await phase_is(cluster, "Failed")
         events = await events_seen(cluster, "InsufficientMemory", type_="Warning")
-    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", "8Gi"]
+    assert init["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", str(8 * 2**30)]
     message = "needs 14.2 GiB per worker, spec.resources.limits.memory is 8Gi; training.batch_size 4 would fit"
     condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert (condition["reason"], condition["message"]) == ("InsufficientMemory", message)

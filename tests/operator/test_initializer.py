@@ -63,7 +63,12 @@ def test_a_local_run_plans_with_its_claims_read_only_and_its_workers_layout():
     kubernetes_validate.validate(job, "1.30", strict=True)
     limited = spec({"data": {"path": ["t.jsonl"]}}, resources={"limits": {"memory": "8Gi"}})
     args = init.render_initializer_job(META, limited, PodSettings())["spec"]["template"]["spec"]["containers"][0]
-    assert args["args"] == ["plan", "--preflight", "--json", "--memory", "8Gi"]
+    assert args["args"] == ["plan", "--preflight", "--json", "--memory", str(8 * 2**30)]
+    # Every quantity form the API server takes reaches the trainer as bytes (it reads sizes, not `8e9`).
+    for given, want in (("8e9", "8000000000"), ("1.5Gi", str(3 * 2**29)), ("8G", "8000000000")):
+        limited = spec({"data": {"path": ["t.jsonl"]}}, resources={"limits": {"memory": given}})
+        job = init.render_initializer_job(META, limited, PodSettings())
+        assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--memory", want]
 
 
 def test_the_initializer_job_fetches_into_the_cache_with_credentials_from_secrets():

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api import conditions as cond
 from kubetune.api.finetunejob import FinetuneJobSpec
 from kubetune.operator.decide import decide
 from kubetune.operator.observed import Observed
@@ -88,9 +89,8 @@ def test_a_refused_spec_fails_before_any_child_and_a_running_job_is_left_alone()
     assert plan.create == [] and plan.done
     failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "NotAllowed" and "spec.image" in failed["message"]
-    running = decide(
-        meta, {**BASE, "image": "attacker/x"}, {"phase": "Running"}, Observed(now=datetime.now(UTC)), PodSettings()
-    )
+    admitted = {"phase": "Running", "conditions": [{"type": cond.INITIALIZED, "status": "True"}]}
+    running = decide(meta, {**BASE, "image": "attacker/x"}, admitted, Observed(now=datetime.now(UTC)), PodSettings())
     assert running.status["phase"] == "Running"  # admitted under an earlier policy: not killed by a change
 
 
@@ -166,3 +166,13 @@ def test_a_running_job_an_older_operator_admitted_is_not_failed_for_a_credential
     meta = {"name": "j", "namespace": "ml", "uid": "u"}
     plan = decide(meta, spec, {"phase": "Running"}, Observed(now=datetime.now(UTC)), PodSettings())
     assert plan.status["phase"] != "Failed" and "credential" not in (plan.status.get("message") or "")
+
+
+def test_a_resource_that_is_not_a_quantity_is_named_before_the_api_server_refuses_the_job():
+    from kubetune.operator.validation import spec_problems
+
+    raw = {**BASE, "resources": {"requests": {"cpu": "2", "memory": "8GB"}, "limits": {"memory": "8e9"}}}
+    spec, found = spec_problems(raw)
+    assert spec is None
+    assert found == ["spec.resources.requests.memory: '8GB' is not a Kubernetes quantity (e.g. 16Gi, 16G, 500m, 4)"]
+    assert spec_problems({**BASE, "resources": {"limits": {"memory": "8G"}}})[1] == []

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api import backends, contract
+from kubetune.api import backends, contract, quantity
 from kubetune.api import conditions as cond
 from kubetune.api.contract import ExitCode, PlanEvent
 from kubetune.api.finetunejob import FinetuneJobSpec, PlanSummary, Resources
@@ -54,7 +54,9 @@ def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings
     (the image checks it is writable; the output claim may be ReadWriteOnce and in use by a previous run's
     pod). One retry: a missing repo or a bad record stays so (the fail-fast rule), a cut transfer resumes."""
     limit = memory_limit(spec)
-    args = ["plan", "--preflight", "--json", *(["--memory", limit] if limit else [])]
+    # In bytes: the trainer reads sizes, not every Kubernetes quantity form (8e9, 8E, 1.5Gi all parse here).
+    memory = ["--memory", str(math.ceil(quantity.parse(limit)))] if limit else []
+    args = ["plan", "--preflight", "--json", *memory]
     env = (
         {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
         {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},

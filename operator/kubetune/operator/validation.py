@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api import backends
+from kubetune.api import backends, quantity
 from kubetune.api.finetunejob import QUEUED_SUSPEND_MESSAGE, SOURCES_ERROR, FinetuneJobSpec
 from kubetune.api.redact import carries_credential, redact
 from kubetune.operator.settings import PodSettings
@@ -32,7 +32,7 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
             where = ".".join(str(p) for p in ("spec", *err["loc"]))
             problems.append(f"{where}: {err['msg']}")
         return None, problems
-    problems = []
+    problems = quantity_problems(spec)
     if spec.scheduling.queue_name and spec.run_policy.suspend:
         problems.append(QUEUED_SUSPEND_MESSAGE)
     backend = backends.get(spec.backend)
@@ -48,6 +48,20 @@ def spec_problems(raw: dict[str, Any]) -> tuple[FinetuneJobSpec | None, list[str
             "would leave the requested accelerator idle"
         )
     return (spec if not problems else None), problems
+
+
+def quantity_problems(spec: FinetuneJobSpec) -> list[str]:
+    """spec.resources values the API server would refuse at the worker Job's create (a 422), named here first."""
+    if spec.resources is None:
+        return []
+    problems = []
+    for kind, values in (("requests", spec.resources.requests), ("limits", spec.resources.limits)):
+        for name, value in values.items():
+            try:
+                quantity.parse(value)
+            except ValueError as exc:
+                problems.append(f"spec.resources.{kind}.{name}: {exc}")
+    return problems
 
 
 def credential_problems(value: Any, where: str) -> list[str]:

@@ -162,7 +162,7 @@ async def test_one_node_with_operator_restart_suspend_and_resume(
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
         async with operator():
-            await cluster.create(finetunejob(name, max_steps=24))
+            await cluster.create(finetunejob(name, max_steps=16))
             await watch.step_at_least(2, node)
         # The operator is gone for a moment; training goes on. A new operator adopts everything.
         async with operator():
@@ -187,34 +187,57 @@ async def test_one_node_with_operator_restart_suspend_and_resume(
     second = worker_pods(node, names.workers)[-1]
     assert first_step(node, second) > 1, dump(node)  # not from step 0
     assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
-    assert done["restarts"] == 1 and done["progress"]["step"] == 24
+    assert done["restarts"] == 1 and done["progress"]["step"] == 16
     assert len(set(watch.steps)) >= 3, watch.steps  # progress was seen to advance during the run
-    assert cluster.requests("post", "Job") == 2 and cluster.requests("post", "ConfigMap") == 1
+    # The preflight initializer, the workers, the merge: one each, whatever the operator restart and the resume.
+    assert cluster.requests("post", "Job") == 3 and cluster.requests("post", "ConfigMap") == 1
 
 
 async def _exited(node: LocalNode, job: str) -> bool:
     return bool(node.exits(job))
 
 
-async def test_two_nodes_rendezvous_train_and_merge(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):
+async def test_two_nodes_rendezvous_train_suspend_resume_and_merge(
+    cluster: Cluster, claims: dict[str, Path], tmp_path: Path
+):
     name, names = "dates2", Names.of("dates2")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node, operator_in_its_image() as pod:
         # Two pods on a 2-core machine: one thread each, or they fight over the cores.
-        await cluster.create(finetunejob(name, max_steps=4, nodes=2, threads=1))
+        await cluster.create(finetunejob(name, max_steps=8, nodes=2, threads=1))
+        await watch.step_at_least(3, node)
+        # Suspended mid-training: both nodes' launchers stop on rank 0's checkpoint with 75 (issue 21 #3), so
+        # neither index counts as complete and the resumed pair meets again at the rendezvous.
+        await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
+        await watch.phase("Suspended", node)
+        await eventually(lambda: _exited_n(node, names.workers, 2), timeout=240, what="both workers stopped")
+        seen_before = len(watch.steps)
+        assert sorted(node.exits(names.workers)) == [75, 75], dump(node)
+        await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
         done = await watch.phase("Succeeded", node, timeout=600)
-        await events_seen(cluster, "Created", "Running", "Succeeded")
+        await events_seen(cluster, "Created", "Running", "Suspended", "Resumed", "Succeeded")
         if pod is not None:
             await _serves(pod)
-    assert sorted(node.exits(names.workers)) == [0, 0] and node.exits(names.merge) == [0], dump(node)
-    logs = "".join(node.cluster.logs[p] for p in worker_pods(node, names.workers))
+    assert sorted(node.exits(names.workers)) == [0, 0, 75, 75] and node.exits(names.merge) == [0], dump(node)
+    pods = worker_pods(node, names.workers)
+    logs = "".join(node.cluster.logs[p] for p in pods)
     assert "launching 1 process(es) on node 1 of 2 (world size 2)" in logs, dump(node)
+    # The resumed pair went on from a checkpoint (step 3 or later was reached before the suspension, save_steps is
+    # 2): the first step the resumed rank 0 logs, and every step status showed after it, are past step 2.
+    resumed = [first_step(node, p) for p in pods[2:] if first_step(node, p)]
+    assert resumed and min(resumed) >= 3, (resumed, dump(node))
+    assert min(watch.steps[seen_before:]) >= 3, watch.steps
     out = claims["runs"] / name
     assert (out / "merged" / "config.json").is_file()
-    assert json.loads((out / "run.json").read_text())["resolved"]["world_size"] == 2
-    assert done["progress"]["step"] == 4 and done["restarts"] == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["resolved"]["world_size"] == 2 and run["resumed_from"], run.get("resumed_from")
+    assert done["progress"]["step"] == 8 and done["restarts"] == 2, done
     assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
-    assert len(set(watch.steps)) >= 2, watch.steps  # progress was seen to advance
+    assert len(set(watch.steps)) >= 3, watch.steps  # progress was seen to advance
+
+
+async def _exited_n(node: LocalNode, job: str, n: int) -> bool:
+    return len(node.exits(job)) >= n
 
 
 @contextlib.asynccontextmanager
@@ -241,24 +264,40 @@ async def _serves(pod: OperatorPod) -> None:
             assert r.status == 200 and "kubetune_" in await r.text(), pod.log[-3000:]
 
 
-async def test_a_deleted_worker_pod_resumes_from_its_checkpoint(
+async def test_a_deleted_then_evicted_worker_pod_resumes_from_its_checkpoint_without_spending_backoff_limit(
     cluster: Cluster, claims: dict[str, Path], tmp_path: Path
 ):
     name, names = "preempted", Names.of("preempted")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
         await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
-        first = (await eventually(lambda: _pods(node, names.workers), what="a worker pod"))[0]
+        # After the preflight initializer (a plan on the real model: a minute or more on a loaded machine).
+        first = (await eventually(lambda: _pods(node, names.workers), timeout=420, what="a worker pod"))[0]
         await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
         await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
+        second = await eventually(lambda: _pod_after(node, names.workers, first), timeout=120, what="a second pod")
+        await eventually(lambda: _past_a_checkpoint(node, second), timeout=420, what="a checkpoint by the second pod")
+        # A hard node-pressure eviction: DisruptionTarget, then SIGKILL at once (no checkpoint, exit 137). Only the
+        # Job's first podFailurePolicy rule (DisruptionTarget -> Ignore) keeps it from failing the Job (backoffLimit 0).
+        await node.evict(second, reason="TerminationByKubelet", grace=0)
         done = await watch.phase("Succeeded", node)
         job = await cluster.get("Job", names.workers)
-    assert node.exits(names.workers) == [75, 0], dump(node)
-    second = worker_pods(node, names.workers)[-1]
-    assert first_step(node, second) > 1, dump(node)
-    assert done["restarts"] == 1
-    assert job["status"]["failed"] == 0  # exit 75 is ignored by the podFailurePolicy: backoffLimit 0 untouched
+    assert node.exits(names.workers) == [75, 137, 0], dump(node)
+    third = worker_pods(node, names.workers)[-1]
+    assert first_step(node, second) > 1 and first_step(node, third) > first_step(node, second), dump(node)
+    assert done["restarts"] == 2 and done["progress"]["step"] == 16
+    assert job["status"]["failed"] == 0  # exit 75 and the disruption are ignored: backoffLimit 0 untouched
     assert json.loads((claims["runs"] / name / "run.json").read_text())["resumed_from"]
+
+
+async def _pod_after(node: LocalNode, job: str, pod: str) -> str | None:
+    later = [c.pod for c in node.containers.values() if c.job == job and c.pod != pod and c.exit_code is None]
+    return later[0] if later else None
+
+
+async def _past_a_checkpoint(node: LocalNode, pod: str) -> bool:
+    """The pod has trained past a save_steps (2) checkpoint of its own since it resumed."""
+    return log_step(node, pod) >= first_step(node, pod) + 2
 
 
 async def _pods(node: LocalNode, job: str) -> list[str]:
@@ -275,10 +314,11 @@ async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, c
     async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
         await cluster.create(finetunejob(name, max_steps=4, data="bad.jsonl", runPolicy={"backoffLimit": 1}))
         failed = await watch.phase("Failed", node, timeout=420)
-    # Exit 3 (bad data) is permanent: the Job's FailJob rule ends it at once, backoffLimit (1) unused.
-    assert node.exits(names.workers) == [3], dump(node)
+    # The preflight initializer reads the data before any worker: exit 3 (bad data) is permanent, its Job's FailJob
+    # rule ends it at once (backoffLimit unused), and no worker starts.
+    assert node.exits(names.initializer) == [3] and node.exits(names.workers) == [], dump(node)
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
-    assert condition["reason"] == "PodFailurePolicy"
+    assert condition["reason"] == "InvalidData", condition
     assert "/data/bad.jsonl:6" in condition["message"] and "completion" in condition["message"], condition
     assert not (claims["runs"] / name / "adapter").exists()
     shutil.rmtree(claims["runs"] / name, ignore_errors=True)
@@ -474,5 +514,9 @@ async def test_a_job_whose_image_is_not_there_stays_pending_with_the_reason(
             return status if "ImagePullBackOff" in status.get("message", "") else None
 
         status = await eventually(waiting, timeout=120, what="ImagePullBackOff in status.message")
-    assert status["phase"] == "Pending" and "startTime" not in status
+    # Every run starts with the preflight initializer, in the same image: it is the pod that waits, before any worker.
+    assert status["phase"] == "Initializing", status
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert running["status"] == "False" and running["reason"] == "ImagePullBackOff", running
+    assert f"initializer pod {Names.of(name).initializer}-" in status["message"], status["message"]
     assert "localhost/kubetune/trainer:does-not-exist" in status["message"]

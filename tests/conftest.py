@@ -17,22 +17,20 @@ import pytest
 pytest_plugins = ["kube"]  # tests/support/kube.py: the emulated API server and the operator runner
 
 TESTS = Path(__file__).parent
-# Directory (or file) -> tier; the most specific entry wins, anything unlisted is a unit test.
+# Directory -> tier; anything elsewhere is a unit test. Below a tier's directory the layout mirrors the
+# packages (tests/integration/operator is the operator's, as tests/operator is for its unit tests).
 TIERS = {
-    "e2e_local": "e2e",
-    "e2e": "e2e",
+    "integration": "integration",  # the operator (kopf included) against the emulated API server
+    "e2e_local": "e2e",  # the whole flow on a local node whose pods are podman containers
+    "e2e": "e2e",  # a real (kind) cluster
     "install": "e2e",  # fresh venvs with pip installs of the distributions (docs/user/install.md): minutes
-    "operator/test_handlers.py": "integration",
-    "operator/test_api_server.py": "integration",  # kopf against the emulator, like test_handlers
-    "charts/test_rbac.py": "integration",  # the operator against the emulator under the chart's RBAC
 }
 UNIT_TIMEOUT_S = 120  # generous for 2 loaded cores; a unit test needing more is a slow test or a hang
 
 
 def tier_of(path: Path) -> str:
-    relative = path.resolve().relative_to(TESTS).as_posix()
-    matches = [key for key in TIERS if relative == key or relative.startswith(key + "/")]
-    return TIERS[max(matches, key=len)] if matches else "unit"
+    top = path.resolve().relative_to(TESTS).parts[0]
+    return TIERS.get(top, "unit")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

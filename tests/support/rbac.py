@@ -32,7 +32,7 @@ class RBAC:
     rules: list[Rule]
     user: str = "system:serviceaccount:kubetune-system:kubetune"
     # Every request checked, as (verb, group, resource, namespace), and those refused: what a real run of the
-    # operator needed, to compare with what the chart grants (tests/charts/test_rbac.py).
+    # operator needed, to compare with what the chart grants (tests/integration/charts/test_rbac.py).
     used: set[tuple[str, str, str, str | None]] = field(default_factory=set)
     refused: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 

@@ -33,7 +33,7 @@ from kube import (
 )
 from rbac import RBAC
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
+CHART = Path(__file__).resolve().parents[3] / "charts" / "kubetune"
 FAST = {"KUBETUNE_POLL_SECONDS": "0.2", "KUBETUNE_METRICS_PORT": "0"}  # test speed; no port bound
 
 

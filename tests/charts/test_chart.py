@@ -127,7 +127,7 @@ def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
 def test_rbac_is_least_privilege(values: dict[str, Any]):
-    """No wildcard, no Secret, no verb beyond these (tests/integration/charts/test_rbac.py derives the exact set from a run)."""
+    """No wildcard, no Secret, no verb beyond these (tests/integration/charts/test_rbac.py derives them from a run)."""
     allowed = {
         "finetunejobs": {"get", "list", "watch", "patch"},
         "finetunejobs/status": {"patch"},

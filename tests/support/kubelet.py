@@ -37,6 +37,7 @@ import base64
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import engine
 
+from kubetune.api import quantity
 from kubetune.api.contract import IMAGE_UID, TERMINATION_LOG
 from kubetune.operator.observed import INDEX_LABEL as INDEX_ANNOTATION  # the Job controller's, label and annotation
 from kubetune.operator.render import CONTAINER as CONTAINER_NAME
@@ -172,15 +174,6 @@ def image_pull_backoff(image: str) -> dict[str, Any]:
     message = f'Back-off pulling image "{image}": ErrImagePull: image not known to this node'
     waiting = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
     return {"phase": "Pending", "containerStatuses": [{"name": CONTAINER_NAME, "state": waiting, "ready": False}]}
-
-
-def quantity_bytes(quantity: str) -> int:
-    """A Kubernetes quantity ("2Gi", "512M", "1000") in bytes, for a tmpfs size."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-    for suffix, factor in units.items():
-        if quantity.endswith(suffix):
-            return int(float(quantity[: -len(suffix)]) * factor)
-    return int(float(quantity))
 
 
 async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -454,7 +447,7 @@ class Kubelet:
         for mount in container.get("volumeMounts", []):
             if mount["name"] in prepared.tmpfs:
                 size = prepared.tmpfs[mount["name"]]
-                size_opt = f",size={quantity_bytes(size)}" if size else ""
+                size_opt = f",size={math.ceil(quantity.parse(size))}" if size else ""
                 argv += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777{size_opt}"]
                 continue
             src = self._subpath(prepared, mount, fs_group)

@@ -143,3 +143,15 @@ def test_train_and_merge_hold_the_lock_through_the_push(monkeypatch, tmp_path, b
     assert result.exit_code == 0, result.output
     assert seen == ["busy", "busy"]
     assert another_process_finds(out).strip() == "free" and not (out / LOCK_FILE).exists()
+
+
+def test_a_planted_link_as_the_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    from kubetune.trainer.errors import UsageError
+
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("someone else's file")
+    (out / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(UsageError, match=f"output_dir: {out / LOCK_FILE} is a symbolic link"), hold(out):
+        pass
+    assert victim.read_text() == "someone else's file" and (out / LOCK_FILE).is_symlink()

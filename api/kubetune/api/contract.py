@@ -100,7 +100,7 @@ WRITABLE_DIR = "/tmp"  # the pod's scratch emptyDir: with the root filesystem re
 # export; ~/.triton; ~/.nv/ComputeCache; ~/.config: matplotlib), and HOME is on the read-only root in a pod:
 # every pod the operator renders points them under WRITABLE_DIR, whatever image it runs (spec.image included).
 CACHE_ENV: dict[str, str] = {
-    "HOME": f"{WRITABLE_DIR}/home",
+    "HOME": WRITABLE_DIR,  # itself: a tool writing ~/file without creating ~ first finds it there
     "XDG_CACHE_HOME": f"{WRITABLE_DIR}/.cache",
     "XDG_CONFIG_HOME": f"{WRITABLE_DIR}/.config",
     "HF_HOME": f"{WRITABLE_DIR}/hf",  # the images' own value (docker/Dockerfile.*)

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kubetune.trainer.errors import OutputBusy
+from kubetune.trainer.errors import OutputBusy, UsageError
 
 LOCK_FILE = ".kubetune.lock"
 _held: dict[Path, int] = {}  # lock file (resolved) -> nesting depth, this process's holds only
@@ -38,7 +38,14 @@ def _holder(path: Path) -> str:
 def _acquire(path: Path, what: str) -> int:
     """An fd holding the lock on `path`; the same inode must still be at `path` once locked (a releaser unlinks it)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a planted .kubetune.lock -> elsewhere would be truncated, then unlinked
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if not path.is_symlink():
+                raise
+            raise UsageError(
+                f"output_dir: {path} is a symbolic link, not kubetune's lock file; remove it to use {path.parent}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,7 +67,7 @@ def _acquire(path: Path, what: str) -> int:
 def hold(out: Path, what: str = "run") -> Iterator[None]:
     """Hold the output directory's lock for the duration (creating the directory); fail fast if it is held."""
     out.mkdir(parents=True, exist_ok=True)
-    path = (out / LOCK_FILE).resolve()
+    path = out.resolve() / LOCK_FILE  # the directory resolved, not the file: a link there is refused, not followed
     if path in _held:  # this process holds it already (an outer step): keep holding, release with the outer one
         _held[path] += 1
         try:

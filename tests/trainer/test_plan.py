@@ -313,3 +313,29 @@ def test_in_preflight_a_plan_that_cannot_be_made_is_a_warning_not_a_failure(tmp_
     bad = CliRunner().invoke(app, ["plan", "--preflight", "--json", "--model", small_llama, "--data", "/nope.jsonl"])
     assert bad.exit_code in (ExitCode.CONFIG, ExitCode.DATA), bad.output[-2000:]
     assert parse_event(log.read_text()).event == "error"
+
+
+def test_preflight_runs_no_repo_code_even_when_the_job_trusts_it(tmp_path, monkeypatch, small_llama):
+    """The initializer alone writes the shared cache and holds the source credentials: a checkpoint's own
+    code (auto_map) must not run there, whatever model.trust_remote_code says; the workers plan instead."""
+    import json
+    import shutil
+
+    model, marker = tmp_path / "model", tmp_path / "ran"
+    shutil.copytree(small_llama, model)
+    (model / "configuration_planted.py").write_text(
+        "from pathlib import Path\nfrom transformers import LlamaConfig\n"
+        f"Path({str(marker)!r}).write_text('repo code ran')\n"
+        "class PlantedConfig(LlamaConfig):\n    model_type = 'llama'\n"
+    )
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_planted.PlantedConfig"}
+    (model / "config.json").write_text(json.dumps(config))
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    data = records(tmp_path / "d.jsonl", 8, 20)
+    argv = ["plan", "--preflight", "--json", "--model", str(model), "--data", data]
+    result = CliRunner().invoke(app, [*argv, "--set", "model.trust_remote_code=true"])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert not marker.exists() and log.read_text() == ""  # no plan: the workers get the defaults

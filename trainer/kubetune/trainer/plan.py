@@ -642,6 +642,12 @@ def preflight_plan(cfg: TrainConfig, memory: str | None) -> PlanEvent | None:
 
     if any(is_remote(p) for p in (cfg.model.path, *cfg.data.path, *cfg.data.eval_path)):
         fetch_all(cfg)
+    if cfg.model.trust_remote_code:
+        # Planning loads the checkpoint's config and tokenizer classes, its own code then. This pod alone
+        # writes the shared cache and holds every source credential (docs/security.md): no repo code runs
+        # here; the workers, which read the cache only, plan for themselves.
+        log.warning("plan: skipped in the initializer (model.trust_remote_code); the workers get the defaults")
+        return None
     try:
         ev = plan_config(cfg, memory)
     except KubetuneError:

@@ -176,3 +176,20 @@ def test_a_resource_that_is_not_a_quantity_is_named_before_the_api_server_refuse
     assert spec is None
     assert found == ["spec.resources.requests.memory: '8GB' is not a Kubernetes quantity (e.g. 16Gi, 16G, 500m, 4)"]
     assert spec_problems({**BASE, "resources": {"limits": {"memory": "8G"}}})[1] == []
+
+
+def test_a_negative_resource_quantity_is_named_not_passed_to_the_trainer():
+    """`-1Gi` parses as a quantity (the API server takes it), but the initializer would pass `--memory -1073741824`
+    to the trainer and fail with exit 2: refused here, with its field, like any other spec problem."""
+    from kubetune.operator.validation import spec_problems
+
+    raw = {**BASE, "resources": {"requests": {"cpu": "-2"}, "limits": {"memory": "-1Gi"}}}
+    spec, found = spec_problems(raw)
+    assert spec is None
+    assert found == [
+        "spec.resources.requests.cpu: '-2' is negative",
+        "spec.resources.limits.memory: '-1Gi' is negative",
+    ]
+    plan = decide({"name": "j", "namespace": "ml", "uid": "u"}, raw, {}, Observed(now=datetime.now(UTC)), PodSettings())
+    assert plan.status["phase"] == "Failed" and not plan.create and "'-1Gi' is negative" in plan.status["message"]
+    assert spec_problems({**BASE, "resources": {"limits": {"memory": "0"}}})[1] == []  # zero is no negative

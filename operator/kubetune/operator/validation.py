@@ -58,9 +58,12 @@ def quantity_problems(spec: FinetuneJobSpec) -> list[str]:
     for kind, values in (("requests", spec.resources.requests), ("limits", spec.resources.limits)):
         for name, value in values.items():
             try:
-                quantity.parse(value)
+                parsed = quantity.parse(value)
             except ValueError as exc:
                 problems.append(f"spec.resources.{kind}.{name}: {exc}")
+                continue
+            if parsed < 0:  # the API server takes a negative quantity here; the trainer's --memory refuses it
+                problems.append(f"spec.resources.{kind}.{name}: {value!r} is negative")
     return problems
 
 

@@ -222,6 +222,26 @@ def test_suspend_then_resume():
 
 
 def test_a_job_created_suspended_stays_suspended():
+    """From an empty status: no initializer pod (no child at all) while suspended; resuming starts the initializer."""
+    spec = {**SPEC, "runPolicy": {"suspend": True}}
+    plan = run(spec, observed=Observed(now=NOW))
+    assert plan.create == [] and plan.status["phase"] == "Suspended"
+    assert [e.reason for e in plan.events] == ["Suspended"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+    assert conditions["Suspended"] == ("True", "Suspended") and "startTime" not in plan.status
+    again = run(spec, plan.status, Observed(now=NOW))
+    assert again.create == [] and again.events == [] and status_patch(plan.status, again.status) == {}
+    resumed = run(SPEC, again.status, Observed(now=NOW))
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in resumed.create]
+    assert kinds == [("ConfigMap", NAMES.config), ("Job", INIT)] and resumed.status["phase"] == "Initializing"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in resumed.status["conditions"]}
+    assert conditions["Suspended"] == ("False", "Resumed") and conditions["Created"] == ("True", "ChildrenCreated")
+    workers = run(SPEC, resumed.status, init_done())
+    worker = next(m for m in workers.create if m["kind"] == "Job")
+    assert worker["spec"]["suspend"] is False and workers.status["phase"] == "Pending"
+
+
+def test_a_job_suspended_after_its_initializer_finished_creates_its_workers_suspended():
     spec = {**SPEC, "runPolicy": {"suspend": True}}
     plan = run(spec, initializing(spec), init_done())
     worker = next(m for m in plan.create if m["kind"] == "Job")
@@ -612,10 +632,11 @@ def test_an_unsized_run_plans_first_and_its_workers_get_the_plans_memory_with_he
     container = init["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["plan", "--preflight", "--json"]  # no limit to check against
     done = run(status=first.status, observed=init_done(plan_line(2.0)))
-    # 2 GiB x 1.25 = 2560 Mi, as request and limit; the cpu backend's cpu request stays.
+    # The plan's 2 GiB as the request; the limit is the cpu backend's default 6Gi, above 2 GiB x 1.25 = 2560 Mi,
+    # so a run that peaks a third above its plan is not OOMKilled; the cpu backend's cpu request stays.
     assert worker_resources(done) == {
-        "requests": {"cpu": "1", "memory": "2560Mi"},
-        "limits": {"memory": "2560Mi"},
+        "requests": {"cpu": "1", "memory": "2048Mi"},
+        "limits": {"memory": "6144Mi"},
     }
     assert done.status["plan"] == {
         "peakBytesPerWorker": 2 * GiB,
@@ -626,13 +647,16 @@ def test_an_unsized_run_plans_first_and_its_workers_get_the_plans_memory_with_he
         "estimatedSeconds": 400.0,
         "tokensPerSecond": 60.0,
         "estimate": "2.0 GiB, ~7m",
-        "memory": "2560Mi",
+        "memory": "6144Mi",
     }
     initialized = next(c for c in done.status["conditions"] if c["type"] == "Initialized")
     assert (initialized["status"], initialized["reason"]) == ("True", "Planned")
     # A worker Job deleted by hand (or a restarted operator) is recreated from status.plan: the same size.
     again = run(status={**done.status, "phase": "Running"}, observed=seen())
     assert worker_resources(again) == worker_resources(done)
+    # Above the backend's default: the limit is the plan x HEADROOM (10 GiB x 1.25), the request the plan.
+    big = run(status=first.status, observed=init_done(plan_line(10.0)))
+    assert worker_resources(big) == {"requests": {"cpu": "1", "memory": "10240Mi"}, "limits": {"memory": "12800Mi"}}
 
 
 def test_a_plan_of_several_processes_per_pod_sizes_the_pod_for_all_of_them():
@@ -640,9 +664,10 @@ def test_a_plan_of_several_processes_per_pod_sizes_the_pod_for_all_of_them():
     first = run(spec, observed=Observed(now=NOW))
     env = next(m for m in first.create if m["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "KUBETUNE_NPROC_PER_NODE", "value": "2"} in env  # the plan divides the pod among them
-    done = run(spec, first.status, init_done(plan_line(1.5)))
-    assert worker_resources(done)["limits"]["memory"] == "3840Mi"  # 2 x 1.5 GiB x 1.25
-    assert done.status["plan"]["peakBytesPerWorker"] == 3 * GiB
+    done = run(spec, first.status, init_done(plan_line(3.5)))
+    assert worker_resources(done)["limits"]["memory"] == "8960Mi"  # 2 x 3.5 GiB x 1.25
+    assert worker_resources(done)["requests"]["memory"] == "7168Mi"  # 2 x 3.5 GiB
+    assert done.status["plan"]["peakBytesPerWorker"] == 7 * GiB
 
 
 def test_a_run_above_its_memory_limit_fails_before_any_worker_with_the_numbers():
@@ -661,6 +686,16 @@ def test_a_run_above_its_memory_limit_fails_before_any_worker_with_the_numbers()
     assert run(spec, failed.status, init_done(line)).create == []  # and stays so
 
 
+def test_ignore_plan_starts_a_run_above_its_memory_limit():
+    """training.ignore_plan, which the trainer's own refusal tells the user to set, is honoured by the operator."""
+    training = {"training": {"max_steps": 10, "ignore_plan": True}}
+    spec = {**SPEC, "training": training, "resources": {"limits": {"memory": "8Gi"}}}
+    line = plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB, max_batch_size=4)
+    done = run(spec, initializing(spec), init_done(line))
+    assert done.status["phase"] == "Pending" and worker_resources(done)["limits"] == {"memory": "8Gi"}
+    assert done.status["plan"]["maxBatchSize"] == 4 and [e.reason for e in done.events] == ["Created"]
+
+
 def test_a_run_within_its_limit_keeps_the_resources_it_asked_for():
     spec = {**SPEC, "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}
     done = run(spec, initializing(spec), init_done(plan_line(3.0, fits=True, memory_limit_bytes=8 * GiB)))
@@ -669,7 +704,8 @@ def test_a_run_within_its_limit_keeps_the_resources_it_asked_for():
 
 
 def test_without_a_plan_the_workers_get_the_backend_defaults():
-    # An image older than the preflight leaves no PlanEvent (plain text or nothing): the run goes on.
+    # An initializer that exits 0 without a PlanEvent (a model the plan cannot build): the run goes on. An image
+    # older than the preflight does not get here: its `kubetune plan` refuses --preflight with exit 2.
     done = run(status=initializing(), observed=init_done(""))
     assert worker_resources(done) == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
     initialized = next(c for c in done.status["conditions"] if c["type"] == "Initialized")

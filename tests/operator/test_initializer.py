@@ -130,7 +130,7 @@ def test_a_failed_fetch_ends_with_the_trainers_own_line(tmp_path, monkeypatch):
     failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
     outcome = init.initializer_outcome(failed, ended("Failed", result.exit_code, log.read_text()))
     state, reason, message = outcome.state, outcome.reason, outcome.message
-    assert (state, reason) == ("failed", "InvalidSource")
+    assert (state, reason) == ("failed", "InvalidSpec")  # exit 2: a config, flag or location error
     assert message.startswith("--model: model.path: s3://Bad_Bucket/x:") and "bucket name" in message
     assert json.loads(log.read_text())["exit_code"] == ExitCode.CONFIG
 
@@ -148,7 +148,7 @@ def test_a_failed_fetch_without_last_words_keeps_the_job_controllers_message():
 
 def test_fetch_reasons_match_the_trainers_exit_codes():
     assert init.FETCH_REASONS == {
-        ExitCode.CONFIG: "InvalidSource",
+        ExitCode.CONFIG: "InvalidSpec",
         ExitCode.DATA: "InvalidData",
         ExitCode.MODEL: "InvalidModel",
         ExitCode.SOURCE_MISSING: "SourceNotFound",
@@ -189,10 +189,67 @@ def test_a_real_preflights_last_words_are_read_back_as_its_plan(tmp_path, monkey
     assert init.too_big(limited, outcome.plan).startswith(f"needs {init.gib(outcome.plan.peak_bytes)} per worker")
     summary = init.plan_summary(spec({"data": {"path": ["d.jsonl"]}}), outcome.plan)
     assert summary.peak_bytes_per_worker == outcome.plan.peak_bytes and summary.steps == 3
-    assert summary.memory == f"{-(-outcome.plan.peak_bytes * 5 // 4 // 2**20)}Mi"  # the headroom, rounded up
+    # The limit: the headroom over the plan, rounded up, and the cpu backend's default 6Gi at least.
+    assert summary.memory == f"{max(-(-outcome.plan.peak_bytes * 5 // 4 // 2**20), 6 * 1024)}Mi"
 
 
 def test_a_plan_text_that_is_not_a_plan_event_is_no_plan():
-    assert init.initializer_outcome(COMPLETE, ended("Succeeded", 0, "")).plan is None  # an older image
+    assert init.initializer_outcome(COMPLETE, ended("Succeeded", 0, "")).plan is None  # a pod that left nothing
     fetched = json.dumps({"event": "fetched", "sources": ["hf://org/x"]})
     assert init.initializer_outcome(COMPLETE, ended("Succeeded", 0, fetched)).plan is None
+
+
+def preflight(tmp_path, monkeypatch, builtin_path, training: dict[str, Any], args: list[str]):
+    """A real `kubetune plan --preflight` with the initializer's own args on a tiny model: exit code and log."""
+    from tinymodel import save_tiny_llama
+
+    from kubetune.trainer.cli import app
+
+    model = save_tiny_llama(tmp_path / "model", builtin_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}", "completion": "ok"}) + "\n" for i in range(6)))
+    config = tmp_path / "config.yaml"
+    run = {"model": {"path": str(model)}, "data": {"path": [str(data)]}, "training": training}
+    config.write_text(yaml.safe_dump({**run, "output_dir": str(tmp_path / "out")}))
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setattr("kubetune.trainer.cli._setup_logging", lambda: None)
+    result = CliRunner().invoke(app, [*args, "--config", str(config)])
+    return result, log.read_text()
+
+
+@pytest.mark.parametrize(("backend", "device"), [("cuda", "cuda"), ("xpu", "xpu"), ("cuda", "auto")])
+def test_on_an_accelerator_backend_the_cpu_initializer_plans_a_gpu_config(
+    tmp_path, monkeypatch, builtin_path, backend, device
+):
+    """training.device: cuda and precision: fp16 are meant for the GPU workers; the initializer pod has no GPU and
+    plans for its own CPU instead of failing with exit 2 (`cuda requested but torch sees no CUDA device`, or
+    `fp16 training is not supported on CPU` with device auto)."""
+    training = {"device": device, "precision": "fp16", "max_steps": 2, "batch_size": 2}
+    gpu = spec({"data": {"path": ["d.jsonl"]}, "training": training}, backend=backend)
+    (container,) = init.render_initializer_job(META, gpu, PodSettings())["spec"]["template"]["spec"]["containers"]
+    result, words = preflight(tmp_path, monkeypatch, builtin_path, training, container["args"])
+    assert result.exit_code == 0, result.output[-2000:]
+    outcome = init.initializer_outcome(COMPLETE, ended("Succeeded", 0, words))
+    assert isinstance(outcome.plan, PlanEvent) and outcome.plan.records == 6 and outcome.plan.steps == 2
+    assert not init.acts_on_plan(gpu)  # advice only there: status.plan, sizing and refusal stay CPU-only
+    cpu = spec({"data": {"path": ["d.jsonl"]}, "training": {"precision": "fp16"}})
+    cpu_args = init.render_initializer_job(META, cpu, PodSettings())["spec"]["template"]["spec"]["containers"][0]
+    failed, _ = preflight(tmp_path / "cpu", monkeypatch, builtin_path, {"precision": "fp16"}, cpu_args["args"])
+    assert failed.exit_code == ExitCode.CONFIG  # on a CPU backend fp16 stays the config error it is
+
+
+def test_the_initializer_gets_the_workers_memory_limit_when_it_is_larger():
+    """It tokenizes the whole dataset: a run whose data needs a 64 GiB worker is not OOMKilled at 4 GiB first."""
+
+    def resources(limits: dict[str, str] | None) -> dict[str, Any]:
+        sized = spec({"data": {"path": ["t.jsonl"]}}, **({"resources": {"limits": limits}} if limits else {}))
+        job = init.render_initializer_job(META, sized, PodSettings())
+        kubernetes_validate.validate(job, "1.30", strict=True)
+        return job["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+    assert resources({"memory": "64Gi"}) == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "64Gi"}}
+    assert resources({"memory": "68719476736"})["limits"] == {"memory": "68719476736"}  # any quantity form
+    assert resources({"memory": "2Gi"}) == init.RESOURCES  # a smaller worker limit: the initializer's own 4 GiB
+    assert resources({"cpu": "4"}) == init.RESOURCES and resources(None) == init.RESOURCES

@@ -43,7 +43,11 @@ FORBIDDEN = _reason(
 )
 INVALID = _reason("Invalid", "Failed: the API server refused a child as invalid (400/422), with its message.")
 CREATE_REFUSED = _reason("CreateRefused", "Failed: the API server refused a child for another permanent reason.")
-INVALID_SPEC = _reason("InvalidSpec", "Failed: the spec or the name breaks a rule; every problem is listed.")
+INVALID_SPEC = _reason(
+    "InvalidSpec",
+    "Failed: the spec or the name breaks a rule; every problem is listed. Also the initializer's exit 2: the "
+    "trainer refused the run's config, a flag or a source location, in its own line naming the field.",
+)
 NOT_ALLOWED = _reason(
     "NotAllowed",
     "Failed: the spec asks for what the operator's policy forbids (an image, a Secret, a priority class, a "
@@ -57,7 +61,6 @@ WAITING_FOR_CLEANUP = _reason(
 # --- reasons: remote sources (the initializer Job) ----------------------------------------------------------
 INITIALIZING = _reason("Initializing", "Event: the initializer Job was created and fetches the sources.")
 FETCHING = _reason("Fetching", "Initialized=False: the initializer is fetching the listed sources.")
-INVALID_SOURCE = _reason("InvalidSource", "Failed: a source location or its config is malformed (exit 2).")
 SOURCE_NOT_FOUND = _reason("SourceNotFound", "Failed: a source does not exist at its location.")
 SOURCE_ACCESS_DENIED = _reason("SourceAccessDenied", "Failed: the credentials may not read a source.")
 SOURCE_TRANSFER_FAILED = _reason("SourceTransferFailed", "Failed: a transfer broke off after its retries.")
@@ -66,15 +69,16 @@ PLANNING = _reason("Planning", "Initialized=False: the initializer reads the con
 PLANNED = _reason("Planned", "Initialized=True: the sources are in place and the plan is in status.plan.")
 NO_PLAN = _reason(
     "NoPlan",
-    "Initialized=True: the initializer finished without a plan (an image older than the preflight, or a model "
-    "the plan cannot build); the workers get spec.resources or the backend's defaults.",
+    "Initialized=True: the initializer finished without a plan (a model the plan cannot build, or an accelerator "
+    "backend, whose CPU plan is advice only); the workers get spec.resources or the backend's defaults. An image "
+    "older than the preflight does not get here: its `kubetune plan` refuses --preflight (exit 2, InvalidSpec).",
 )
 INVALID_DATA = _reason("InvalidData", "Failed: the initializer found a bad data file or record (exit 3).")
 INVALID_MODEL = _reason("InvalidModel", "Failed: the initializer could not read the model's config (exit 4).")
 INSUFFICIENT_MEMORY = _reason(
     "InsufficientMemory",
     "Failed: the plan's peak memory per worker is above spec.resources.limits.memory; the message gives both and "
-    "the largest training.batch_size that fits. No worker pod was created.",
+    "the largest training.batch_size that fits. No worker pod was created. Never with training.ignore_plan.",
 )
 
 # --- reasons: running ---------------------------------------------------------------------------------------

@@ -269,12 +269,15 @@ def _initializing(run: _Pass) -> Plan | None:
         return _fail(run.plan, st, reason, outcome.message)
     if outcome.state == "succeeded":
         return _planned(run, outcome.plan)
+    if seen.initializer is None and spec.run_policy.suspend:  # created suspended: no pod until it is resumed
+        return _suspended(run)
+    _resumed(st)
     if not seen.has_config:
         run.plan.create.append(render_configmap(run.meta, spec))  # the initializer reads the run's config
     _ensure_network_policy(run)
     if seen.initializer is None:
         run.plan.create.append(render_initializer_job(run.meta, spec, run.settings))
-        if st.current is None:
+        if st.current in (None, "Suspended"):  # a job created suspended creates its first child on resume
             st.condition(
                 cond.CREATED, "True", cond.CHILDREN_CREATED, f"ConfigMap and initializer Job {run.names.initializer}"
             )
@@ -372,22 +375,37 @@ def _suspension(run: _Pass) -> Plan | None:
     if seen.workers is not None and job_suspended != want:
         run.plan.suspend_workers = want
     if want:
-        active = [p for p in seen.worker_pods if p.phase in ("Pending", "Running")]
-        st.condition(cond.RUNNING, "False", cond.SUSPENDED_REASON, "")
-        st.condition(cond.SUSPENDED, "True", cond.SUSPENDED_REASON, "runPolicy.suspend is true")
-        st.phase(
-            "Suspended",
-            cond.SUSPENDED_REASON,
-            f"suspended; {len(active)} worker pod(s) still stopping"
-            if active
-            else "suspended; checkpoints are kept on the output volume",
-        )
-        st.data.pop("startTime", None)  # like a Job: the deadline restarts on resume
-        return _finish(run.plan, st)
-    if st.current == "Suspended":
-        st.condition(cond.SUSPENDED, "False", cond.RESUMED, "")
+        return _suspended(run)
+    if _resumed(st):
         st.phase("Pending", cond.RESUMED, "resuming from the last checkpoint")
     return None
+
+
+def _suspended(run: _Pass) -> Plan:
+    """Suspended, with its pods stopping or gone. Also before the initializer: a job created suspended gets
+    no pod at all until it is resumed (an initializer already running when suspend is set finishes, and the
+    workers are then created suspended)."""
+    st = run.st
+    active = [p for p in run.seen.worker_pods if p.phase in ("Pending", "Running")]
+    st.condition(cond.RUNNING, "False", cond.SUSPENDED_REASON, "")
+    st.condition(cond.SUSPENDED, "True", cond.SUSPENDED_REASON, "runPolicy.suspend is true")
+    st.phase(
+        "Suspended",
+        cond.SUSPENDED_REASON,
+        f"suspended; {len(active)} worker pod(s) still stopping"
+        if active
+        else "suspended; checkpoints are kept on the output volume",
+    )
+    st.data.pop("startTime", None)  # like a Job: the deadline restarts on resume
+    return _finish(run.plan, st)
+
+
+def _resumed(st: _Status) -> bool:
+    """Suspended=False when runPolicy.suspend went back to false; True when it just did."""
+    if st.current != "Suspended":
+        return False
+    st.condition(cond.SUSPENDED, "False", cond.RESUMED, "")
+    return True
 
 
 def _observe_workers(run: _Pass) -> Plan | None:

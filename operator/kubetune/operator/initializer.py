@@ -32,11 +32,14 @@ from kubetune.operator.settings import PodSettings
 
 ROLE = "initializer"
 # Fetching moves bytes and the plan builds the model on torch's meta device (no weights): far less than
-# training needs, whatever the backend. The tokenized data is the one thing that grows with the run.
+# training needs, whatever the backend. The tokenized data is the one thing that grows with the run, so a
+# worker limit above this one is the initializer's limit too (initializer_resources).
 RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
-# Worker pods sized from the plan get its peak times this. The plan's memory error on the benchmark grid was
-# -8 % to +16 % (docs/plan.md), and one run's peak moves by up to 20 % between runs on a busy node: a quarter
-# more than the plan keeps a run that matches the plan clear of its limit, without reserving double.
+# Worker pods sized from the plan get a limit of its peak times this, at least the backend's default limit, and
+# a request of the peak itself. The plan's memory error on the benchmark grid was -8 % to +16 %, and one run's
+# peak moved by 20-40 % between runs on a busy 2-core machine (docs/plan.md, tests/trainer/test_plan.py): a
+# quarter more than the plan is a margin for a run that matches its plan, not a guarantee for every swing,
+# which is why the backend's default limit stays the floor.
 HEADROOM = 1.25
 MIB = 2**20
 
@@ -47,21 +50,35 @@ def memory_limit(spec: FinetuneJobSpec) -> str | None:
     return str(value) if value is not None else None
 
 
+def initializer_resources(spec: FinetuneJobSpec) -> dict[str, dict[str, str]]:
+    """RESOURCES, with the worker's memory limit when it is larger: the initializer tokenizes the whole dataset,
+    so a run whose data needs a 64 GiB worker is not OOMKilled in a 4 GiB initializer first."""
+    limit = memory_limit(spec)
+    floor = RESOURCES["limits"]["memory"]
+    if limit is None or quantity.parse(limit) <= quantity.parse(floor):
+        return RESOURCES
+    return {"requests": dict(RESOURCES["requests"]), "limits": {"memory": limit}}
+
+
 def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings: PodSettings) -> dict[str, Any]:
     """A one-pod Job: `kubetune plan --preflight` with the run's config, from the workers' pod template (same
     image, same nodes, same credentials), the model and data claims read-only and the workers' layout (the
     plan divides a pod's memory among its processes and the data among all of them). /output is an empty dir
     (the image checks it is writable; the output claim may be ReadWriteOnce and in use by a previous run's
-    pod). One retry: a missing repo or a bad record stays so (the fail-fast rule), a cut transfer resumes."""
+    pod). One retry: a missing repo or a bad record stays so (the fail-fast rule), a cut transfer resumes.
+    On an accelerator backend the pod has no accelerator: it plans for the CPU it runs on (training.device
+    cpu, precision auto), the plan being advice there (acts_on_plan), so `device: cuda` or `fp16` is no error."""
     limit = memory_limit(spec)
     # In bytes: the trainer reads sizes, not every Kubernetes quantity form (8e9, 8E, 1.5Gi all parse here).
     memory = ["--memory", str(math.ceil(quantity.parse(limit)))] if limit else []
-    args = ["plan", "--preflight", "--json", *memory]
+    on_cpu = ["--device", "cpu", "--precision", "auto"] if backends.get(spec.backend).device else []
+    args = ["plan", "--preflight", "--json", *memory, *on_cpu]
     env = (
         {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
         {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
     )
-    role = render.PodRole(ROLE, args, ("model", "data"), env, resources=RESOURCES, scratch_output=True, fetches=True)
+    resources = initializer_resources(spec)
+    role = render.PodRole(ROLE, args, ("model", "data"), env, resources=resources, scratch_output=True, fetches=True)
     job_spec = {
         "backoffLimit": 1,
         "podFailurePolicy": {"rules": [render.fail_fast_rule()]},
@@ -72,7 +89,7 @@ def render_initializer_job(meta: dict[str, Any], spec: FinetuneJobSpec, settings
 
 # Why the initializer failed, by its exit code (kubetune.api.contract; the operator never imports the trainer).
 FETCH_REASONS = {
-    ExitCode.CONFIG: cond.INVALID_SOURCE,
+    ExitCode.CONFIG: cond.INVALID_SPEC,  # the config, a flag or a source location (the trainer names which)
     ExitCode.DATA: cond.INVALID_DATA,
     ExitCode.MODEL: cond.INVALID_MODEL,
     ExitCode.SOURCE_MISSING: cond.SOURCE_NOT_FOUND,
@@ -132,8 +149,9 @@ def plan_summary(spec: FinetuneJobSpec, plan: PlanEvent) -> PlanSummary:
     seconds = plan.seconds
     rate = round(tokens / seconds, 1) if seconds else None
     memory = None
-    if spec.resources is None:
-        memory = f"{math.ceil(per_worker * HEADROOM / MIB)}Mi"
+    if spec.resources is None:  # the limit sized_spec gives: HEADROOM over the plan, the backend's default at least
+        default = quantity.parse(backends.get(spec.backend).limits["memory"])
+        memory = f"{math.ceil(max(per_worker * HEADROOM, float(default)) / MIB)}Mi"
     estimate = gib(per_worker) + (f", {duration(seconds)}" if seconds is not None else "")
     return PlanSummary(
         peak_bytes_per_worker=per_worker,
@@ -150,9 +168,10 @@ def plan_summary(spec: FinetuneJobSpec, plan: PlanEvent) -> PlanSummary:
 
 
 def too_big(spec: FinetuneJobSpec, plan: PlanEvent) -> str | None:
-    """The InsufficientMemory message when the plan does not fit the worker's memory limit, else None."""
+    """The InsufficientMemory message when the plan does not fit the worker's memory limit, else None (also
+    with training.ignore_plan, which the trainer's own refusal tells the user to set: the run starts anyway)."""
     limit = memory_limit(spec)
-    if limit is None or plan.fits is not False:
+    if limit is None or plan.fits is not False or spec.training.training.ignore_plan:
         return None
     fit = (
         f"; training.batch_size {plan.max_batch_size} would fit"
@@ -167,13 +186,15 @@ def too_big(spec: FinetuneJobSpec, plan: PlanEvent) -> str | None:
 
 
 def sized_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
-    """The spec the worker Job is rendered from: without spec.resources, the backend's CPU request and the
-    plan's memory (with HEADROOM) as both request and limit, so the scheduler reserves what the run will use."""
+    """The spec the worker Job is rendered from: without spec.resources, the backend's CPU request, the plan's
+    peak as the memory request (the scheduler reserves what the run is planned to use) and summary.memory (the
+    peak with HEADROOM, the backend's default limit at least) as the limit, so a run's swing is not OOMKilled."""
     if spec.resources is not None or summary is None or summary.memory is None:
         return spec
     base = backends.get(spec.backend).resources()
+    request = f"{math.ceil(summary.peak_bytes_per_worker / MIB)}Mi"
     resources = Resources(
-        requests={**base["requests"], "memory": summary.memory},
+        requests={**base["requests"], "memory": request},
         limits={**base["limits"], "memory": summary.memory},
     )
     return spec.model_copy(update={"resources": resources})

@@ -538,6 +538,7 @@ async def test_an_unsized_run_gets_its_workers_memory_from_the_plan_and_status_s
 
         running = await eventually(compared, what="progress compared with the plan")
     resources = workers["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources == {"requests": {"cpu": "1", "memory": "2560Mi"}, "limits": {"memory": "2560Mi"}}
+    # The plan's 2 GiB requested; the limit is the cpu backend's 6Gi, above 2 GiB x HEADROOM (2560Mi).
+    assert resources == {"requests": {"cpu": "1", "memory": "2048Mi"}, "limits": {"memory": "6144Mi"}}
     assert running["status"]["plan"]["estimate"] == "2.0 GiB, ~2m" and running["status"]["plan"]["tokens"] == 6000
     assert running["status"]["progress"]["speedVsPlan"] == 1.6

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-cluster flow (make e2e), as README's walk-through does it: kind cluster -> images -> chart with
 # two operator replicas (peering) -> PVCs with the embedded model and the example data -> the example
-# FinetuneJob with its default resources, plus one whose name is at the 63-character limit -> Succeeded ->
+# FinetuneJob with integer quantities, plus one whose name is at the 63-character limit -> Succeeded ->
+# two nodes suspended and resumed -> Succeeded; a missing image stays Initializing with the kubelet's reason ->
 # merged model on the volume -> a FinetuneJob deleted with the operator scaled to zero -> helm uninstall.
 # Needs: kind, kubectl, helm, and docker or podman. KEEP_CLUSTER=1 keeps the cluster for a look around.
 set -euo pipefail
@@ -31,7 +32,7 @@ step "helm install (chart, CRD, operator serving $NS: a Role there, no cluster-w
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 helm upgrade --install kubetune charts/kubetune -n kubetune-system --create-namespace \
     --set image.pullPolicy=Never --set operator.pollSeconds=5 --set replicaCount=2 \
-    --set "watch.namespaces={$NS}" --wait --timeout 5m
+    --set "watch.namespaces={$NS}" --set 'policy.images={kubetune/trainer:*}' --wait --timeout 5m
 kubectl get crd finetunejobs.kubetune.dev
 SA=system:serviceaccount:kubetune-system:kubetune
 [ "$(kubectl auth can-i create jobs --as=$SA -n "$NS")" = yes ]
@@ -82,6 +83,38 @@ if ! kubectl wait -n "$NS" ftj/dates-cpu --for=jsonpath='{.status.phase}'=Succee
 fi
 kubectl get ftj -n "$NS" dates-cpu -o jsonpath='{.status.mergedPath}{"\n"}'
 kubectl wait -n "$NS" "ftj/$LONG" --for=jsonpath='{.status.phase}'=Succeeded --timeout=900s
+
+step "two nodes, suspended mid-training and resumed -> Succeeded; an image that is not there stays Initializing"
+"$PY" - <<'PYEOF' | kubectl apply -n "$NS" -f -
+import sys, yaml
+job = yaml.safe_load(open("examples/k8s/finetunejob-cpu.yaml"))
+two = yaml.safe_load(yaml.safe_dump(job))
+two["metadata"]["name"] = "two-nodes"
+two["spec"]["nodes"] = 2
+two["spec"]["training"]["training"].update(max_steps=12, save_steps=2)
+two["spec"]["merge"] = {"enabled": False}
+two["spec"]["storage"]["output"]["subPath"] = "two-nodes"
+missing = yaml.safe_load(yaml.safe_dump(job))
+missing["metadata"]["name"] = "missing-image"
+missing["spec"]["image"] = "kubetune/trainer:not-there"  # allowed by policy.images, on no registry
+missing["spec"]["storage"]["output"]["subPath"] = "missing"
+yaml.safe_dump_all([two, missing], sys.stdout)
+PYEOF
+until [ "$(kubectl get ftj -n "$NS" two-nodes -o jsonpath='{.status.progress.step}')" -ge 3 ] 2>/dev/null; do
+    [ "$(kubectl get ftj -n "$NS" two-nodes -o jsonpath='{.status.phase}')" != Failed ] || exit 1
+    sleep 5
+done
+kubectl patch ftj -n "$NS" two-nodes --type merge -p '{"spec":{"runPolicy":{"suspend":true}}}'
+kubectl wait -n "$NS" ftj/two-nodes --for=jsonpath='{.status.phase}'=Suspended --timeout=600s
+kubectl patch ftj -n "$NS" two-nodes --type merge -p '{"spec":{"runPolicy":{"suspend":false}}}'
+kubectl wait -n "$NS" ftj/two-nodes --for=jsonpath='{.status.phase}'=Succeeded --timeout=1500s
+for _ in $(seq 60); do  # the kubelet's reason reaches status.message (issue 21 #4)
+    kubectl get ftj -n "$NS" missing-image -o jsonpath='{.status.message}' | grep -Eq 'ErrImagePull|ImagePullBackOff' && break
+    sleep 5
+done
+kubectl get ftj -n "$NS" missing-image -o jsonpath='{.status.message}' | grep -Eq 'ErrImagePull|ImagePullBackOff'
+[ "$(kubectl get ftj -n "$NS" missing-image -o jsonpath='{.status.phase}')" = Initializing ]
+kubectl delete -n "$NS" ftj missing-image --timeout=60s
 
 step "the merged model is on the output volume"
 kubectl apply -n "$NS" -f examples/k8s/copy-pod.yaml

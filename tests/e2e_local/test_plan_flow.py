@@ -17,6 +17,7 @@ import pytest
 from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump
 
+from kubetune.api import backends, quantity
 from kubetune.operator.initializer import HEADROOM
 from kubetune.operator.render import Names
 
@@ -105,10 +106,13 @@ async def test_an_unsized_finetunejob_gets_its_memory_from_its_plan_and_trains(
     assert status["phase"] == "Succeeded", f"{status.get('message')}\n{dump(node)}"
     assert [h["job"] for h in node.history] == [names.initializer, names.workers], dump(node)
     plan = status["plan"]
-    memory = f"{math.ceil(plan['peakBytesPerWorker'] * HEADROOM / 2**20)}Mi"
-    assert plan["memory"] == memory and plan["steps"] == 2 and plan["tokens"] > 0
+    # Request: the plan's peak; limit: HEADROOM over it, the backend's default limit at least.
+    peak, default = plan["peakBytesPerWorker"], quantity.parse(backends.get("cpu").limits["memory"])
+    limit = f"{math.ceil(max(peak * HEADROOM, float(default)) / 2**20)}Mi"
+    assert plan["memory"] == limit and plan["steps"] == 2 and plan["tokens"] > 0
     resources = workers["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources["requests"]["memory"] == resources["limits"]["memory"] == memory, resources
+    assert resources["requests"]["memory"] == f"{math.ceil(peak / 2**20)}Mi", resources
+    assert resources["limits"]["memory"] == limit, resources
     initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
     assert (initialized["status"], initialized["reason"]) == ("True", "Planned")
     assert (claims["runs"] / name / "adapter" / "adapter_model.safetensors").is_file()

@@ -41,9 +41,9 @@ RESOURCES = {
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", set()),
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
-    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", {"status"}),  # replicas (charts/.../peering.yaml)
-}
+}  # and kopf's peering resources, as the chart's crds/ declares them (peering_resources)
 CLUSTER_SCOPED = {"Namespace", "ClusterKopfPeering"}
+PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kubetune" / "crds" / "kopf-peering.yaml"
 PATHS = {
     "FinetuneJob": "/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
@@ -267,12 +267,33 @@ async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 15, w
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last value {value!r}")
 
 
+def peering_resources() -> dict[str, Any]:
+    """kopf's peering resources (replicas > 1) exactly as the chart's CRDs declare them: their scope and their
+    subresources (none: kopf writes a peering's status through the object itself, and a status subresource
+    would make the server drop it; kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/
+    custom-resource-definitions, "Status subresource")."""
+    import yaml
+
+    out = {}
+    for crd in yaml.safe_load_all(PEERING_CRDS.read_text()):
+        spec = crd["spec"]
+        (version,) = spec["versions"]
+        out[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
+            kind=spec["names"]["kind"],
+            namespaced=spec["scope"] == "Namespaced",
+            verbs=VERBS,
+            subresources=set(version.get("subresources") or {}),
+        )
+    return out
+
+
 @pytest.fixture
 async def cluster(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     for resource, (kind, subresources) in RESOURCES.items():
         kmock.resources[resource] = kmock.ResourceInfo(
             kind=kind, namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS, subresources=subresources
         )
+    kmock.resources.update(peering_resources())
     async with aiohttp.ClientSession(base_url=str(kmock.url)) as session:
         api = Cluster(session, kmock)
         kmock["get", kmock.resource("v1/pods"), kmock.subresource("log")] << api.serve_log

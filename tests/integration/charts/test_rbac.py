@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
-import yaml
 from kube import (
     NAMES,
     OPERATOR_TOKEN,
@@ -151,7 +150,6 @@ async def test_replicas_get_exactly_the_peering_verbs_kopf_uses(
 ):
     """replicaCount > 1: kopf peering through the chart's peering object (one per served namespace, or one
     cluster-wide): the rights on it are the ones kopf used, and the replica acts."""
-    register_peering_crds(cluster)
     values = {"watch": watch, "replicaCount": 2}
     (peering,) = [d for d in chart_objects(values) if d["kind"] == kind]
     await _admin_create(cluster, path, peering)
@@ -169,19 +167,6 @@ async def test_replicas_get_exactly_the_peering_verbs_kopf_uses(
     resource = path.rsplit("/", 1)[-1]
     peerings = {g for g in rbac.granted() if g[2] == resource}
     assert peerings and peerings == {n for n in needed(rbac) if n[2] == resource}
-
-
-def register_peering_crds(cluster: Cluster) -> None:
-    """kopf's peering resources as the chart's crds/ declares them (scope, subresources: none)."""
-    for crd in yaml.safe_load_all((CHART / "crds" / "kopf-peering.yaml").read_text()):
-        spec = crd["spec"]
-        (version,) = spec["versions"]
-        cluster.kmock.resources[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
-            kind=spec["names"]["kind"],
-            namespaced=spec["scope"] == "Namespaced",
-            verbs=VERBS,
-            subresources=set(version.get("subresources") or {}),
-        )
 
 
 async def _admin_create(cluster: Cluster, path: str, body: dict[str, Any]) -> None:

@@ -232,6 +232,10 @@ class PlanEvent(_Event):
     memory_limit_bytes: int | None = None  # the limit asked about (--memory) or seen (cgroup, free RAM)
     fits: bool | None = None
     max_batch_size: int | None = None  # the largest training.batch_size within memory_limit_bytes
+    # Peak of `kubetune merge` afterwards (one process), at its check 2: the process term, the merged model in the
+    # saved dtype, what it wrote reloaded in fp32 and, for a 4/8-bit run merged as trained, the quantized base it
+    # loaded (docs/plan.md). None: not planned (a trainer older than the merge plan).
+    merge_peak_bytes: int | None = None
 
 
 AnyEvent = ProgressEvent | EvalEvent | SummaryEvent | ErrorEvent | FetchedEvent | MergedEvent | PlanEvent

@@ -365,6 +365,32 @@ def lora_bytes(trainable: int, optimizer: str) -> int:
     return trainable * (FP32 + FP32 + OPTIMIZER_BYTES[optimizer])
 
 
+# --- the merge afterwards (`kubetune merge`, merge.py) ---------------------------------------------------
+
+TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def saved_dtype(config: Any) -> str:
+    """The dtype `kubetune merge --dtype auto` writes (merge._save_dtype): the base's declared one, else fp32."""
+    declared = str(getattr(config, "dtype", None) or "").removeprefix("torch.")
+    return TORCH_DTYPES.get(declared, "fp32")
+
+
+def merge_weights(s: Shapes, cfg: TrainConfig, saved: str, trained_weights: int) -> dict[str, int]:
+    """Weight bytes `kubetune merge` holds at its peak, check 2 (merge.py; measured stage by stage, docs/plan.md).
+
+    merged: the merged model in the saved dtype. reload: what was written, loaded back in fp32 (a view of the
+    file when fp32, else a copy next to the mapped file). quantized_base: merging a 4/8-bit run as trained
+    loads the base as training did and dequantizes it to fp32; the quantized model it loaded is not freed
+    before the peak (measured), so training's resident `weights` (`trained_weights`) are still there.
+    Loading and dequantizing hold less: the fp32 model next to at most the checkpoint file.
+    """
+    written = s.frozen * DTYPE_BYTES[saved]
+    reload = s.frozen * FP32 + (0 if saved == "fp32" else written)
+    as_trained = cfg.model.quantization != "none" and cfg.merge.base == "as_trained"
+    return {"merged": written, "reload": reload, "quantized_base": trained_weights if as_trained else 0}
+
+
 def process_rss() -> int:
     """This process's resident memory now: interpreter, libraries, tokenizer, tokenized data."""
     import psutil
@@ -439,6 +465,7 @@ class Planner:
     shapes: Shapes
     weights: dict[str, int]
     process: int
+    merge: dict[str, int]  # merge_weights: what `kubetune merge` holds at its peak, beside `process`
 
     def memory(self, batch_size: int) -> tuple[int, dict[str, int], Batch]:
         """(peak bytes per process, the terms, the batch that sets it) at this batch size."""
@@ -472,6 +499,7 @@ def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkp
     location = resolve_path(cfg.model.path)
     config = model_config(location, cfg.model.trust_remote_code)
     file_bytes, dtypes = checkpoint_files(location)
+    saved = saved_dtype(config)  # before the meta build, which sets config.dtype to the run's precision
     model = meta_model(cfg, config, precision, checkpointing=False)
     shapes = shapes_of(model, config)
     if precision != "fp32":  # the adapters compute in the autocast dtype (activation_bytes)
@@ -480,7 +508,8 @@ def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkp
         model = model.to(DTYPES[precision])
     q = cfg.model
     weights = weight_terms(shapes, file_bytes, dtypes, precision, q.quantization, q.double_quant)
-    return Planner(cfg, rows, precision, checkpointing, model, shapes, weights, process_rss())
+    merge = merge_weights(shapes, cfg, saved, weights["weights"])
+    return Planner(cfg, rows, precision, checkpointing, model, shapes, weights, process_rss(), merge)
 
 
 def make_plan(
@@ -502,7 +531,7 @@ def make_plan(
     steps = cfg.training.max_steps or math.ceil(steps_per_epoch * cfg.training.epochs)
     return PlanEvent(
         peak_bytes=peak,
-        memory=terms,
+        memory={**terms, **{f"merge_{k}": v for k, v in p.merge.items()}},
         device=place.device,
         precision=place.precision,
         gradient_checkpointing=place.gradient_checkpointing,
@@ -519,6 +548,7 @@ def make_plan(
         memory_limit_bytes=limit,
         fits=None if limit is None else peak <= limit,
         max_batch_size=p.largest_fitting(limit, len(rows)) if limit is not None and (search or peak > limit) else None,
+        merge_peak_bytes=p.process + sum(p.merge.values()),
     )
 
 
@@ -667,10 +697,12 @@ def print_plan(ev: PlanEvent) -> None:
     table.add_column("term")
     table.add_column("GiB", justify="right")
     for name, value in ev.memory.items():
-        if name != "load_peak" and not name.startswith("traced_"):
+        if name != "load_peak" and not name.startswith(("traced_", "merge_")):
             table.add_row(name, f"{value / 2**30:.2f}")
     table.add_row("peak (training)", f"{ev.peak_bytes / 2**30:.2f}", style="bold")
     table.add_row("peak while loading", f"{ev.memory.get('load_peak', 0) / 2**30:.2f}")
+    if ev.merge_peak_bytes is not None:
+        table.add_row("peak of `kubetune merge`", f"{ev.merge_peak_bytes / 2**30:.2f}")
     console = Console()
     console.print(table)
     b = ev.largest_batch

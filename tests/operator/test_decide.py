@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubetune.api import contract
+from kubetune.api import backends, contract
 from kubetune.api.finetunejob import CACHE_MESSAGE, DATA_CLAIM_MESSAGE, MODEL_CLAIM_MESSAGE
 from kubetune.operator.decide import checked, decide, set_condition
 from kubetune.operator.k8s import status_patch
@@ -717,6 +717,65 @@ def test_on_a_gpu_backend_the_cpu_plan_neither_sizes_nor_refuses():
     done = run(spec, initializing(spec), init_done(plan_line(14.2, fits=False, memory_limit_bytes=8 * GiB)))
     assert done.status["phase"] == "Pending" and "plan" not in done.status
     assert worker_resources(done)["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "1"}
+
+
+def merge_resources(spec: dict[str, Any], plan_status: dict[str, Any]) -> dict[str, Any]:
+    """The merge Job's container resources, created when training completes (and again, deleted by hand)."""
+    summary = json.dumps({"event": "summary", "steps": 10, "first_loss": 2.0, "final_loss": 0.5, "epochs": 1.0})
+    pods = (pod("w-0", phase="Succeeded", exit_code=0, message=summary),)
+    status = {**plan_status, "phase": "Running"}
+    trained = run(spec, status, seen(workers=job(condition="Complete"), worker_pods=pods))
+    merge = next(m for m in trained.create if m["metadata"]["name"] == NAMES.merge)
+    lost = run(spec, trained.status, seen(workers=job(condition="Complete")))  # deleted by hand: the same size
+    again = next(m for m in lost.create if m["metadata"]["name"] == NAMES.merge)
+    resources = merge["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert again["spec"]["template"]["spec"]["containers"][0]["resources"] == resources
+    return resources
+
+
+def test_an_unsized_runs_merge_job_gets_the_plans_merge_peak_with_headroom():
+    # A QLoRA worker planned at 2 GiB, its merge (the base in fp32, reloaded once written) at 12 GiB: the merge
+    # pod asks for 12 GiB and may grow to 15 GiB, where the backend's default (6Gi) would OOMKill it.
+    done = run(status=initializing(), observed=init_done(plan_line(2.0, merge_peak_bytes=12 * GiB)))
+    assert done.status["plan"]["mergePeakBytes"] == 12 * GiB and done.status["plan"]["mergeMemory"] == "15360Mi"
+    assert worker_resources(done) == {"requests": {"cpu": "1", "memory": "2048Mi"}, "limits": {"memory": "6144Mi"}}
+    assert merge_resources(SPEC, done.status) == {
+        "requests": {"cpu": "1", "memory": "12288Mi"},
+        "limits": {"memory": "15360Mi"},
+    }
+    # A small merge keeps the backend's default limit as its floor, like the workers; the request is its peak.
+    small = run(status=initializing(), observed=init_done(plan_line(1.0, merge_peak_bytes=3 * GiB)))
+    assert merge_resources(SPEC, small.status) == {
+        "requests": {"cpu": "1", "memory": "3072Mi"},
+        "limits": {"memory": "6144Mi"},
+    }
+
+
+def test_a_merge_without_a_planned_peak_gets_the_backend_defaults():
+    defaults = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
+    no_plan = run(status=initializing(), observed=init_done(""))
+    assert merge_resources(SPEC, no_plan.status) == defaults
+    # An initializer image older than the merge plan: its PlanEvent has no merge_peak_bytes; the workers are sized.
+    old = json.loads(plan_line(2.0))
+    del old["merge_peak_bytes"]
+    older = run(status=initializing(), observed=init_done(json.dumps(old)))
+    assert "mergePeakBytes" not in older.status["plan"] and older.status["plan"]["memory"] == "6144Mi"
+    assert merge_resources(SPEC, older.status) == defaults
+
+
+def test_a_sized_runs_merge_job_keeps_the_resources_it_asked_for():
+    given = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    spec = {**SPEC, "resources": given}
+    done = run(spec, initializing(spec), init_done(plan_line(3.0, merge_peak_bytes=12 * GiB, fits=True)))
+    assert "mergeMemory" not in done.status["plan"] and done.status["plan"]["mergePeakBytes"] == 12 * GiB
+    assert merge_resources(spec, done.status) == given
+
+
+def test_on_a_gpu_backend_the_merge_job_is_not_sized_by_the_cpu_plan():
+    spec = {**SPEC, "backend": "cuda"}
+    done = run(spec, initializing(spec), init_done(plan_line(2.0, merge_peak_bytes=12 * GiB)))
+    assert "plan" not in done.status  # a CPU plan says nothing of a GPU's memory: the backend's defaults
+    assert merge_resources(spec, done.status) == backends.get("cuda").resources()
 
 
 def test_progress_compares_the_measured_rate_with_the_plans():

@@ -191,6 +191,10 @@ def test_a_real_preflights_last_words_are_read_back_as_its_plan(tmp_path, monkey
     assert summary.peak_bytes_per_worker == outcome.plan.peak_bytes and summary.steps == 3
     # The limit: the headroom over the plan, rounded up, and the cpu backend's default 6Gi at least.
     assert summary.memory == f"{max(-(-outcome.plan.peak_bytes * 5 // 4 // 2**20), 6 * 1024)}Mi"
+    # The merge's peak crosses the same seam, beyond the process itself (the base in fp32, reloaded once written).
+    merge = outcome.plan.merge_peak_bytes
+    assert merge is not None and merge > outcome.plan.memory["process"] and summary.merge_peak_bytes == merge
+    assert summary.merge_memory == "6144Mi"  # a tiny model: the cpu backend's default limit is the floor
 
 
 def test_a_plan_text_that_is_not_a_plan_event_is_no_plan():

@@ -232,6 +232,12 @@ class PlanSummary(K8sModel):
     memory: str | None = Field(
         None, description="The memory each worker pod was given from the plan (spec.resources omitted), with headroom."
     )
+    merge_peak_bytes: int | None = Field(
+        None, description="Peak memory of the merge Job (`kubetune merge`, one process), when the plan has it."
+    )
+    merge_memory: str | None = Field(
+        None, description="The memory limit the merge pod was given from the plan (spec.resources omitted)."
+    )
 
 
 class Condition(K8sModel):

@@ -23,6 +23,7 @@ from kubetune.api.redact import redact, redact_value
 from kubetune.operator.initializer import (
     acts_on_plan,
     initializer_outcome,
+    merge_spec,
     plan_summary,
     render_initializer_job,
     sized_spec,
@@ -311,10 +312,13 @@ def _planned(run: _Pass, plan: contract.PlanEvent | None) -> Plan | None:
     return None
 
 
-def _planned_spec(run: _Pass) -> FinetuneJobSpec:
-    """The spec the worker Job is rendered from: sized by status.plan (what a restarted operator reads too)."""
+def _planned_spec(
+    run: _Pass, size: Callable[[FinetuneJobSpec, PlanSummary | None], FinetuneJobSpec] = sized_spec
+) -> FinetuneJobSpec:
+    """The spec the worker Job (with merge_spec, the merge Job) is rendered from: sized by status.plan (what a
+    restarted operator reads too)."""
     recorded = run.st.data.get("plan")
-    return sized_spec(run.spec, PlanSummary.model_validate(recorded) if recorded else None)
+    return size(run.spec, PlanSummary.model_validate(recorded) if recorded else None)
 
 
 def _ensure_children(run: _Pass) -> None:
@@ -326,7 +330,7 @@ def _ensure_children(run: _Pass) -> None:
         plan.create.append(render_service(run.meta))
     _ensure_network_policy(run)
     if phase == "Merging" and seen.merge is None:
-        plan.create.append(render_merge_job(run.meta, run.spec, run.settings))  # deleted by hand: merge again
+        plan.create.append(render_merge_job(run.meta, _planned_spec(run, merge_spec), run.settings))  # deleted: again
     if phase != "Merging" and seen.workers is None:
         plan.create.append(render_worker_job(run.meta, _planned_spec(run), run.settings))
         if phase in (None, "Initializing"):
@@ -480,7 +484,7 @@ def _trained(run: _Pass) -> Plan:
     if not spec.merge.enabled:
         return _succeed(run.plan, st, done_msg)
     if run.seen.merge is None:
-        run.plan.create.append(render_merge_job(run.meta, spec, run.settings))
+        run.plan.create.append(render_merge_job(run.meta, _planned_spec(run, merge_spec), run.settings))
     st.phase("Merging", cond.TRAINING_SUCCEEDED, f"{done_msg}; merging the adapter into the base model")
     return _finish(run.plan, st)
 

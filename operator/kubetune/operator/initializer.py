@@ -142,16 +142,26 @@ def acts_on_plan(spec: FinetuneJobSpec) -> bool:
     return backends.get(spec.backend).device is None
 
 
+def sized_memory(backend: str, peak: int) -> dict[str, str]:
+    """The memory of a pod planned to peak at `peak` bytes, the one sizing rule of workers and merge: the peak as
+    the request (the scheduler reserves what the pod is planned to use), HEADROOM over it as the limit, the
+    backend's default limit at least (a run's swing is not OOMKilled), each rounded up to a MiB."""
+    default = quantity.parse(backends.get(backend).limits["memory"])
+    limit = max(peak * HEADROOM, float(default))
+    return {"request": f"{math.ceil(peak / MIB)}Mi", "limit": f"{math.ceil(limit / MIB)}Mi"}
+
+
 def plan_summary(spec: FinetuneJobSpec, plan: PlanEvent) -> PlanSummary:
-    """status.plan from the initializer's PlanEvent: per worker pod (the plan's peak is per process)."""
+    """status.plan from the initializer's PlanEvent: per worker pod (the plan's peak is per process); the merge
+    is one process. The limits sized_spec and merge_spec give, when spec.resources is omitted."""
     per_worker = plan.peak_bytes * spec.procs_per_node
     tokens = round(plan.tokens_per_epoch * plan.steps / max(1, plan.steps_per_epoch))
     seconds = plan.seconds
     rate = round(tokens / seconds, 1) if seconds else None
-    memory = None
-    if spec.resources is None:  # the limit sized_spec gives: HEADROOM over the plan, the backend's default at least
-        default = quantity.parse(backends.get(spec.backend).limits["memory"])
-        memory = f"{math.ceil(max(per_worker * HEADROOM, float(default)) / MIB)}Mi"
+    unsized = spec.resources is None
+    memory = sized_memory(spec.backend, per_worker)["limit"] if unsized else None
+    merge = plan.merge_peak_bytes
+    merge_memory = sized_memory(spec.backend, merge)["limit"] if unsized and merge is not None else None
     estimate = gib(per_worker) + (f", {duration(seconds)}" if seconds is not None else "")
     return PlanSummary(
         peak_bytes_per_worker=per_worker,
@@ -164,6 +174,8 @@ def plan_summary(spec: FinetuneJobSpec, plan: PlanEvent) -> PlanSummary:
         tokens_per_second=rate,
         estimate=estimate,
         memory=memory,
+        merge_peak_bytes=merge,
+        merge_memory=merge_memory,
     )
 
 
@@ -185,16 +197,27 @@ def too_big(spec: FinetuneJobSpec, plan: PlanEvent) -> str | None:
     )
 
 
-def sized_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
-    """The spec the worker Job is rendered from: without spec.resources, the backend's CPU request, the plan's
-    peak as the memory request (the scheduler reserves what the run is planned to use) and summary.memory (the
-    peak with HEADROOM, the backend's default limit at least) as the limit, so a run's swing is not OOMKilled."""
-    if spec.resources is not None or summary is None or summary.memory is None:
+def _sized(spec: FinetuneJobSpec, peak: int | None) -> FinetuneJobSpec:
+    """`spec` with the backend's resources and the memory sized_memory gives `peak`; as given when spec.resources
+    is, or when there is no planned peak (no plan, an accelerator backend: the backend's defaults)."""
+    if spec.resources is not None or peak is None:
         return spec
     base = backends.get(spec.backend).resources()
-    request = f"{math.ceil(summary.peak_bytes_per_worker / MIB)}Mi"
+    memory = sized_memory(spec.backend, peak)
     resources = Resources(
-        requests={**base["requests"], "memory": request},
-        limits={**base["limits"], "memory": summary.memory},
+        requests={**base["requests"], "memory": memory["request"]},
+        limits={**base["limits"], "memory": memory["limit"]},
     )
     return spec.model_copy(update={"resources": resources})
+
+
+def sized_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
+    """The spec the worker Job is rendered from: without spec.resources, sized by the plan's peak per worker
+    (status.plan.memory is the limit this gives)."""
+    return _sized(spec, summary.peak_bytes_per_worker if summary and summary.memory else None)
+
+
+def merge_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
+    """The spec the merge Job is rendered from: without spec.resources, sized by the plan's merge peak (it loads
+    the base, dequantized and in fp32 for a 4-bit run, and reloads what it wrote: more than a QLoRA worker)."""
+    return _sized(spec, summary.merge_peak_bytes if summary and summary.merge_memory else None)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import engine
 import precision_modes
 import pytest
 from kube import Cluster, events_seen, eventually, operator
@@ -36,23 +35,6 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 # Waits are generous: each pod is a container that starts Python and torch, on 2 cores shared with other jobs.
-
-
-@pytest.fixture
-def claims(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The three PVCs: the embedded model (exported once), a little data, an empty output volume."""
-    data = tmp_path / "claims" / "data"
-    data.mkdir(parents=True)
-    records = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines()[:64]
-    (data / "train.jsonl").write_text("\n".join(records) + "\n")
-    bad = [*records[:5], '{"prompt": "Normalize the date: 1 May 2001"}', *records[5:10]]
-    (data / "bad.jsonl").write_text("\n".join(bad) + "\n")
-    runs = tmp_path / "claims" / "runs"
-    runs.mkdir()
-    for p in (tmp_path, tmp_path / "claims", data, runs):
-        p.chmod(0o755)
-    runs.chmod(0o777)
-    return {"models": engine.exported_model(tmp_path_factory.getbasetemp()), "data": data, "runs": runs}
 
 
 def finetunejob(

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import engine
 import pytest
 from kube import Cluster, eventually, operator
 from localnode import LocalNode, available, dump
@@ -25,22 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(available() is not None, reason=str(available())),
 ]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def claims(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The embedded model (exported once per session), 32 records of the dates example, an empty output volume."""
-    data = tmp_path / "claims" / "data"
-    data.mkdir(parents=True)
-    records = (ROOT / "examples" / "data" / "dates" / "train.jsonl").read_text().splitlines()[:32]
-    (data / "train.jsonl").write_text("\n".join(records) + "\n")
-    runs = tmp_path / "claims" / "runs"
-    runs.mkdir()
-    for p in (tmp_path, tmp_path / "claims", data):
-        p.chmod(0o755)
-    runs.chmod(0o777)
-    return {"models": engine.exported_model(tmp_path_factory.getbasetemp()), "data": data, "runs": runs}
 
 
 def finetunejob(name: str, **spec: Any) -> dict[str, Any]:

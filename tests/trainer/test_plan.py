@@ -192,6 +192,34 @@ def test_the_plan_is_within_half_of_a_real_runs_peak_rss(tmp_path, small_llama, 
     assert 0.5 <= event.peak_bytes / peak <= 1.5, (event.peak_bytes, peak, event.memory)
 
 
+@pytest.fixture(scope="module")
+def deep_llama(tmp_path_factory, builtin_path) -> str:
+    """A narrow, deep random Llama (d=128, 16 layers): with checkpointing its layers' memory is what matters."""
+    from transformers import AutoTokenizer
+
+    dest = tmp_path_factory.mktemp("deep-llama")
+    tokenizer = AutoTokenizer.from_pretrained(builtin_path)
+    tiny_llama(len(tokenizer), hidden=128, layers=16).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return str(dest)
+
+
+@pytest.mark.slow
+def test_with_checkpointing_the_plan_counts_what_the_layers_still_hold(tmp_path, deep_llama):
+    """Checkpointing keeps only each layer's input for backward, but on a CPU the layers' resident memory stays
+    at about 0.7 of the unchecked run's saved tensors (plan.CHECKPOINT_RESIDENT, fitted on the grid). A plan
+    that believed the trace (the layer inputs plus one layer) was 0.6x this run's peak; it must not undershoot."""
+    data = records(tmp_path / "d.jsonl", 16, 400)
+    argv = [KUBETUNE, "train", "--model", deep_llama, "--data", data, "--output-dir", str(tmp_path / "out")]
+    argv += ["--max-steps", "1", "--batch-size", "16", "--precision", "fp32", "--progress", "json"]
+    code, peak, stderr = measured_train([*argv, "--set", "training.gradient_checkpointing=\"on\""])
+    assert code == 0, stderr[-3000:]
+    event = logged_plan(stderr)
+    assert event.gradient_checkpointing
+    assert event.memory["resident_in_layers"] > 0.3 * peak  # the layers matter here, not just the process
+    assert 0.8 <= event.peak_bytes / peak <= 1.5, (event.peak_bytes, peak, event.memory)
+
+
 # --- refusing a run that cannot fit -------------------------------------------------------------------
 
 

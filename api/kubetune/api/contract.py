@@ -229,6 +229,7 @@ class PlanEvent(_Event):
     steps: int = 0
     seconds_per_epoch: float | None = None
     seconds: float | None = None  # the whole run (epochs or max_steps)
+    matmul_rate: float | None = None  # FLOP/s of the dense-matmul probe the time estimate starts from (cpu)
     memory_limit_bytes: int | None = None  # the limit asked about (--memory) or seen (cgroup, free RAM)
     fits: bool | None = None
     max_batch_size: int | None = None  # the largest training.batch_size within memory_limit_bytes

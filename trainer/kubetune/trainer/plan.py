@@ -48,16 +48,33 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # below); 4-bit is half a byte plus one absmax per 64 weights (fp32, or int8 + fp32 per 256 blocks).
 QUANT_BLOCK = 64
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
-# What the trace does not see, fitted on the benchmark grid (bench/plan_grid.py, docs/plan.md): inside the
-# decoder layers, the forward's freed temporaries, which the C allocator keeps mapped (resident memory
-# per traced byte); at the head, the loss's gradient buffers (this many fp32 copies of the kept logits);
-# and the run's own fixed cost once training starts (Trainer, accelerate, autograd's threads, oneDNN).
+# What the trace does not see, fitted on the benchmark grid (bench/plan_grid.py, docs/plan.md) against each
+# run's own peak resident memory (VmHWM): inside the decoder layers, the forward's freed temporaries, which
+# the C allocator keeps mapped (resident memory per traced byte); at the head, the loss's gradient buffers
+# (fp32 copies of the kept logits); and the run's own fixed cost once training starts (Trainer, accelerate,
+# autograd's threads, oneDNN).
 LAYER_OVERHEAD = 1.7
-LOGIT_GRADIENTS = 2
-RUNTIME_BYTES = 180 * 2**20
-# Fraction of the probed dense-matmul rate a training step reaches (small matmuls, elementwise ops,
-# the optimizer); fitted on the same grid.
-MATMUL_EFFICIENCY = 0.45
+LOGIT_GRADIENTS = 2.5
+RUNTIME_BYTES = 85 * 2**20
+# With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
+# measured resident memory in the layers stays at a large fraction of what the same batch saves without
+# checkpointing: 0.3-1.1 over ten grid points, and up to 15 % apart between two runs of one point (the
+# backward's recomputed layers' freed memory stays mapped too). 0.8 keeps the plan on the safe side of most.
+CHECKPOINT_RESIDENT = 0.8
+# Time, each term fitted together on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the
+# head) and the attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision
+# (the CPU's fused attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch
+# a fixed cost (the Trainer's step, the optimizer, collation) and one per decoder layer (the Python and the
+# small ops of a layer's forward and backward: norms, RoPE, peft's per-layer LoRA calls), more for a
+# quantized layer (bitsandbytes' per-call work); and for 8-bit, its int8 path per weight and pass (4-bit's
+# dequantization fitted to nothing measurable beside its matmul). The fixed costs are this machine's Python
+# speed, which the matmul probe does not see.
+DENSE_EFFICIENCY = {"fp32": 0.79, "bf16": 0.95, "fp16": 0.95}  # fp16: not measured, bf16's
+ATTENTION_EFFICIENCY = {"fp32": 0.16, "bf16": 0.05, "fp16": 0.05}
+MICRO_BATCH_SECONDS = 0.13
+LAYER_SECONDS = 0.020
+QUANTIZED_LAYER_SECONDS = 0.066
+INT8_SECONDS = 1.0e-8  # per 8-bit weight and pass
 
 
 class InsufficientMemory(KubetuneError):
@@ -261,20 +278,22 @@ def saved_bytes(model: Any, batch: Batch) -> tuple[int, int]:
 
 
 def activation_bytes(model: Any, batch: Batch, checkpointing: bool, layers: int) -> tuple[int, int]:
-    """Saved activations at the start of backward, (in the decoder layers, outside them); with
-    checkpointing, the layer inputs plus one layer's own.
+    """Resident activation bytes at the start of backward, (in the decoder layers, outside them): the saved
+    tensors times LAYER_OVERHEAD in the layers; with checkpointing, the larger of that for the layer inputs
+    plus one layer's own and CHECKPOINT_RESIDENT of what the layers save without checkpointing.
 
     Autocast does not apply to meta tensors, so a bf16 model arrives here with its LoRA weights in bf16
     too (`planner`): under the Trainer's CPU autocast the adapters compute in bf16 on the base layer's own
     (already saved) input, where without it peft would save an fp32 copy of that input per adapter.
     """
     if not checkpointing:
-        return saved_bytes(model, batch)
+        in_layers, outside = saved_bytes(model, batch)
+        return round(in_layers * LAYER_OVERHEAD), outside
     model.gradient_checkpointing_disable()
     whole, _ = saved_bytes(model, batch)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kept, rest = saved_bytes(model, batch)
-    return kept + whole // max(1, layers), rest
+    return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, whole * CHECKPOINT_RESIDENT)), rest
 
 
 @dataclass(frozen=True)
@@ -406,22 +425,23 @@ def peak_rss() -> int:
 # --- time -------------------------------------------------------------------------------------------
 
 
-def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -> float:
-    """Training FLOPs of one micro-batch (2 per multiply-add).
+def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -> tuple[float, float]:
+    """Training FLOPs of one micro-batch (2 per multiply-add), (dense, attention).
 
-    Frozen weights: forward and the input-gradient backward (no weight gradient), plus a second forward
-    when checkpointing; LoRA: forward, input and weight gradients; causal attention (QK and AV over the
-    padded width, half of it masked); the output head only at `head_positions`.
+    Dense: the frozen weights' forward and input-gradient backward (no weight gradient), plus a second forward
+    when checkpointing; LoRA's forward, input and weight gradients; the output head only at `head_positions`.
+    Attention: QK and AV over the padded width, half of it masked, in each pass and its backward.
     """
     passes = 3 if checkpointing else 2
-    dense = 2 * passes * (s.frozen - s.head) * b.tokens + 6 * s.trainable * b.tokens
+    dense = 2 * passes * (s.frozen - s.head) * b.tokens + 6 * s.trainable * b.tokens + 2 * 2 * s.head * head_positions
     attention = 2 * (passes + 1) * s.layers * s.attention_width * b.width * b.width * b.rows
-    head = 2 * 2 * s.head * head_positions
-    return float(dense + attention + head)
+    return float(dense), float(attention)
 
 
-def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a square matmul at the run's dtype on `threads` threads (best of `repeats`)."""
+def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5, budget: float = 0.3) -> float:
+    """FLOP/s of a square matmul at the run's dtype on `threads` threads: the best of at least `repeats`, for at
+    least `budget` seconds, so that one short stall of the machine (a neighbour, the first touch of fresh pages)
+    does not become the plan's rate."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -430,24 +450,33 @@ def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5
     torch.set_num_threads(threads)
     try:
         a @ b  # warm-up: kernel choice and allocation
-        best = math.inf
-        for _ in range(repeats):
+        best, runs, began = math.inf, 0, time.perf_counter()
+        while runs < repeats or time.perf_counter() - began < budget:
             start = time.perf_counter()
             a @ b
-            best = min(best, time.perf_counter() - start)
+            best, runs = min(best, time.perf_counter() - start), runs + 1
     finally:
         torch.set_num_threads(before)
     return 2 * size**3 / best
 
 
-def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, checkpointing: bool, rate: float) -> float:
-    """One epoch's compute over the data's real micro-batches, at MATMUL_EFFICIENCY of the probed rate."""
+def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Any, rate: float) -> float:
+    """One epoch over the data's real micro-batches: their dense and attention FLOPs at their fractions of the
+    probed rate, and each micro-batch's fixed, per-layer and (8-bit) per-weight costs."""
     lengths = [len(r["input_ids"]) for r in rows]
     trained = sum(1 for r in rows for x in r["labels"][1:] if x != IGNORE)
     batches = epoch_batches(lengths, cfg.training.batch_size, cfg.data.packing, cfg.data.length_grouped, 0)
     per_token = trained / max(1, sum(lengths))  # the head runs at the trained positions
-    flops = sum(batch_flops(s, b, round(per_token * b.tokens), checkpointing) for b in batches)
-    return flops / (rate * MATMUL_EFFICIENCY)
+    ckpt = place.gradient_checkpointing
+    flops = [batch_flops(s, b, round(per_token * b.tokens), ckpt) for b in batches]
+    compute = (
+        sum(d for d, _ in flops) / DENSE_EFFICIENCY[place.precision]
+        + sum(a for _, a in flops) / ATTENTION_EFFICIENCY[place.precision]
+    )
+    quantization = cfg.model.quantization
+    layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if quantization != "none" else 0.0)
+    int8 = s.quantized * (3 if ckpt else 2) * INT8_SECONDS if quantization == "8bit" else 0.0
+    return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers + int8)
 
 
 # --- the plan -----------------------------------------------------------------------------------------
@@ -477,10 +506,10 @@ class Planner:
             "runtime": RUNTIME_BYTES,
             "weights": self.weights["weights"],
             "lora_and_optimizer": lora_bytes(self.shapes.trainable, self.cfg.training.optimizer),
-            "activations": round(in_layers * LAYER_OVERHEAD) + outside + LOGIT_GRADIENTS * logits,
+            "activations": in_layers + outside + round(LOGIT_GRADIENTS * logits),
         }
         load_peak = self.process + self.weights["weights"] + self.weights["load_extra"]
-        traced = {"traced_in_layers": in_layers, "traced_outside": outside, "traced_logits": logits}
+        traced = {"resident_in_layers": in_layers, "traced_outside": outside, "traced_logits": logits}
         return max(sum(terms.values()), load_peak), {**terms, "load_peak": load_peak, **traced}, batch
 
     def largest_fitting(self, limit: int, ceiling: int) -> int | None:
@@ -525,7 +554,7 @@ def make_plan(
     p = planner(cfg, rows, place.precision, place.gradient_checkpointing)
     peak, terms, batch = p.memory(cfg.training.batch_size)
     rate = matmul_rate(place.precision, place.threads) if place.device == "cpu" else None
-    epoch = epoch_seconds(p.shapes, rows, cfg, place.gradient_checkpointing, rate) / world_size if rate else None
+    epoch = epoch_seconds(p.shapes, rows, cfg, place, rate) / world_size if rate else None
     per_step = cfg.training.global_batch(world_size)
     steps_per_epoch = max(1, math.ceil(len(rows) / per_step))
     steps = cfg.training.max_steps or math.ceil(steps_per_epoch * cfg.training.epochs)
@@ -545,6 +574,7 @@ def make_plan(
         steps=steps,
         seconds_per_epoch=round(epoch, 1) if epoch is not None else None,
         seconds=round(epoch * steps / steps_per_epoch, 1) if epoch is not None else None,
+        matmul_rate=round(rate) if rate else None,
         memory_limit_bytes=limit,
         fits=None if limit is None else peak <= limit,
         max_batch_size=p.largest_fitting(limit, len(rows)) if limit is not None and (search or peak > limit) else None,

@@ -400,8 +400,8 @@ def merge_weights(s: Shapes, cfg: TrainConfig, saved: str, trained_weights: int)
 
     merged: the merged model in the saved dtype. reload: what was written, loaded back in fp32 (a view of the
     file when fp32, else a copy next to the mapped file). quantized_base: merging a 4/8-bit run as trained
-    loads the base as training did and dequantizes it to fp32; the quantized model it loaded is not freed
-    before the peak (measured), so training's resident `weights` (`trained_weights`) are still there.
+    loads the base as training did and dequantizes it to fp32; the quantized model it loaded is freed, but its
+    memory stays in the C allocator's heap (measured), about training's resident `weights` (`trained_weights`).
     Loading and dequantizing hold less: the fp32 model next to at most the checkpoint file.
     """
     written = s.frozen * DTYPE_BYTES[saved]

@@ -66,15 +66,13 @@ CHECKPOINT_RESIDENT = 0.8
 # (the CPU's fused attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch
 # a fixed cost (the Trainer's step, the optimizer, collation) and one per decoder layer (the Python and the
 # small ops of a layer's forward and backward: norms, RoPE, peft's per-layer LoRA calls), more for a
-# quantized layer (bitsandbytes' per-call work); and for 8-bit, its int8 path per weight and pass (4-bit's
-# dequantization fitted to nothing measurable beside its matmul). The fixed costs are this machine's Python
-# speed, which the matmul probe does not see.
+# quantized layer (bitsandbytes' per-call work; its dequantization fitted to nothing measurable beside the
+# matmul, for 4-bit and 8-bit). The fixed costs are this machine's Python speed, which the probe does not see.
 DENSE_EFFICIENCY = {"fp32": 0.79, "bf16": 0.95, "fp16": 0.95}  # fp16: not measured, bf16's
 ATTENTION_EFFICIENCY = {"fp32": 0.16, "bf16": 0.05, "fp16": 0.05}
 MICRO_BATCH_SECONDS = 0.13
 LAYER_SECONDS = 0.020
 QUANTIZED_LAYER_SECONDS = 0.066
-INT8_SECONDS = 1.0e-8  # per 8-bit weight and pass
 
 
 class InsufficientMemory(KubetuneError):
@@ -462,7 +460,7 @@ def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5
 
 def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Any, rate: float) -> float:
     """One epoch over the data's real micro-batches: their dense and attention FLOPs at their fractions of the
-    probed rate, and each micro-batch's fixed, per-layer and (8-bit) per-weight costs."""
+    probed rate, and each micro-batch's fixed and per-layer costs."""
     lengths = [len(r["input_ids"]) for r in rows]
     trained = sum(1 for r in rows for x in r["labels"][1:] if x != IGNORE)
     batches = epoch_batches(lengths, cfg.training.batch_size, cfg.data.packing, cfg.data.length_grouped, 0)
@@ -473,10 +471,8 @@ def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place
         sum(d for d, _ in flops) / DENSE_EFFICIENCY[place.precision]
         + sum(a for _, a in flops) / ATTENTION_EFFICIENCY[place.precision]
     )
-    quantization = cfg.model.quantization
-    layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if quantization != "none" else 0.0)
-    int8 = s.quantized * (3 if ckpt else 2) * INT8_SECONDS if quantization == "8bit" else 0.0
-    return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers + int8)
+    layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if cfg.model.quantization != "none" else 0.0)
+    return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers)
 
 
 # --- the plan -----------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_with_checkpointing_the_plan_counts_what_the_layers_still_hold(tmp_path,
     data = records(tmp_path / "d.jsonl", 16, 400)
     argv = [KUBETUNE, "train", "--model", deep_llama, "--data", data, "--output-dir", str(tmp_path / "out")]
     argv += ["--max-steps", "1", "--batch-size", "16", "--precision", "fp32", "--progress", "json"]
-    code, peak, stderr = measured_train([*argv, "--set", "training.gradient_checkpointing=\"on\""])
+    code, peak, stderr = measured_train([*argv, "--set", 'training.gradient_checkpointing="on"'])
     assert code == 0, stderr[-3000:]
     event = logged_plan(stderr)
     assert event.gradient_checkpointing

@@ -11,7 +11,7 @@ used to fit the plan's constants (trainer/kubetune/trainer/plan.py); docs/plan.m
 Memory figures do not depend on what else runs on the machine; time figures do: run it on a quiet
 machine. `--container` runs one point in the cpu image under memory limits around its plan instead.
 
-    .venv/bin/python bench/plan_grid.py [--quick | --container] [--out docs/plan-grid-latest.json]
+    .venv/bin/python bench/plan_grid.py [--quick | --container [--factors F ...]] [--out docs/plan-grid-latest.json]
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three points only")
     parser.add_argument("--container", action="store_true", help="only the container check, in " + IMAGE)
+    parser.add_argument("--factors", type=float, nargs="+", default=[0.8, 0.85, 0.9, 1.0], help="limits / plan")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plan-grid-latest.json")
     args = parser.parse_args()
     from kubetune.trainer.models import resolve_path
@@ -244,7 +245,7 @@ def main() -> None:
         if args.container:
             work.chmod(0o755)
             model = {CONTAINER_POINT[1]: random_llama(work / CONTAINER_POINT[1], *shapes[CONTAINER_POINT[1]], smol)}
-            for line in container_check(work, model):
+            for line in container_check(work, model, tuple(args.factors)):
                 print(json.dumps(line), flush=True)
             return
         models = {k: random_llama(work / k, h, n, smol) for k, (h, n) in shapes.items()}

@@ -257,3 +257,21 @@ def test_the_initializer_gets_the_workers_memory_limit_when_it_is_larger():
     assert resources({"memory": "68719476736"})["limits"] == {"memory": "68719476736"}  # any quantity form
     assert resources({"memory": "2Gi"}) == init.RESOURCES  # a smaller worker limit: the initializer's own 4 GiB
     assert resources({"cpu": "4"}) == init.RESOURCES and resources(None) == init.RESOURCES
+
+
+def test_a_given_limit_too_small_for_the_merge_is_refused_before_any_worker():
+    """The merge Job runs under the same spec.resources: a limit that fits training but not the merge would OOM
+    after training has finished, so it is refused up front, unless the merge is off or the plan is ignored."""
+    limited = {"resources": {"limits": {"memory": "2Gi"}}}
+    plan = PlanEvent(peak_bytes=2**30, batch_size=2, fits=True, merge_peak_bytes=3 * 2**30)
+    message = init.too_big(spec({"data": {"path": ["t.jsonl"]}}, **limited), plan)
+    assert message == (
+        "the merge needs 3.0 GiB, spec.resources.limits.memory is 2Gi; give a larger limit or set merge.enabled: false"
+    )
+    assert init.too_big(spec({"data": {"path": ["t.jsonl"]}}, merge={"enabled": False}, **limited), plan) is None
+    ignored = {"data": {"path": ["t.jsonl"]}, "training": {"ignore_plan": True}}
+    assert init.too_big(spec(ignored, **limited), plan) is None
+    fits = plan.model_copy(update={"merge_peak_bytes": 2**31})
+    assert init.too_big(spec({"data": {"path": ["t.jsonl"]}}, **limited), fits) is None  # exactly the limit fits
+    older = plan.model_copy(update={"merge_peak_bytes": None})  # an initializer without the merge plan
+    assert init.too_big(spec({"data": {"path": ["t.jsonl"]}}, **limited), older) is None

@@ -42,7 +42,7 @@ RESOURCES = {
     "v1/events": ("Event", set()),
     "v1/namespaces": ("Namespace", set()),  # kopf waits to discover it, even when watching all namespaces
 }  # and kopf's peering resources, as the chart's crds/ declares them (peering_resources)
-CLUSTER_SCOPED = {"Namespace", "ClusterKopfPeering"}
+CLUSTER_SCOPED = {"Namespace"}
 PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kubetune" / "crds" / "kopf-peering.yaml"
 PATHS = {
     "FinetuneJob": "/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs",

@@ -32,12 +32,15 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import ExitCode, PlanEvent
 from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
 from kubetune.trainer.models import first_line
+
+if TYPE_CHECKING:
+    from kubetune.trainer.device import Placement
 
 log = logging.getLogger("kubetune.plan")
 
@@ -70,7 +73,7 @@ CHECKPOINT_RESIDENT = 0.8
 # matmul, for 4-bit and 8-bit). The fixed costs are this machine's Python speed, which the probe does not see.
 DENSE_EFFICIENCY = {"fp32": 0.79, "bf16": 0.95, "fp16": 0.95}  # fp16: not measured, bf16's
 ATTENTION_EFFICIENCY = {"fp32": 0.16, "bf16": 0.05, "fp16": 0.05}
-MICRO_BATCH_SECONDS = 0.13
+MICRO_BATCH_SECONDS = 0.13  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
 LAYER_SECONDS = 0.020
 QUANTIZED_LAYER_SECONDS = 0.066
 
@@ -458,7 +461,7 @@ def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5
     return 2 * size**3 / best
 
 
-def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Any, rate: float) -> float:
+def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Placement, rate: float) -> float:
     """One epoch over the data's real micro-batches: their dense and attention FLOPs at their fractions of the
     probed rate, and each micro-batch's fixed and per-layer costs."""
     lengths = [len(r["input_ids"]) for r in rows]
@@ -723,7 +726,7 @@ def print_plan(ev: PlanEvent) -> None:
     table.add_column("term")
     table.add_column("GiB", justify="right")
     for name, value in ev.memory.items():
-        if name != "load_peak" and not name.startswith(("traced_", "merge_")):
+        if name != "load_peak" and not name.startswith(("traced_", "resident_", "merge_")):  # inside a row above
             table.add_row(name, f"{value / 2**30:.2f}")
     table.add_row("peak (training)", f"{ev.peak_bytes / 2**30:.2f}", style="bold")
     table.add_row("peak while loading", f"{ev.memory.get('load_peak', 0) / 2**30:.2f}")
@@ -741,7 +744,10 @@ def print_plan(ev: PlanEvent) -> None:
         f"{ev.steps} steps in all"
     )
     if ev.seconds is not None:
-        console.print(f"time: ~{ev.seconds_per_epoch:.0f} s per epoch, ~{ev.seconds:.0f} s for the run (CPU estimate)")
+        rate = f", at a probed {ev.matmul_rate / 1e9:.0f} GFLOP/s" if ev.matmul_rate else ""
+        console.print(
+            f"time: ~{ev.seconds_per_epoch:.0f} s per epoch, ~{ev.seconds:.0f} s for the run (CPU estimate{rate})"
+        )
     if ev.memory_limit_bytes is not None:
         verdict = "fits" if ev.fits else "does NOT fit"
         largest = f"largest batch_size that fits: {ev.max_batch_size}" if ev.max_batch_size else "not even batch 1 fits"

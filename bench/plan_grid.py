@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 import engine
 import peak
+from tinymodel import random_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
@@ -88,32 +89,6 @@ GRID = [
     ("held out: d2048-L16 r16 bf16 b4 len256", "d2048-L16", 4, 256, 16, "none", "bf16", "off", False),
 ]
 QUICK = [GRID[0], GRID[3], GRID[4]]
-
-
-def random_llama(dest: Path, hidden: int, layers: int, tokenizer_dir: str) -> str:
-    """A random-init Llama of this width and depth with the builtin's tokenizer, saved as fp32 safetensors."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if (dest / "config.json").exists():
-        return str(dest)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=int(hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=max(1, hidden // 256),
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return str(dest)
 
 
 def records(path: Path, n: int, length: int) -> str:

@@ -37,3 +37,30 @@ def save_tiny_llama(dest: Path, tokenizer_path: str) -> Path:
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+def random_llama(dest: Path, hidden: int, layers: int, tokenizer_dir: str, intermediate: int | None = None) -> str:
+    """A random-init Llama of a real model's proportions (64-wide heads, a key/value head per four, the MLP
+    8/3 as wide unless `intermediate`) with that tokenizer, saved as fp32 safetensors; kept if already there."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (dest / "config.json").exists():
+        return str(dest)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or int(hidden * 8 / 3) // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return str(dest)

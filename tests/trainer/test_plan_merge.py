@@ -15,6 +15,7 @@ from pathlib import Path
 import peak
 import precision_modes
 import pytest
+from tinymodel import random_llama
 
 from kubetune.api.config import TrainConfig
 from kubetune.api.contract import PlanEvent, parse_event
@@ -82,27 +83,7 @@ def weighty_llama(tmp_path_factory, builtin_path) -> str:
     """A random Llama (d=1024, 6 layers, 118M parameters, half of them in the quantizable layers) with the
     builtin's tokenizer: the merged model, check 2's reload and a 4-bit run's quantized base are each about a
     quarter of the merge's peak, the process the rest."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    dest = tmp_path_factory.mktemp("weighty")
-    tokenizer = AutoTokenizer.from_pretrained(builtin_path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=6,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return str(dest)
+    return random_llama(tmp_path_factory.mktemp("weighty"), 1024, 6, builtin_path, intermediate=2816)
 
 
 def kubetune(argv: list[str]) -> subprocess.CompletedProcess:

@@ -237,12 +237,11 @@ def _save_dtype(requested: str, base: str) -> torch.dtype:
     """`auto` keeps the base's own dtype on disk (bf16 checkpoints stay bf16-sized); fp32 if it names none."""
     from transformers import AutoConfig
 
+    from kubetune.trainer.plan import saved_dtype  # the one rule, which the merge plan reads too
+
     if requested != "auto":
         return DTYPES[requested]
-    declared = getattr(AutoConfig.from_pretrained(resolve_path(base)), "dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    return declared if declared in TOLERANCE else torch.float32
+    return DTYPES[saved_dtype(AutoConfig.from_pretrained(resolve_path(base)))]
 
 
 def _checksums_of(weights: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:

@@ -391,7 +391,8 @@ TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def saved_dtype(config: Any) -> str:
-    """The dtype `kubetune merge --dtype auto` writes (merge._save_dtype): the base's declared one, else fp32."""
+    """The dtype `kubetune merge --dtype auto` writes (merge._save_dtype uses this): the base's declared one,
+    else fp32."""
     declared = str(getattr(config, "dtype", None) or "").removeprefix("torch.")
     return TORCH_DTYPES.get(declared, "fp32")
 

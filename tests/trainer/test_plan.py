@@ -138,6 +138,33 @@ def test_the_meta_trace_saves_what_autograd_saves_on_real_tensors(hidden, layers
     assert abs(traced / measured - 1) <= 0.10, (traced, measured)
 
 
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_the_meta_trace_of_a_quantized_run_saves_what_autocast_saves_on_the_real_model(tmp_path, quantization):
+    """QLoRA as `train` runs it on a CPU: bitsandbytes' layers, peft's kbit preparation (every other weight in
+    fp32) and bf16 autocast. The planner's meta model must carry the same dtypes: an fp32 residual stream and
+    MLP (4-bit) or bf16 layer outputs (8-bit), and a bf16 copy of each adapter's and attention's input."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    from kubetune.api.config import TrainConfig
+    from kubetune.trainer.models import apply_lora, load_model
+    from kubetune.trainer.train import lora_config
+
+    tiny_llama(2000, hidden=64, layers=2).save_pretrained(tmp_path / "m")
+    cfg = TrainConfig.model_validate(
+        {"model": {"path": str(tmp_path / "m"), "quantization": quantization}, "data": {"path": ["d.jsonl"]}}
+    )
+    batch = plan.Batch(4, 96, 20)
+    base = load_model(cfg.model, torch.bfloat16, "cpu")
+    real = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    real = apply_lora(real, cfg.lora, lora_config(cfg)).train()  # bitsandbytes' training kernels, as in `train`
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        measured = real_saved_bytes(real, batch)
+    p = plan.planner(cfg, [], "bf16", checkpointing=False)
+    traced = sum(plan.saved_bytes(p.model, batch, p.autocast))
+    assert abs(traced / measured - 1) <= 0.05, (traced, measured)
+
+
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory, builtin_path) -> str:
     """A random Llama (d=256, 4 layers) with the builtin's tokenizer: activations dominate its peak at batch 16."""

@@ -61,9 +61,10 @@ LOGIT_GRADIENTS = 2.5
 RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
 # measured resident memory in the layers stays at a large fraction of what the same batch saves without
-# checkpointing: 0.3-1.1 over ten grid points, and up to 15 % apart between two runs of one point (the
-# backward's recomputed layers' freed memory stays mapped too). 0.8 keeps the plan on the safe side of most.
-CHECKPOINT_RESIDENT = 0.8
+# checkpointing (the backward's recomputed layers' freed memory stays mapped too): 0.7 of it puts the grid's
+# checkpointed points, QLoRA's among them, within -11 % to +8 % (docs/plan.md); one point's peak moves by up
+# to 15 % between two runs.
+CHECKPOINT_RESIDENT = 0.7
 # Time, each term fitted together on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the
 # head) and the attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision
 # (the CPU's fused attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch
@@ -198,15 +199,18 @@ def meta_model(cfg: TrainConfig, config: Any, precision: str, checkpointing: boo
     return apply_lora(model, cfg.lora, lora_config(cfg))
 
 
-def _flash_attention(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> Any:
+def _flash_attention(dtype: Any) -> Any:
     """Scaled dot-product attention as CPU training runs it, for the trace: the fused (flash) kernel
     saves q, k, v, its output and a float32 log-sum-exp per query row, never the T x T weights that
-    the meta device's math decomposition would save."""
+    the meta device's math decomposition would save. With `dtype` (autocast's, over an fp32 stream)
+    it saves autocast's copies of q, k and v in that dtype, and its output is in it."""
     import torch
 
     class FlashShapes(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, q: Any, k: Any, v: Any) -> Any:
+            if dtype is not None and q.dtype != dtype:
+                q, k, v = (x.new_empty(x.shape, dtype=dtype) for x in (q, k, v))
             out = q.new_empty((*q.shape[:-1], v.shape[-1]))
             ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
             return out
@@ -215,7 +219,7 @@ def _flash_attention(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> Any:
         def backward(ctx: Any, grad: Any) -> Any:  # pragma: no cover (the trace never runs backward)
             raise NotImplementedError
 
-    return FlashShapes.apply(q, k, v)
+    return lambda q, k, v, *args, **kwargs: FlashShapes.apply(q, k, v)
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -226,9 +230,10 @@ def decoder_layers(model: Any) -> list[Any]:
     return list(max(lists, key=len)) if lists else []
 
 
-def saved_bytes(model: Any, batch: Batch) -> tuple[int, int]:
+def saved_bytes(model: Any, batch: Batch, autocast: Any = None) -> tuple[int, int]:
     """Bytes autograd holds for backward after the forward and loss of `batch` (each storage once):
-    (saved inside the decoder layers, saved outside them: embeddings, final norm, head and loss)."""
+    (saved inside the decoder layers, saved outside them: embeddings, final norm, head and loss).
+    `autocast`: the dtype autocast computes attention and the head in over an fp32 model (`Planner.autocast`)."""
     import torch
     import torch.nn.functional as F
     import transformers.masking_utils as masking
@@ -264,7 +269,7 @@ def saved_bytes(model: Any, batch: Batch) -> tuple[int, int]:
     # has none and a packed one is traced as one causal row, whose saved tensors are the same size.
     originals = masking.find_packed_sequence_indices, F.scaled_dot_product_attention
     masking.find_packed_sequence_indices = lambda position_ids: None
-    F.scaled_dot_product_attention = _flash_attention
+    F.scaled_dot_product_attention = _flash_attention(autocast)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
@@ -275,25 +280,30 @@ def saved_bytes(model: Any, batch: Batch) -> tuple[int, int]:
         for h in hooks:
             h.remove()
     layers = sum(n for n, within in saved.values() if within)
-    return layers, sum(n for n, within in saved.values() if not within)
+    outside = sum(n for n, within in saved.values() if not within)
+    if autocast is not None:  # autocast's copy of the fp32 head weight for its matmul, saved for the backward
+        outside += model.get_output_embeddings().weight.numel() * autocast.itemsize
+    return layers, outside
 
 
-def activation_bytes(model: Any, batch: Batch, checkpointing: bool, layers: int) -> tuple[int, int]:
+def activation_bytes(
+    model: Any, batch: Batch, checkpointing: bool, layers: int, autocast: Any = None
+) -> tuple[int, int]:
     """Resident activation bytes at the start of backward, (in the decoder layers, outside them): the saved
     tensors times LAYER_OVERHEAD in the layers; with checkpointing, the larger of that for the layer inputs
     plus one layer's own and CHECKPOINT_RESIDENT of what the layers save without checkpointing.
 
-    Autocast does not apply to meta tensors, so a bf16 model arrives here with its LoRA weights in bf16
-    too (`planner`): under the Trainer's CPU autocast the adapters compute in bf16 on the base layer's own
-    (already saved) input, where without it peft would save an fp32 copy of that input per adapter.
+    Autocast does not apply to meta tensors, so the model arrives here with the dtypes autocast would give
+    (`planner`): a bf16 model has its LoRA weights in bf16 too, as the adapters compute in bf16 on the base
+    layer's own (already saved) input. A quantized model is fp32 with bf16 adapters (`autocast`).
     """
     if not checkpointing:
-        in_layers, outside = saved_bytes(model, batch)
+        in_layers, outside = saved_bytes(model, batch, autocast)
         return round(in_layers * LAYER_OVERHEAD), outside
     model.gradient_checkpointing_disable()
-    whole, _ = saved_bytes(model, batch)
+    whole, _ = saved_bytes(model, batch, autocast)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    kept, rest = saved_bytes(model, batch)
+    kept, rest = saved_bytes(model, batch, autocast)
     return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, whole * CHECKPOINT_RESIDENT)), rest
 
 
@@ -495,11 +505,12 @@ class Planner:
     weights: dict[str, int]
     process: int
     merge: dict[str, int]  # merge_weights: what `kubetune merge` holds at its peak, beside `process`
+    autocast: Any = None  # the dtype autocast computes in over an fp32 model (a quantized base), else None
 
     def memory(self, batch_size: int) -> tuple[int, dict[str, int], Batch]:
         """(peak bytes per process, the terms, the batch that sets it) at this batch size."""
         batch = largest_batch(self.rows, batch_size, self.cfg.data.packing)
-        in_layers, outside = activation_bytes(self.model, batch, self.checkpointing, self.shapes.layers)
+        in_layers, outside = activation_bytes(self.model, batch, self.checkpointing, self.shapes.layers, self.autocast)
         logits = batch.rows * batch.kept * self.shapes.vocab * FP32
         terms = {
             "process": self.process,
@@ -529,16 +540,44 @@ def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkp
     config = model_config(location, cfg.model.trust_remote_code)
     file_bytes, dtypes = checkpoint_files(location)
     saved = saved_dtype(config)  # before the meta build, which sets config.dtype to the run's precision
-    model = meta_model(cfg, config, precision, checkpointing=False)
-    shapes = shapes_of(model, config)
-    if precision != "fp32":  # the adapters compute in the autocast dtype (activation_bytes)
-        from kubetune.trainer.models import DTYPES
-
-        model = model.to(DTYPES[precision])
     q = cfg.model
+    model, autocast = autocast_model(cfg, config, precision)
+    shapes = shapes_of(model, config)
     weights = weight_terms(shapes, file_bytes, dtypes, precision, q.quantization, q.double_quant)
     merge = merge_weights(shapes, cfg, saved, weights["weights"])
-    return Planner(cfg, rows, precision, checkpointing, model, shapes, weights, process_rss(), merge)
+    return Planner(cfg, rows, precision, checkpointing, model, shapes, weights, process_rss(), merge, autocast)
+
+
+def autocast_model(cfg: TrainConfig, config: Any, precision: str) -> tuple[Any, Any]:
+    """The meta model in the dtypes the run's activations have under the Trainer's CPU autocast, and the dtype
+    attention runs in when it differs from the model's (None otherwise).
+
+    Not quantized: the model is loaded in the run's precision, and the adapters compute in it. Quantized: peft's
+    kbit preparation upcasts every non-quantized weight to fp32 and bitsandbytes returns each layer's output in
+    its input's dtype, so the residual stream, the norms and the MLP's products are fp32; under bf16 autocast the
+    adapters and attention cast their fp32 inputs to bf16, a copy each, and an 8-bit layer's output is bf16
+    (measured: tests/trainer/test_plan.py).
+    """
+    from kubetune.trainer.models import DTYPES
+
+    quantized = cfg.model.quantization != "none"
+    model = meta_model(cfg, config, "fp32" if quantized else precision, checkpointing=False)
+    if precision == "fp32":
+        return model, None
+    if not quantized:
+        return model.to(DTYPES[precision]), None
+    dtype = DTYPES[precision]
+    for p in model.parameters():
+        if p.requires_grad:  # the adapters
+            p.data = p.data.to(dtype)
+    if cfg.model.quantization == "8bit":  # bitsandbytes' 8-bit matmul returns autocast's dtype, 4-bit its input's
+        import torch
+
+        head = model.get_output_embeddings()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m is not head and not m.weight.requires_grad:
+                m.register_forward_hook(lambda _m, _inputs, out: out.to(dtype))
+    return model, dtype
 
 
 def make_plan(

@@ -654,6 +654,9 @@ def test_an_unsized_run_plans_first_and_its_workers_get_the_plans_memory_with_he
     # A worker Job deleted by hand (or a restarted operator) is recreated from status.plan: the same size.
     again = run(status={**done.status, "phase": "Running"}, observed=seen())
     assert worker_resources(again) == worker_resources(done)
+    # status.plan.memory is the limit the pod gets, as the user read it (say an earlier operator wrote another).
+    earlier = {**done.status, "phase": "Running", "plan": {**done.status["plan"], "memory": "7000Mi"}}
+    assert worker_resources(run(status=earlier, observed=seen()))["limits"] == {"memory": "7000Mi"}
     # Above the backend's default: the limit is the plan x HEADROOM (10 GiB x 1.25), the request the plan.
     big = run(status=first.status, observed=init_done(plan_line(10.0)))
     assert worker_resources(big) == {"requests": {"cpu": "1", "memory": "10240Mi"}, "limits": {"memory": "12800Mi"}}

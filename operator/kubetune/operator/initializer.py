@@ -206,27 +206,27 @@ def too_big(spec: FinetuneJobSpec, plan: PlanEvent) -> str | None:
     )
 
 
-def _sized(spec: FinetuneJobSpec, peak: int | None) -> FinetuneJobSpec:
-    """`spec` with the backend's resources and the memory sized_memory gives `peak`; as given when spec.resources
-    is, or when there is no planned peak (no plan, an accelerator backend: the backend's defaults)."""
-    if spec.resources is not None or peak is None:
+def _sized(spec: FinetuneJobSpec, peak: int | None, limit: str | None) -> FinetuneJobSpec:
+    """`spec` with the backend's resources, the memory request sized_memory gives `peak` and `limit` (the one
+    status.plan shows, so the pod is what the user read); as given when spec.resources is, or when there is no
+    planned peak (no plan, an accelerator backend: the backend's defaults)."""
+    if spec.resources is not None or peak is None or limit is None:
         return spec
     base = backends.get(spec.backend).resources()
-    memory = sized_memory(spec.backend, peak)
     resources = Resources(
-        requests={**base["requests"], "memory": memory["request"]},
-        limits={**base["limits"], "memory": memory["limit"]},
+        requests={**base["requests"], "memory": sized_memory(spec.backend, peak)["request"]},
+        limits={**base["limits"], "memory": limit},
     )
     return spec.model_copy(update={"resources": resources})
 
 
 def sized_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
     """The spec the worker Job is rendered from: without spec.resources, sized by the plan's peak per worker
-    (status.plan.memory is the limit this gives)."""
-    return _sized(spec, summary.peak_bytes_per_worker if summary and summary.memory else None)
+    and the limit status.plan.memory shows."""
+    return _sized(spec, summary.peak_bytes_per_worker, summary.memory) if summary else spec
 
 
 def merge_spec(spec: FinetuneJobSpec, summary: PlanSummary | None) -> FinetuneJobSpec:
     """The spec the merge Job is rendered from: without spec.resources, sized by the plan's merge peak (it loads
     the base, dequantized and in fp32 for a 4-bit run, and reloads what it wrote: more than a QLoRA worker)."""
-    return _sized(spec, summary.merge_peak_bytes if summary and summary.merge_memory else None)
+    return _sized(spec, summary.merge_peak_bytes, summary.merge_memory) if summary else spec

@@ -65,18 +65,20 @@ RUNTIME_BYTES = 85 * 2**20
 # checkpointed points, QLoRA's among them, within -11 % to +8 % (docs/plan.md); one point's peak moves by up
 # to 15 % between two runs.
 CHECKPOINT_RESIDENT = 0.7
-# Time, each term fitted together on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the
-# head) and the attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision
-# (the CPU's fused attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch
-# a fixed cost (the Trainer's step, the optimizer, collation) and one per decoder layer (the Python and the
-# small ops of a layer's forward and backward: norms, RoPE, peft's per-layer LoRA calls), more for a
-# quantized layer (bitsandbytes' per-call work; its dequantization fitted to nothing measurable beside the
-# matmul, for 4-bit and 8-bit). The fixed costs are this machine's Python speed, which the probe does not see.
+# Time, fitted on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the head) and the
+# attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision (the CPU's fused
+# attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch a fixed cost (the
+# Trainer's step, the optimizer, collation) and one per decoder layer (the Python and the small ops of a layer's
+# forward and backward: norms, RoPE, peft's per-layer LoRA calls), more for a quantized layer (bitsandbytes'
+# per-call work). These are steady-state costs, fitted on the grid's step-by-step times; the first step costs
+# more once (`warm_up`). The fixed costs are this machine's Python speed, which the probe does not see.
 DENSE_EFFICIENCY = {"fp32": 0.79, "bf16": 0.95, "fp16": 0.95}  # fp16: not measured, bf16's
 ATTENTION_EFFICIENCY = {"fp32": 0.16, "bf16": 0.05, "fp16": 0.05}
-MICRO_BATCH_SECONDS = 0.13  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
-LAYER_SECONDS = 0.020
-QUANTIZED_LAYER_SECONDS = 0.066
+MICRO_BATCH_SECONDS = 0.017  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
+LAYER_SECONDS = 0.013
+QUANTIZED_LAYER_SECONDS = 0.076
+FIRST_STEP_SECONDS = 0.23
+FIRST_TOUCH_SECONDS_PER_GIB = 0.43
 
 
 class InsufficientMemory(KubetuneError):
@@ -450,7 +452,12 @@ def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -
     return float(dense), float(attention)
 
 
-def matmul_rate(precision: str, threads: int, size: int = 1024, repeats: int = 5, budget: float = 0.3) -> float:
+PROBE_SECONDS = 0.3
+
+
+def matmul_rate(
+    precision: str, threads: int, size: int = 1024, repeats: int = 5, budget: float = PROBE_SECONDS
+) -> float:
     """FLOP/s of a square matmul at the run's dtype on `threads` threads: the best of at least `repeats`, for at
     least `budget` seconds, so that one short stall of the machine (a neighbour, the first touch of fresh pages)
     does not become the plan's rate."""
@@ -487,6 +494,12 @@ def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place
     )
     layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if cfg.model.quantization != "none" else 0.0)
     return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers)
+
+
+def warm_up(touched: int) -> float:
+    """The first step's one-time cost over a steady one: kernel selection, and the first touch of every page the
+    run holds beyond the process (the mapped weights faulted in, fresh activation memory zeroed)."""
+    return FIRST_STEP_SECONDS + FIRST_TOUCH_SECONDS_PER_GIB * touched / 2**30
 
 
 # --- the plan -----------------------------------------------------------------------------------------
@@ -590,9 +603,13 @@ def make_plan(
 ) -> PlanEvent:
     """The plan of this config on this data and this placement; with `limit`, the largest batch that fits
     (searched for always with `search`, else only when the configured batch does not fit)."""
+    cpu = place.device == "cpu"
+    # The probe in two windows, before and after the trace (seconds apart): a stall of the machine that spans
+    # one (measured on the grid: two processes in forty probed half the rate) does not become the plan's rate.
+    first = matmul_rate(place.precision, place.threads, budget=PROBE_SECONDS / 2) if cpu else None
     p = planner(cfg, rows, place.precision, place.gradient_checkpointing)
     peak, terms, batch = p.memory(cfg.training.batch_size)
-    rate = matmul_rate(place.precision, place.threads) if place.device == "cpu" else None
+    rate = max(first, matmul_rate(place.precision, place.threads, budget=PROBE_SECONDS / 2)) if first else None
     epoch = epoch_seconds(p.shapes, rows, cfg, place, rate) / world_size if rate else None
     per_step = cfg.training.global_batch(world_size)
     steps_per_epoch = max(1, math.ceil(len(rows) / per_step))
@@ -612,7 +629,7 @@ def make_plan(
         steps_per_epoch=steps_per_epoch,
         steps=steps,
         seconds_per_epoch=round(epoch, 1) if epoch is not None else None,
-        seconds=round(epoch * steps / steps_per_epoch, 1) if epoch is not None else None,
+        seconds=round(epoch * steps / steps_per_epoch + warm_up(peak - p.process), 1) if epoch is not None else None,
         matmul_rate=round(rate) if rate else None,
         memory_limit_bytes=limit,
         fits=None if limit is None else peak <= limit,

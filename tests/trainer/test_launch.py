@@ -100,6 +100,24 @@ def test_busy_port_is_reported_on_node_zero_only():
         check_port_free(Layout(2, 2, 1, "127.0.0.1", port))  # other nodes do not host it
 
 
+def test_a_port_a_stopped_rendezvous_left_in_time_wait_is_free():
+    """A suspended job's rank 0 resumes on the same host while the old store's closed connections sit in
+    TIME_WAIT on the port: torch's TCPStore binds it (it reuses the address), so the check must too."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end of the connection waits in TIME_WAIT on `port`
+        client.recv(1)
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # the port is taken for a bind without reuse
+        plain.bind(("127.0.0.1", port))
+    check_port_free(Layout(2, 1, 0, "127.0.0.1", port))
+
+
 def test_rendezvous_failure_names_address_and_missing_nodes():
     from kubetune.trainer.launch import rendezvous_failure
 

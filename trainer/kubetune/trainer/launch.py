@@ -169,10 +169,15 @@ def torchrun_command(layout: Layout, argv: list[str], rdzv_timeout: int) -> list
 
 
 def check_port_free(layout: Layout) -> None:
-    """Node 0 hosts the rendezvous; a busy port would otherwise show up as a confusing timeout."""
+    """Node 0 hosts the rendezvous; a busy port would otherwise show up as a confusing timeout.
+
+    Busy means another listener. The bind reuses the address as torch's TCPStore does, so the connections a
+    stopped launcher's store closed (TIME_WAIT for a minute, a resumed rank 0 on the same host) do not count.
+    """
     if layout.node_rank != 0:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("", layout.master_port))
         except OSError:

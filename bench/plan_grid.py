@@ -121,7 +121,7 @@ def timed_point(point: tuple, models: dict[str, str], work: Path) -> dict:
     return run_point(point, models, work, steps=min(64, math.ceil(2 * TIMED / seconds)))
 
 
-DISTURBED = 0.7  # a probe this far below the grid's median for its precision read a stalled machine
+DISTURBED = 0.7  # a probe under this fraction of the machine's rate (probed_point) read a stalled machine
 
 
 def reference_rates() -> dict[str, float]:

@@ -62,7 +62,7 @@ RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
 # measured resident memory in the layers stays at a large fraction of what the same batch saves without
 # checkpointing (the backward's recomputed layers' freed memory stays mapped too): 0.7 of it puts the grid's
-# checkpointed points, QLoRA's among them, within -11 % to +8 % (docs/plan.md); one point's peak moves by up
+# checkpointed points, QLoRA's among them, within -7.9 % to +7.4 % (docs/plan.md); one point's peak moves by up
 # to 15 % between two runs.
 CHECKPOINT_RESIDENT = 0.7
 # Time, fitted on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the head) and the
@@ -562,8 +562,8 @@ def planner(cfg: TrainConfig, rows: list[dict[str, Any]], precision: str, checkp
 
 
 def autocast_model(cfg: TrainConfig, config: Any, precision: str) -> tuple[Any, Any]:
-    """The meta model in the dtypes the run's activations have under the Trainer's CPU autocast, and the dtype
-    attention runs in when it differs from the model's (None otherwise).
+    """The meta model in the dtypes the run's activations have under the Trainer's CPU autocast, and autocast's
+    dtype where it differs from the model's (attention and the head run in it; None otherwise).
 
     Not quantized: the model is loaded in the run's precision, and the adapters compute in it. Quantized: peft's
     kbit preparation upcasts every non-quantized weight to fp32 and bitsandbytes returns each layer's output in

@@ -452,7 +452,9 @@ def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -
     return float(dense), float(attention)
 
 
-PROBE_SECONDS = 0.3
+# Two windows of 0.4 s: on a shared 2-vCPU host the best 1024^3 matmul of one 0.15 s window read 95-197 GFLOP/s
+# within one process over 3 s, the best of a 1 s window varied by at most 8 % (docs/plan.md).
+PROBE_SECONDS = 0.8
 
 
 def matmul_rate(

@@ -1,5 +1,6 @@
 """The pure parts of train.py: mapping our config onto TrainingArguments, and worker checks."""
 
+import json
 import os
 
 import pytest
@@ -134,3 +135,36 @@ def test_ranks_whose_probes_disagree_train_in_one_precision(backend):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert [r["precision"] for r in results] == ["fp32", "fp32"]
     assert all("1 rank(s) bf16, 1 rank(s) fp32" in r["reason"] for r in results)
+
+
+WORKER = """
+import json, os, torch
+from kubetune.api import load_config
+from kubetune.trainer.device import choose, detect
+from kubetune.trainer.train import worker_setup
+cfg = load_config(None, sets=["training.num_threads=1", "training.precision=fp32"])
+place, backend = worker_setup(cfg, choose(detect(), "cpu", "fp32", "auto", False, 1))
+cores = sorted(os.sched_getaffinity(0))
+print(json.dumps({"threads": place.threads, "torch": torch.get_num_threads(), "cores": cores}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores to tell one thread from all")
+def test_a_launched_worker_runs_the_threads_the_config_asks_for(tmp_path):
+    """A torchrun worker (world size 1, gloo) told `training.num_threads: 1` on a multi-core node uses one thread
+    on one core, and says so; before, it took every core of its block (two launchers on 2 shared cores: 1.5x slower)."""
+    import socket
+    import subprocess
+    import sys
+
+    from precision_modes import child_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    worker_env = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+    env = child_env(**worker_env, LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["threads"] == got["torch"] == 1 and len(got["cores"]) == 1, got

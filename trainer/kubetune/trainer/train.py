@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -138,13 +138,16 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Pl
     place = agree_across_ranks(place, backend, cfg.distributed.timeout_seconds)
     if place.device == "cpu":
         pinned: list[int] | str
+        configured, usable = cfg.training.num_threads, devices.usable_cores()
         try:
-            pinned = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
+            block = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
+            threads = launch.worker_threads(block, usable, local_world, configured)
+            pinned = block[:threads]
             os.sched_setaffinity(0, pinned)
-            threads = len(pinned)
         except (AttributeError, OSError):  # not Linux, or pinning not allowed: threads only
-            pinned, threads = "not pinned", max(1, place.threads // local_world)
+            pinned, threads = "not pinned", configured or max(1, usable // local_world)
         torch.set_num_threads(threads)
+        place = replace(place, threads=threads)  # what the log, the plan and run.json report
         log.info("rank %s/%d: backend=%s threads=%d cores=%s", os.environ.get("RANK"), world, backend, threads, pinned)
     return place, backend
 

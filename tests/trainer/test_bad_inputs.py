@@ -531,6 +531,10 @@ def check(t: Path, argv: list[str], env: dict[str, str], code: int, culprit: str
     before = snapshot(t / "out")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    if "HF_HUB_OFFLINE" in env:  # read once, when huggingface_hub is imported: set what a fresh process would see
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", env["HF_HUB_OFFLINE"] == "1")
     result = CliRunner().invoke(app, argv)
     output = result.output
     assert result.exit_code == code, output[-3000:] + "".join(traceback.format_exception(result.exception))

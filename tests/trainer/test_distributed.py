@@ -115,12 +115,18 @@ def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path):
     adapter they end with. Only node 0's rank 0 writes outputs; node 1's output directory stays empty.
     """
     pin, steps = ("--precision", "fp32"), ("--max-steps", "4", "--batch-size")
-    one = kubetune(args(data, tmp_path / "one", *steps, "4", *pin), env_for())
-    assert one.returncode == 0, one.stderr[-3000:]
+    shared = ("--set", "training.num_threads=1")  # both "nodes" share this machine's cores: one thread each
+    single = kubetune(args(data, tmp_path / "one", *steps, "4", *pin), env_for())
+    assert single.returncode == 0, single.stderr[-3000:]
     port = str(free_port())
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "kubetune.trainer.cli", *args(data, tmp_path / f"node{rank}", *steps, "2", *pin)],
+            [
+                sys.executable,
+                "-m",
+                "kubetune.trainer.cli",
+                *args(data, tmp_path / f"node{rank}", *steps, "2", *pin, *shared),
+            ],
             env=env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

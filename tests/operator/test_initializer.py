@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import kubernetes_validate
+import precision_modes
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -218,6 +219,8 @@ def preflight(tmp_path, monkeypatch, builtin_path, training: dict[str, Any], arg
     log = tmp_path / "termination-log"
     log.write_text("")
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    # These cases are about the precision their config asks for: the suite's forced one would override it.
+    monkeypatch.delenv(precision_modes.ENV, raising=False)
     monkeypatch.setattr("kubetune.trainer.cli._setup_logging", lambda: None)
     result = CliRunner().invoke(app, [*args, "--config", str(config)])
     return result, log.read_text()

@@ -68,13 +68,13 @@ def test_split_cores_disjoint_equal_blocks():
 
 def test_a_workers_threads_are_its_share_of_the_quota_or_the_config_never_more_than_its_cores():
     node = list(range(64))
-    assert worker_threads(split_cores(node, 2, 1), usable=64, local_world=2, configured=None) == 32
+    assert worker_threads(len(split_cores(node, 2, 1)), usable=64, local_world=2, configured=None) == 32
     # A pod limited to 8 CPUs on a 64-core node sees all 64 in its affinity: 4 threads per process, not 32.
-    assert worker_threads(split_cores(node, 2, 1), usable=8, local_world=2, configured=None) == 4
+    assert worker_threads(len(split_cores(node, 2, 1)), usable=8, local_world=2, configured=None) == 4
     # Two pods sharing a node's cores, told one thread each (the two-node flow on a 2-core machine).
-    assert worker_threads([0, 1], usable=2, local_world=1, configured=1) == 1
-    assert worker_threads([0, 1], usable=2, local_world=1, configured=8) == 2  # never more than its cores
-    assert worker_threads([3], usable=1, local_world=4, configured=None) == 1
+    assert worker_threads(2, usable=2, local_world=1, configured=1) == 1
+    assert worker_threads(2, usable=2, local_world=1, configured=8) == 2  # never more than its cores
+    assert worker_threads(1, usable=1, local_world=4, configured=None) == 1
 
 
 def test_worker_environment_threads_and_ccl():

@@ -2,8 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
+from mlflowserver import free_port
+from precision_modes import child_env
 
 from kubetune.api import load_config
 from kubetune.trainer.device import Hardware, choose
@@ -153,17 +157,8 @@ print(json.dumps({"threads": place.threads, "torch": torch.get_num_threads(), "c
 def test_a_launched_worker_runs_the_threads_the_config_asks_for(tmp_path):
     """A torchrun worker (world size 1, gloo) told `training.num_threads: 1` on a multi-core node uses one thread
     on one core, and says so; before, it took every core of its block (two launchers on 2 shared cores: 1.5x slower)."""
-    import socket
-    import subprocess
-    import sys
-
-    from precision_modes import child_env
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
     worker_env = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
-    env = child_env(**worker_env, LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    env = child_env(**worker_env, LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])

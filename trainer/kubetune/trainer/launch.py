@@ -136,13 +136,13 @@ def split_cores(cores: list[int], local_world: int, local_rank: int) -> list[int
     return sorted(cores)[start : start + per]
 
 
-def worker_threads(block: list[int], usable: int, local_world: int, configured: int | None) -> int:
+def worker_threads(cores: int, usable: int, local_world: int, configured: int | None) -> int:
     """Threads of one of `local_world` processes on a node: `training.num_threads` when set, else its share of
     the cores the node may use (a cgroup CPU quota counts, not only the affinity), and never more than the
-    cores it is pinned to. Two launchers sharing 2 cores trained at 69 tokens/s with two threads each, 101 with
-    one each (SmolLM2, batch 2 x 64). Pure."""
+    `cores` it may run on (its pinned block, or the usable cores unpinned). Two launchers sharing 2 cores
+    trained at 69 tokens/s with two threads each, 101 with one each (SmolLM2, batch 2 x 64). Pure."""
     share = configured or max(1, usable // local_world)
-    return max(1, min(len(block), share))
+    return max(1, min(cores, share))
 
 
 def worker_environment(environ: Mapping[str, str], layout: Layout, cores_available: int) -> dict[str, str]:

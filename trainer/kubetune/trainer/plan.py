@@ -62,8 +62,8 @@ RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
 # measured resident memory in the layers stays at a large fraction of what the same batch saves without
 # checkpointing (the backward's recomputed layers' freed memory stays mapped too): 0.7 of it puts the grid's
-# checkpointed points, QLoRA's among them, within -7.9 % to +7.4 % (docs/plan.md); one point's peak moves by up
-# to 15 % between two runs.
+# checkpointed points, QLoRA's among them, within -6.3 % to +7.6 % in the latest run (docs/plan.md); one point's
+# peak moves by up to 15 % between two runs.
 CHECKPOINT_RESIDENT = 0.7
 # Time, fitted on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the head) and the
 # attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision (the CPU's fused

@@ -141,11 +141,11 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Pl
         configured, usable = cfg.training.num_threads, devices.usable_cores()
         try:
             block = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
-            threads = launch.worker_threads(block, usable, local_world, configured)
+            threads = launch.worker_threads(len(block), usable, local_world, configured)
             pinned = block[:threads]
             os.sched_setaffinity(0, pinned)
         except (AttributeError, OSError):  # not Linux, or pinning not allowed: threads only
-            pinned, threads = "not pinned", configured or max(1, usable // local_world)
+            pinned, threads = "not pinned", launch.worker_threads(usable, usable, local_world, configured)
         torch.set_num_threads(threads)
         place = replace(place, threads=threads)  # what the log, the plan and run.json report
         log.info("rank %s/%d: backend=%s threads=%d cores=%s", os.environ.get("RANK"), world, backend, threads, pinned)

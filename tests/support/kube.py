@@ -81,22 +81,30 @@ class Emulator(kmock.KubernetesEmulator):
       ownerReference to the deleted owner and stay;
     - the status subresource (FinetuneJobs, Jobs, Pods): a PATCH or PUT of the object ignores its `status`, one of
       `/status` ignores everything else (kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/
-      custom-resource-definitions, "Status subresource"; the same holds for the built-in kinds).
+      custom-resource-definitions, "Status subresource"; the same holds for the built-in kinds);
+    - resourceVersion: every write gives the object a new one, and a PATCH or PUT (of the object or of its
+      `/status`) whose `metadata.resourceVersion` is not the stored one is refused with 409 Conflict: the
+      optimistic concurrency of the API conventions ("Concurrency Control and Consistency") and of
+      kubernetes.io/docs/reference/using-api/api-concepts ("Resource versions"). An object deleted and
+      re-created under the same name has a new resourceVersion, so a write meant for the old one fails.
     """
 
     rbac: RBAC | None = None
     kueue: bool = False
     gc_delay: float = 0.0
     _collecting: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    _version: int = attrs.field(default=0, init=False)
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is not None:
             self._authorize(request)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             self._admit(request.data)
-        if request.action == kmock.action.UPDATE and isinstance(request.data, dict):
-            split_status(request.resource, request.subresource, request.data)
         key = (request.resource, request.namespace, request.name)
+        if request.action == kmock.action.UPDATE and isinstance(request.data, dict):
+            self._precondition(key, request.data)
+            split_status(request.resource, request.subresource, request.data)
+            request.data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         deleting = request.action == kmock.action.DELETE and request.resource is not None and request.name
         uid = self._uid(key) if deleting else None
         response = await super()._handle(request)
@@ -108,6 +116,24 @@ class Emulator(kmock.KubernetesEmulator):
             self._collecting.add(task)
             task.add_done_callback(self._collecting.discard)
         return response
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def _precondition(self, key: Any, body: dict[str, Any]) -> None:
+        """409 when the write names a resourceVersion that is not the stored object's."""
+        given = (body.get("metadata") or {}).get("resourceVersion")
+        if given is None or key not in self._objects or self._objects[key].deleted:
+            return
+        stored = (self._objects[key].raw.get("metadata") or {}).get("resourceVersion")
+        if given != stored:
+            raise Refused(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0].plural} "{key[2]}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+            )
 
     def _uid(self, key: Any) -> str | None:
         if key not in self._objects or self._objects[key].deleted:
@@ -139,7 +165,7 @@ class Emulator(kmock.KubernetesEmulator):
         if problems:
             raise Refused(422, "Invalid", f'{obj.get("kind")} "{meta.get("name")}" is invalid: ' + "; ".join(problems))
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("resourceVersion", "1")
+        meta["resourceVersion"] = self._next_version()
         meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         if obj.get("kind") == "Service" and not (obj.get("spec") or {}).get("clusterIP"):
             # A ClusterIP Service gets its address from the server (headless ones keep "None").

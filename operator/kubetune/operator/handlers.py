@@ -112,8 +112,7 @@ async def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, uid
         await _act_on_jobs(cluster, namespace, seen, plan, logger)
     else:  # a refusal or someone else's object: decide again with what the create met
         plan = decide(meta, spec, old, dataclasses.replace(seen, **met), memo.config.pods)
-    await _report(cluster, ftj, old, plan, memo)
-    return plan.done
+    return await _report(cluster, ftj, plan, memo, logger) and plan.done
 
 
 async def _create(cluster: k8s.Cluster, meta: dict[str, Any], plan: Plan, logger: Any) -> dict[str, Any] | None:
@@ -144,13 +143,24 @@ async def _act_on_jobs(cluster: k8s.Cluster, namespace: str, seen: Observed, pla
             logger.info("deleted %s %s", kind, child)
 
 
-async def _report(cluster: k8s.Cluster, ftj: dict[str, Any], old: dict[str, Any], plan: Plan, memo: kopf.Memo) -> None:
+async def _report(cluster: k8s.Cluster, ftj: dict[str, Any], plan: Plan, memo: kopf.Memo, logger: Any) -> bool:
+    """Write the pass's status, then its events; False when the FinetuneJob changed since it was read (409)."""
     meta = ftj["metadata"]
-    await asyncio.to_thread(cluster.patch_status, meta["namespace"], meta["name"], old, plan.status)
+    try:
+        await asyncio.to_thread(cluster.patch_status, ftj, plan.status)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        # Someone wrote the object since this pass read it, or it is a new FinetuneJob of the same name (deleted
+        # and re-applied): this pass's decisions are stale. Nothing is reported; the next pass decides again
+        # (and, for a replaced object, ends: the new one has a daemon of its own).
+        logger.info("the FinetuneJob changed while this pass ran: its status is decided again at the next pass")
+        return False
     for event in plan.events:
         kopf.event(ftj, type=event.type, reason=event.reason, message=event.message[:1000])
     memo.metrics.phase((meta["namespace"], meta["name"]), plan.status.get("phase"))
     memo.reconciles += 1
+    return True
 
 
 async def _report_error(cluster: k8s.Cluster, namespace: str, name: str, exc: Exception, logger: Any) -> None:
@@ -159,9 +169,8 @@ async def _report_error(cluster: k8s.Cluster, namespace: str, name: str, exc: Ex
         ftj = await asyncio.to_thread(cluster.get_finetunejob, namespace, name)
         if ftj is None:
             return
-        old = ftj.get("status") or {}
-        new = reconcile_error(old, datetime.now(UTC), type(exc).__name__, str(exc))
-        await asyncio.to_thread(cluster.patch_status, namespace, name, old, new)
+        new = reconcile_error(ftj.get("status") or {}, datetime.now(UTC), type(exc).__name__, str(exc))
+        await asyncio.to_thread(cluster.patch_status, ftj, new)
     except Exception:  # the original error matters more than this one
         logger.warning("could not report the reconcile error on the FinetuneJob", exc_info=True)
 

@@ -208,12 +208,18 @@ class Cluster:
         """A merge patch of a Job's mutable spec fields (suspend, backoffLimit, activeDeadlineSeconds)."""
         self.batch.patch_namespaced_job(name, namespace, {"spec": spec}, _preload_content=False)
 
-    def patch_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
-        """Write the status through its subresource as a merge patch from `old`; False when nothing changed."""
-        patch = status_patch(old, new)
+    def patch_status(self, read: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Write the status of the FinetuneJob as `read` through its subresource, as a merge patch from the status
+        read; False when nothing changed. The patch carries the resourceVersion read, so the API server answers 409
+        when the object changed since, or was deleted and re-created under the same name, instead of writing one
+        object's decisions onto another. (Not the uid: on /status the server keeps the stored metadata and checks
+        only the resourceVersion, k8s.io/apiserver registry Store.Update.)"""
+        meta = read["metadata"]
+        patch = status_patch(read.get("status") or {}, new)
         if patch:
+            body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _preload_content=False
             )
         return bool(patch)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from kube import (
 )
 from preflight import worker_job
 
+from kubetune.operator import k8s
 from kubetune.operator.observed import CONTROLLER_UID_LABEL, INDEX_LABEL
 from kubetune.operator.render import Names
 
@@ -185,6 +187,50 @@ async def test_delete_and_reapply_waits_for_the_old_children(cluster: Cluster):
         await phase_is(cluster, "Pending")
     assert old["metadata"]["uid"] != (await cluster.get("Job", NAMES.workers))["metadata"]["uid"]
     assert not await warning_events(cluster, "NameConflict")
+
+
+async def test_a_pass_in_flight_across_a_delete_and_reapply_writes_nothing_onto_the_new_job(
+    cluster: Cluster, monkeypatch
+):
+    """A user applies a broken FinetuneJob, deletes it and applies the fixed one while the operator's pass on the
+    broken one is still running. That pass's verdict (Failed: InvalidSpec) must not land on the new object, which
+    runs its own preflight and workers."""
+    # The order is forced: the broken job's first pass reads it and waits; the user deletes it and applies the
+    # fixed one; the waiting pass then goes on and writes its status; only then does the fixed job's pass read.
+    held, release, reported = threading.Event(), threading.Event(), threading.Event()
+    get, observe, patch_status = k8s.Cluster.get_finetunejob, k8s.Cluster.observe, k8s.Cluster.patch_status
+
+    def read_after_the_held_pass_reported(self: k8s.Cluster, *args: Any) -> Any:
+        if held.is_set() and not reported.is_set():
+            reported.wait(10)
+        return get(self, *args)
+
+    def first_pass_waits(self: k8s.Cluster, *args: Any) -> Any:
+        if not held.is_set():
+            held.set()
+            release.wait(10)
+        return observe(self, *args)
+
+    def report(self: k8s.Cluster, *args: Any) -> Any:
+        try:
+            return patch_status(self, *args)
+        finally:
+            reported.set()
+
+    monkeypatch.setattr(k8s.Cluster, "get_finetunejob", read_after_the_held_pass_reported)
+    monkeypatch.setattr(k8s.Cluster, "patch_status", report)
+    monkeypatch.setattr(k8s.Cluster, "observe", first_pass_waits)
+    async with operator():
+        await cluster.create(finetunejob(nodes=0))
+        assert await asyncio.to_thread(held.wait, 10), "the operator never started a pass"
+        await cluster.delete("FinetuneJob", "quotes")
+        fixed = await cluster.create(finetunejob())
+        release.set()
+        workers = await worker_job(cluster, what="the fixed job's worker Job")
+        await phase_is(cluster, "Pending")
+    status = (await cluster.get("FinetuneJob", "quotes"))["status"]
+    assert workers["metadata"]["ownerReferences"][0]["uid"] == fixed["metadata"]["uid"]
+    assert "InvalidSpec" not in {c.get("reason") for c in status.get("conditions") or []}, status
 
 
 @pytest.mark.parametrize("namespaced", [True])
@@ -367,6 +413,28 @@ async def test_a_jobs_pods_are_collected_only_when_its_delete_says_so(cluster: C
         await asyncio.sleep(0.2)  # give a (wrong) background collection the time it would take
         left = await cluster.get("Pod", "j-0")
         assert left is not None and not left["metadata"].get("ownerReferences")
+
+
+async def test_a_write_naming_a_stale_resource_version_is_refused(cluster: Cluster):
+    """The emulator's rule (optimistic concurrency), which the operator's status writes (k8s.patch_status) rely on."""
+    first = (await cluster.create(finetunejob()))["metadata"]["resourceVersion"]
+    await cluster.patch("FinetuneJob", "quotes", {"metadata": {"labels": {"a": "b"}}})
+    second = (await cluster.get("FinetuneJob", "quotes"))["metadata"]["resourceVersion"]
+    assert second != first
+
+    async def patch_status(version: str) -> int:
+        body = {"metadata": {"resourceVersion": version}, "status": {"phase": "Running"}}
+        headers = {"Content-Type": "application/merge-patch+json"}
+        path = cluster.path("FinetuneJob", "quotes", sub="status")
+        async with cluster.session.patch(path, data=json.dumps(body), headers=headers) as r:
+            return r.status
+
+    assert await patch_status(first) == 409
+    assert (await cluster.get("FinetuneJob", "quotes")).get("status") is None
+    assert await patch_status(second) == 200
+    await cluster.delete("FinetuneJob", "quotes")
+    again = (await cluster.create(finetunejob()))["metadata"]["resourceVersion"]
+    assert again not in (first, second)
 
 
 async def test_status_changes_only_through_its_subresource(cluster: Cluster):

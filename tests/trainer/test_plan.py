@@ -88,6 +88,16 @@ def test_weights_in_the_files_dtype_are_the_mapped_file_and_others_are_copies():
     }
 
 
+def test_attention_is_timed_at_its_kernels_rate_for_the_width_and_path():
+    causal, masked = plan.ATTENTION_EFFICIENCY[("fp32", "causal")], plan.ATTENTION_EFFICIENCY[("fp32", "masked")]
+    assert plan.attention_efficiency("fp32", False, 512) == causal[512]
+    assert plan.attention_efficiency("fp32", True, 2048) == masked[2048]  # a packed row runs under its mask
+    # between two measured widths, on log2(width): 724 is about halfway from 512 to 1024
+    assert plan.attention_efficiency("fp32", False, 724) == pytest.approx((causal[512] + causal[1024]) / 2, abs=0.01)
+    assert plan.attention_efficiency("fp32", False, 16) == causal[128]  # outside the measured widths: the nearest
+    assert plan.attention_efficiency("fp16", False, 8192) == plan.ATTENTION_EFFICIENCY[("bf16", "causal")][2048]
+
+
 def test_the_plan_event_round_trips_through_the_contract():
     event = PlanEvent(peak_bytes=3 * 2**30, batch_size=8, memory={"process": 1}, fits=False, max_batch_size=4)
     parsed = parse_event(event.line())

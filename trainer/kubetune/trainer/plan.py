@@ -25,6 +25,7 @@ CPU only is measured; CUDA/XPU allocators add their own overheads (docs/plan.md)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -62,21 +63,30 @@ RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
 # measured resident memory in the layers stays at a large fraction of what the same batch saves without
 # checkpointing (the backward's recomputed layers' freed memory stays mapped too): 0.7 of it puts the grid's
-# checkpointed points, QLoRA's among them, within -6.3 % to +7.6 % in the latest run (docs/plan.md); one point's
+# checkpointed points, QLoRA's among them, within -11.6 % to +10.7 % in the two latest runs (docs/plan.md); one point's
 # peak moves by up to 15 % between two runs.
 CHECKPOINT_RESIDENT = 0.7
-# Time, fitted on the same grid (docs/plan.md): the dense matmul FLOPs (weights, LoRA, the head) and the
-# attention FLOPs, each at its fraction of the probed dense-matmul rate in the run's precision (the CPU's fused
-# attention kernel runs far below a plain matmul, and slower still in bf16); per micro-batch a fixed cost (the
-# Trainer's step, the optimizer, collation) and one per decoder layer (the Python and the small ops of a layer's
-# forward and backward: norms, RoPE, peft's per-layer LoRA calls), more for a quantized layer (bitsandbytes'
-# per-call work). These are steady-state costs, fitted on the grid's step-by-step times; the first step costs
-# more once (`warm_up`). The fixed costs are this machine's Python speed, which the probe does not see.
-DENSE_EFFICIENCY = {"fp32": 0.79, "bf16": 0.95, "fp16": 0.95}  # fp16: not measured, bf16's
-ATTENTION_EFFICIENCY = {"fp32": 0.16, "bf16": 0.05, "fp16": 0.05}
-MICRO_BATCH_SECONDS = 0.017  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
-LAYER_SECONDS = 0.013
-QUANTIZED_LAYER_SECONDS = 0.076
+# Time: the dense matmul FLOPs (weights, LoRA, the head) at a fraction of the probed dense-matmul rate in the
+# run's precision, fitted on the grid (docs/plan.md); attention at the rate its kernel runs at that width, measured
+# alone (bench/plan_attention.py); per micro-batch a fixed cost (the Trainer's step, the optimizer, collation) and one
+# per decoder layer (the Python and the small ops of a layer's forward and backward: norms, RoPE, peft's per-layer
+# LoRA calls), more for a quantized layer (bitsandbytes' per-call work), fitted on the grid's step-by-step times.
+# These are steady-state costs; the first step costs more once (`warm_up`). The fixed costs are this machine's
+# Python speed, which the probe does not see.
+DENSE_EFFICIENCY = {"fp32": 0.66, "bf16": 0.62, "fp16": 0.62}  # fp16: not measured, bf16's
+# The fused CPU attention kernel's forward and backward as a fraction of the probed matmul rate, by width, on
+# its two paths (loss.py): a right-padded batch runs causal without a mask, a packed one under its block-diagonal
+# mask, which costs the full width squared. bench/plan_attention.py measured these (8 query and 2 key/value heads
+# of 64, the best of 1.2 s per width); between widths the fraction is interpolated on log2(width).
+ATTENTION_EFFICIENCY = {
+    ("fp32", "causal"): {128: 0.22, 256: 0.29, 512: 0.28, 1024: 0.44, 2048: 0.45},
+    ("fp32", "masked"): {128: 0.21, 256: 0.27, 512: 0.27, 1024: 0.24, 2048: 0.24},
+    ("bf16", "causal"): {128: 0.058, 256: 0.11, 512: 0.12, 1024: 0.23, 2048: 0.25},
+    ("bf16", "masked"): {128: 0.059, 256: 0.11, 512: 0.11, 1024: 0.15, 2048: 0.17},
+}
+MICRO_BATCH_SECONDS = 0.027  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
+LAYER_SECONDS = 0.0098
+QUANTIZED_LAYER_SECONDS = 0.083
 FIRST_STEP_SECONDS = 0.23
 FIRST_TOUCH_SECONDS_PER_GIB = 0.43
 
@@ -481,19 +491,33 @@ def matmul_rate(
     return 2 * size**3 / best
 
 
+def attention_efficiency(precision: str, packed: bool, width: int) -> float:
+    """The attention kernel's fraction of the matmul rate at `width` (fp16 as bf16: not measured)."""
+    table = ATTENTION_EFFICIENCY[("fp32" if precision == "fp32" else "bf16", "masked" if packed else "causal")]
+    widths = sorted(table)
+    x = math.log2(min(max(width, widths[0]), widths[-1]))
+    for lo, hi in itertools.pairwise(widths):
+        if x <= math.log2(hi):
+            f = (x - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+            return table[lo] + f * (table[hi] - table[lo])
+    return table[widths[-1]]
+
+
 def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Placement, rate: float) -> float:
-    """One epoch over the data's real micro-batches: their dense and attention FLOPs at their fractions of the
-    probed rate, and each micro-batch's fixed and per-layer costs."""
+    """One epoch over the data's real micro-batches: their dense FLOPs at a fraction of the probed rate, their
+    attention at its kernel's rate for each batch's width and path, and each micro-batch's fixed and per-layer
+    costs."""
     lengths = [len(r["input_ids"]) for r in rows]
     trained = sum(1 for r in rows for x in r["labels"][1:] if x != IGNORE)
-    batches = epoch_batches(lengths, cfg.training.batch_size, cfg.data.packing, cfg.data.length_grouped, 0)
+    packed = cfg.data.packing
+    batches = epoch_batches(lengths, cfg.training.batch_size, packed, cfg.data.length_grouped, 0)
     per_token = trained / max(1, sum(lengths))  # the head runs at the trained positions
     ckpt = place.gradient_checkpointing
-    flops = [batch_flops(s, b, round(per_token * b.tokens), ckpt) for b in batches]
-    compute = (
-        sum(d for d, _ in flops) / DENSE_EFFICIENCY[place.precision]
-        + sum(a for _, a in flops) / ATTENTION_EFFICIENCY[place.precision]
-    )
+    compute = 0.0
+    for b in batches:
+        dense, attention = batch_flops(s, b, round(per_token * b.tokens), ckpt)
+        compute += dense / DENSE_EFFICIENCY[place.precision]
+        compute += attention / attention_efficiency(place.precision, packed, b.width)
     layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if cfg.model.quantization != "none" else 0.0)
     return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kubetune.trainer.device import Hardware, agree, choose
+from kubetune.trainer.device import Hardware, agree, choose, numa_nodes, parse_cpulist
 
 AVX2 = frozenset({"avx", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "amx_bf16", "amx_tile"}
@@ -90,3 +90,14 @@ def test_ranks_that_disagree_all_take_the_precision_every_rank_can_run(chosen, a
         assert "ranks disagreed" in place.reason and mine.reason in place.reason
     else:
         assert place == mine
+
+
+def test_numa_nodes_are_read_from_sysfs_cpulists(tmp_path):
+    for node, cpulist in (("node0", "0-3,8-11\n"), ("node1", "4-7,12-15\n"), ("node10", "16\n")):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "cpulist").write_text(cpulist)
+    (tmp_path / "possible").write_text("0-1\n")  # sysfs' other entries are not nodes
+    (tmp_path / "node2").mkdir()  # a node whose cpulist cannot be read is left out
+    assert numa_nodes(tmp_path) == [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15], [16]]
+    assert numa_nodes(tmp_path / "absent") == []
+    assert parse_cpulist("") == [] and parse_cpulist("5") == [5]

@@ -10,6 +10,7 @@ from kubetune.trainer.launch import (
     check_port_free,
     choose_backend,
     layout_from_env,
+    numa_groups,
     split_cores,
     torchrun_command,
     worker_environment,
@@ -64,6 +65,40 @@ def test_split_cores_disjoint_equal_blocks():
     blocks = [split_cores(cores, 3, r) for r in range(3)]
     assert blocks == [[0, 1], [2, 3], [4, 5]]
     assert split_cores([0, 1], 4, 3) == [1]  # more processes than cores: share, never empty
+
+
+# A two-socket Xeon as Linux numbers it: each node's cores, then their hyperthread siblings, interleaved.
+TWO_SOCKETS = [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]]
+
+
+def test_on_two_numa_nodes_each_process_gets_cores_of_one_node():
+    cores = list(range(16))
+    assert [split_cores(cores, 2, r, TWO_SOCKETS) for r in range(2)] == TWO_SOCKETS  # not 0-7 and 8-15
+    # four processes: two per node, each a block of its own node's cores
+    assert [split_cores(cores, 4, r, TWO_SOCKETS) for r in range(4)] == [
+        [0, 1, 2, 3],
+        [8, 9, 10, 11],
+        [4, 5, 6, 7],
+        [12, 13, 14, 15],
+    ]
+    # three processes do not divide among two nodes: contiguous blocks, as on one node
+    assert split_cores(cores, 3, 0, TWO_SOCKETS) == split_cores(cores, 3, 0) == [0, 1, 2, 3, 4]
+
+
+def test_a_cpuset_that_leaves_out_a_node_is_one_node():
+    one = [4, 5, 6, 7]  # a container pinned to part of socket 1
+    assert numa_groups(one, TWO_SOCKETS) == [[4, 5, 6, 7]]
+    assert [split_cores(one, 2, r, TWO_SOCKETS) for r in range(2)] == [[4, 5], [6, 7]]
+    assert numa_groups(list(range(16)), []) == []  # the kernel did not say: no NUMA split
+
+
+def test_nproc_auto_is_one_process_per_numa_node():
+    assert layout_from_env({"KUBETUNE_NPROC_PER_NODE": "auto"}, numa_nodes=2).nproc_per_node == 2
+    assert layout_from_env({"KUBETUNE_NPROC_PER_NODE": "auto"}, numa_nodes=1).nproc_per_node == 1
+    assert layout_from_env({"KUBETUNE_NPROC_PER_NODE": "auto"}, nproc=3, numa_nodes=2).nproc_per_node == 3  # flag wins
+    assert layout_from_env({}, numa_nodes=2).nproc_per_node == 1  # not asked for: one process
+    with pytest.raises(UsageError, match="KUBETUNE_NPROC_PER_NODE"):
+        layout_from_env({"KUBETUNE_NPROC_PER_NODE": "automatic"}, numa_nodes=2)
 
 
 def test_a_workers_threads_are_its_share_of_the_quota_or_the_config_never_more_than_its_cores():

@@ -203,10 +203,11 @@ def train(
     )
     cfg = resolve_config(config, set_, flags)
     from kubetune.trainer import launch
+    from kubetune.trainer.device import numa_node_count
     from kubetune.trainer.progress import progress_mode
     from kubetune.trainer.train import run
 
-    layout = _guard(launch.layout_from_env, os.environ, nproc_per_node, nnodes)
+    layout = _guard(launch.layout_from_env, os.environ, nproc_per_node, nnodes, numa_node_count())
     if layout.distributed and not os.environ.get(launch.LAUNCHED_ENV):
         raise typer.Exit(_launch_workers(layout, cfg))
 

@@ -116,6 +116,40 @@ def usable_cores() -> int:
     return cores
 
 
+NUMA_SYSFS = Path("/sys/devices/system/node")
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """The kernel's cpulist format ("0-3,8,10-11") as CPU numbers."""
+    cpus: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def numa_nodes(root: Path = NUMA_SYSFS) -> list[list[int]]:
+    """The CPUs of each NUMA node, from sysfs; [] where the kernel does not say (not Linux, no sysfs)."""
+    nodes = []
+    for entry in sorted(root.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
+        try:
+            nodes.append(parse_cpulist((entry / "cpulist").read_text()))
+        except (OSError, ValueError):
+            continue
+    return nodes
+
+
+def numa_node_count() -> int:
+    """NUMA nodes this process may run on (its affinity may leave whole nodes out); 1 where unknown."""
+    from kubetune.trainer.launch import numa_groups
+
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return 1
+    return max(1, len(numa_groups(cores, numa_nodes())))
+
+
 def _cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -3,7 +3,7 @@
 The layout is deployment, not the run's config, so it comes from the
 environment (what a container or an Indexed Job provides) or flags:
 
-    KUBETUNE_NPROC_PER_NODE  processes in this pod/container        (default 1)
+    KUBETUNE_NPROC_PER_NODE  processes in this pod/container        (default 1; `auto`: one per NUMA node)
     KUBETUNE_NNODES          pods/machines                          (default 1)
     KUBETUNE_NODE_RANK       this node's index; else JOB_COMPLETION_INDEX (Indexed Job); else 0
     MASTER_ADDR, MASTER_PORT node 0's address and port              (127.0.0.1, 29500)
@@ -68,6 +68,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> i
         raise UsageError(str(exc)) from None
 
 
+AUTO = "auto"
+
+
+def _nproc(environ: Mapping[str, str], numa_nodes: int) -> int:
+    """KUBETUNE_NPROC_PER_NODE: a count, or `auto`: one process per NUMA node (on a two-socket Xeon, a process
+    per socket, each with its cores and so, by first touch, its memory on its own node)."""
+    if environ.get(contract.ENV_NPROC_PER_NODE, "").strip().lower() == AUTO:
+        return max(1, numa_nodes)
+    return _int(environ, contract.ENV_NPROC_PER_NODE, 1, 1)
+
+
 def _flag(value: int | None, name: str, fallback: int) -> int:
     if value is None:
         return fallback
@@ -91,8 +102,11 @@ def _master_addr(environ: Mapping[str, str]) -> str:
     return addr
 
 
-def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes: int | None = None) -> Layout:
-    """The process layout from env vars (flags win); raises UsageError naming the variable that is wrong. Pure."""
+def layout_from_env(
+    environ: Mapping[str, str], nproc: int | None = None, nnodes: int | None = None, numa_nodes: int = 1
+) -> Layout:
+    """The process layout from env vars (flags win); raises UsageError naming the variable that is wrong.
+    `numa_nodes`: how many NUMA nodes this process may run on, which KUBETUNE_NPROC_PER_NODE=auto uses. Pure."""
     if not environ.get(LAUNCHED_ENV):
         stray = [v for v in TORCHRUN_VARS if environ.get(v)]
         if stray:
@@ -101,7 +115,7 @@ def layout_from_env(environ: Mapping[str, str], nproc: int | None = None, nnodes
                 "KUBETUNE_NPROC_PER_NODE and KUBETUNE_NODE_RANK (kubetune starts torchrun itself)"
             )
     n_nodes = _flag(nnodes, "nnodes", 0) or _int(environ, contract.ENV_NNODES, 1, 1)
-    n_proc = _flag(nproc, "nproc-per-node", 0) or _int(environ, contract.ENV_NPROC_PER_NODE, 1, 1)
+    n_proc = _flag(nproc, "nproc-per-node", 0) or _nproc(environ, numa_nodes)
     rank_var = contract.ENV_NODE_RANK if environ.get(contract.ENV_NODE_RANK) else INDEXED_JOB_ENV
     node_rank = _int(environ, rank_var, 0, 0)
     if node_rank >= n_nodes:
@@ -129,8 +143,20 @@ def ccl_importable() -> bool:
     return importlib.util.find_spec("oneccl_bindings_for_pytorch") is not None
 
 
-def split_cores(cores: list[int], local_world: int, local_rank: int) -> list[int]:
-    """This process's share of the usable cores: contiguous, equal blocks (the remainder is left idle)."""
+def numa_groups(cores: list[int], nodes: list[list[int]]) -> list[list[int]]:
+    """The usable cores of each NUMA node that has any (a cpuset may leave whole nodes out). Pure."""
+    usable = set(cores)
+    return [g for g in (sorted(usable & set(n)) for n in nodes) if g]
+
+
+def split_cores(cores: list[int], local_world: int, local_rank: int, nodes: list[list[int]] | None = None) -> list[int]:
+    """This process's share of the usable cores. When the processes divide evenly among the NUMA nodes
+    (`nodes`: each node's CPUs), a share of its own node's cores, so that its memory stays local; otherwise, or
+    on one node, contiguous equal blocks of all of them (the remainder is left idle). Pure."""
+    groups = numa_groups(cores, nodes or [])
+    if len(groups) > 1 and local_world % len(groups) == 0:
+        per_node = local_world // len(groups)
+        return split_cores(groups[local_rank // per_node], per_node, local_rank % per_node)
     per = max(1, len(cores) // local_world)
     start = min(local_rank * per, max(0, len(cores) - per))
     return sorted(cores)[start : start + per]

@@ -765,7 +765,9 @@ def plan_config(cfg: TrainConfig, memory: str | None) -> PlanEvent:
     limit = parse_memory(memory) if memory is not None else None
     if not cfg.data.path:
         raise UsageError("data.path: no training data given (set data.path, DATA_PATH or --data)")
-    layout = launch.layout_from_env(os.environ)
+    from kubetune.trainer.device import numa_node_count
+
+    layout = launch.layout_from_env(os.environ, numa_nodes=numa_node_count())
     cfg, _ = sources.localize(cfg)
     place, _ = setup_hardware(cfg)
     _, data = setup_data(cfg)

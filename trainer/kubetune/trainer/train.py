@@ -140,7 +140,8 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Pl
         pinned: list[int] | str
         configured, usable = cfg.training.num_threads, devices.usable_cores()
         try:
-            block = launch.split_cores(sorted(os.sched_getaffinity(0)), local_world, local_rank)
+            cores = sorted(os.sched_getaffinity(0))
+            block = launch.split_cores(cores, local_world, local_rank, devices.numa_nodes())
             threads = launch.worker_threads(len(block), usable, local_world, configured)
             pinned = block[:threads]
             os.sched_setaffinity(0, pinned)

@@ -7,7 +7,8 @@ measured peak is the process's own VmHWM (tests/support/peak.py: wait4's ru_maxr
 forking parent's); the measured time is the summary's train_seconds. Models: the builtin SmolLM2-135M
 and random-init Llama shapes built from a config, up to a Llama-3.2-1B-like d=2048, 16 layers (the
 builtin's tokenizer, so the data is templated the same way). The points marked "held out" were not
-used to fit the plan's constants (trainer/kubetune/trainer/plan.py); docs/plan.md has the figures.
+used to fit the plan's memory constants (trainer/kubetune/trainer/plan.py); the time constants were fitted on
+all 23 (docs/plan.md has the figures).
 
 Memory figures do not depend on what else runs on the machine; time figures do: run it on a quiet
 machine. `--container` runs one point in the cpu image under memory limits around its plan instead.

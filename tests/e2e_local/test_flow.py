@@ -137,14 +137,21 @@ def worker_pods(node: LocalNode, job: str) -> list[str]:
     return [c.pod for c in node.containers.values() if c.job == job]
 
 
-async def test_one_node_with_operator_restart_suspend_and_resume(
+async def test_one_node_through_an_operator_restart_a_suspension_a_preemption_and_an_eviction(
     cluster: Cluster, claims: dict[str, Path], tmp_path: Path
 ):
+    """One run meets, in turn, what interrupts training on a real cluster, and ends as if nothing had: the
+    operator restarts (the new one adopts everything); the job is suspended and resumed (SIGTERM, a checkpoint,
+    exit 75); its pod is deleted (a preemption: SIGTERM, then the Job makes a new pod); the next pod is evicted
+    hard (DisruptionTarget, SIGKILL at once: no checkpoint, exit 137). With backoffLimit 0, only the Job's
+    podFailurePolicy rules (exit 75 and DisruptionTarget: Ignore) keep these from failing it. Each new pod resumes
+    from the last checkpoint."""
     name, names = "dates", Names.of("dates")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node:
         async with operator():
-            await cluster.create(finetunejob(name, max_steps=16))
+            await cluster.create(finetunejob(name, max_steps=24, runPolicy={"backoffLimit": 0}))
+            # After the preflight initializer (a plan on the real model: a minute or more on a loaded machine).
             await watch.step_at_least(2, node)
         # The operator is gone for a moment; training goes on. A new operator adopts everything.
         async with operator():
@@ -158,20 +165,30 @@ async def test_one_node_with_operator_restart_suspend_and_resume(
                 return "checkpoints are kept" in (await watch.status()).get("message", "")
 
             await eventually(settled, timeout=60, what="Suspended with no worker left")
+            first = worker_pods(node, names.workers)[0]
             await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
+            resumed = await eventually(lambda: _pod_after(node, names.workers, first), timeout=120, what="a new pod")
+            await eventually(lambda: _past_a_checkpoint(node, resumed), timeout=420, what="a checkpoint after resume")
+            await cluster.delete("Pod", resumed)  # a preemption
+            replaced = await eventually(lambda: _pod_after(node, names.workers, resumed), timeout=120, what="a pod")
+            await eventually(lambda: _past_a_checkpoint(node, replaced), timeout=420, what="a checkpoint by it")
+            await node.evict(replaced, reason="TerminationByKubelet", grace=0)
             done = await watch.phase("Succeeded", node)
+            job = await cluster.get("Job", names.workers)
             await events_seen(cluster, "Created", "Running", "Suspended", "Resumed", "TrainingSucceeded", "Succeeded")
+    assert node.exits(names.workers) == [75, 75, 137, 0], dump(node)
+    pods = worker_pods(node, names.workers)
+    starts = [first_step(node, p) for p in pods]
+    assert starts[0] <= 1 and starts[1] > 1 and starts[2] > starts[1] and starts[3] > starts[2], (starts, dump(node))
+    assert job["status"].get("failed", 0) == 0  # exit 75 and the disruption were ignored: backoffLimit 0 untouched
     out = claims["runs"] / name
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "config.json").is_file()
-    run = json.loads((out / "run.json").read_text())
-    assert run["resumed_from"], "the resumed pod started from a checkpoint"
-    second = worker_pods(node, names.workers)[-1]
-    assert first_step(node, second) > 1, dump(node)  # not from step 0
+    assert json.loads((out / "run.json").read_text())["resumed_from"], "the last pod started from a checkpoint"
     assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
-    assert done["restarts"] == 1 and done["progress"]["step"] == 16
+    assert done["restarts"] == 3 and done["progress"]["step"] == 24
     assert len(set(watch.steps)) >= 3, watch.steps  # progress was seen to advance during the run
-    # The preflight initializer, the workers, the merge: one each, whatever the operator restart and the resume.
+    # The preflight initializer, the workers, the merge: one each, whatever the operator restart and the resumes.
     assert cluster.requests("post", "Job") == 3 and cluster.requests("post", "ConfigMap") == 1
 
 
@@ -246,32 +263,6 @@ async def _serves(pod: OperatorPod) -> None:
             assert r.status == 200 and "kubetune_" in await r.text(), pod.log[-3000:]
 
 
-async def test_a_deleted_then_evicted_worker_pod_resumes_from_its_checkpoint_without_spending_backoff_limit(
-    cluster: Cluster, claims: dict[str, Path], tmp_path: Path
-):
-    name, names = "preempted", Names.of("preempted")
-    watch = Watcher(cluster, name)
-    async with LocalNode(cluster, claims, tmp_path / "node") as node, operator():
-        await cluster.create(finetunejob(name, max_steps=16, merge=False, runPolicy={"backoffLimit": 0}))
-        # After the preflight initializer (a plan on the real model: a minute or more on a loaded machine).
-        first = (await eventually(lambda: _pods(node, names.workers), timeout=420, what="a worker pod"))[0]
-        await eventually(lambda: _at(node, first, 3), timeout=420, what="step 3 in the log")
-        await cluster.delete("Pod", first)  # a preemption: SIGTERM, then the Job makes a new pod
-        second = await eventually(lambda: _pod_after(node, names.workers, first), timeout=120, what="a second pod")
-        await eventually(lambda: _past_a_checkpoint(node, second), timeout=420, what="a checkpoint by the second pod")
-        # A hard node-pressure eviction: DisruptionTarget, then SIGKILL at once (no checkpoint, exit 137). Only the
-        # Job's first podFailurePolicy rule (DisruptionTarget -> Ignore) keeps it from failing the Job (backoffLimit 0).
-        await node.evict(second, reason="TerminationByKubelet", grace=0)
-        done = await watch.phase("Succeeded", node)
-        job = await cluster.get("Job", names.workers)
-    assert node.exits(names.workers) == [75, 137, 0], dump(node)
-    third = worker_pods(node, names.workers)[-1]
-    assert first_step(node, second) > 1 and first_step(node, third) > first_step(node, second), dump(node)
-    assert done["restarts"] == 2 and done["progress"]["step"] == 16
-    assert job["status"]["failed"] == 0  # exit 75 and the disruption are ignored: backoffLimit 0 untouched
-    assert json.loads((claims["runs"] / name / "run.json").read_text())["resumed_from"]
-
-
 async def _pod_after(node: LocalNode, job: str, pod: str) -> str | None:
     later = [c.pod for c in node.containers.values() if c.job == job and c.pod != pod and c.exit_code is None]
     return later[0] if later else None
@@ -280,14 +271,6 @@ async def _pod_after(node: LocalNode, job: str, pod: str) -> str | None:
 async def _past_a_checkpoint(node: LocalNode, pod: str) -> bool:
     """The pod has trained past a save_steps (2) checkpoint of its own since it resumed."""
     return log_step(node, pod) >= first_step(node, pod) + 2
-
-
-async def _pods(node: LocalNode, job: str) -> list[str]:
-    return worker_pods(node, job)
-
-
-async def _at(node: LocalNode, pod: str, step: int) -> bool:
-    return log_step(node, pod) >= step
 
 
 async def test_a_bad_dataset_fails_with_the_trainers_message(cluster: Cluster, claims: dict[str, Path], tmp_path: Path):

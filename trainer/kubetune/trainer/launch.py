@@ -178,7 +178,7 @@ def worker_environment(environ: Mapping[str, str], layout: Layout, cores_availab
     env[contract.ENV_NPROC_PER_NODE] = str(layout.nproc_per_node)
     env[contract.ENV_NNODES] = str(layout.nnodes)
     env[contract.ENV_NODE_RANK] = str(layout.node_rank)
-    threads = max(1, cores_available // layout.nproc_per_node)
+    threads = worker_threads(cores_available, cores_available, layout.nproc_per_node, None)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("CCL_WORKER_COUNT", "1")  # one oneCCL progress thread per process (used only with ccl)
     return env

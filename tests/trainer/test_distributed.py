@@ -6,6 +6,7 @@ Each test runs `kubetune train` as a subprocess on the embedded model for a few 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,16 +109,26 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, prec
     assert [json.loads(x)["step"] for x in two.stdout.splitlines()] == [1, 2, 3, 4]
 
 
-def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path):
+def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path, builtin_path):
     """Two launchers (nnodes=2, one process each, as two pods run it) vs one process at the same global batch.
 
     The same examples per step, split across nodes: losses agree to fp32 summation order, and so does the
     adapter they end with. Only node 0's rank 0 writes outputs; node 1's output directory stays empty.
+
+    The nodes start on a cache of their own that holds what an older kubetune left there: a builtin export
+    with the tokenizer and no weights (node 1's worker exported it inside the process group, where
+    transformers saves weights on rank 0 only). Each launcher exports before its workers start, and the
+    broken export is replaced, not loaded and not in the way of the rename.
     """
     pin, steps = ("--precision", "fp32"), ("--max-steps", "4", "--batch-size")
     shared = ("--set", "training.num_threads=1")  # both "nodes" share this machine's cores: one thread each
     single = kubetune(args(data, tmp_path / "one", *steps, "4", *pin), env_for())
     assert single.returncode == 0, single.stderr[-3000:]
+    cache = tmp_path / "cache"
+    stale = cache / "models" / Path(builtin_path).name
+    stale.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(Path(builtin_path) / name, stale / name)
     port = str(free_port())
     nodes = [
         subprocess.Popen(
@@ -127,7 +138,13 @@ def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path):
                 "kubetune.trainer.cli",
                 *args(data, tmp_path / f"node{rank}", *steps, "2", *pin, *shared),
             ],
-            env=env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            env=env_for(
+                KUBETUNE_NNODES="2",
+                KUBETUNE_NODE_RANK=str(rank),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                KUBETUNE_CACHE_DIR=str(cache),
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -153,6 +170,9 @@ def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path):
     norm = torch.sqrt(sum((want[k] ** 2).sum() for k in b_keys))
     assert norm > 0 and diff / norm < 1e-2, (diff, norm)
     assert not (tmp_path / "node1").exists() or not any((tmp_path / "node1").rglob("adapter_model.safetensors"))
+    # One complete export in the nodes' cache, and nothing of the stale one or of the losing node's temp dir.
+    assert (stale / "config.json").is_file() and (stale / "model.safetensors").is_file()
+    assert [p.name for p in (cache / "models").iterdir()] == [stale.name]
 
 
 def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path):

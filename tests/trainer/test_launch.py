@@ -13,6 +13,7 @@ from kubetune.trainer.launch import (
     numa_groups,
     split_cores,
     torchrun_command,
+    worker_cpus,
     worker_environment,
     worker_threads,
 )
@@ -90,6 +91,14 @@ def test_a_cpuset_that_leaves_out_a_node_is_one_node():
     assert numa_groups(one, TWO_SOCKETS) == [[4, 5, 6, 7]]
     assert [split_cores(one, 2, r, TWO_SOCKETS) for r in range(2)] == [[4, 5], [6, 7]]
     assert numa_groups(list(range(16)), []) == []  # the kernel did not say: no NUMA split
+
+
+def test_a_worker_with_fewer_threads_than_cores_is_pinned_to_its_whole_block():
+    # Two one-process pods on a 2-core host, one thread each: neither is put on core 0 alone (where both would be).
+    assert worker_cpus([0, 1], 1, 0, [], usable=2, configured=1) == ([0, 1], 1)
+    # A pod with a 8-CPU quota on a 64-core host: 4 threads per process, each free to run anywhere in its half.
+    assert worker_cpus(list(range(64)), 2, 1, [], usable=8, configured=None) == (list(range(32, 64)), 4)
+    assert worker_cpus(list(range(16)), 2, 1, TWO_SOCKETS, usable=16, configured=None) == (TWO_SOCKETS[1], 8)
 
 
 def test_nproc_auto_is_one_process_per_numa_node():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -219,6 +220,16 @@ def train(
         typer.echo(summary_line(summary), err=True)
 
 
+def _export_builtin(path: str) -> int:
+    """A builtin model is exported once per node before the workers start, in a process of its own (its memory
+    is returned): in a process group only global rank 0 may save weights, and every worker would convert it
+    at once otherwise. Its exit code; the export prints its own error."""
+    if not path.startswith("builtin:"):
+        return 0
+    argv = [sys.executable, "-m", "kubetune.trainer.cli", "model", "cache", path]
+    return subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+
+
 def _launch_workers(layout: Any, cfg: Any) -> int:
     """This process becomes the launcher: torchrun starts the workers; their exit code is ours."""
     from kubetune.trainer import launch
@@ -233,6 +244,8 @@ def _launch_workers(layout: Any, cfg: Any) -> int:
         layout.master_addr,
         layout.master_port,
     )
+    if code := _export_builtin(cfg.model.path):
+        return code
     timeout = cfg.distributed.timeout_seconds
     code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
     if code == ExitCode.PREEMPTED:
@@ -487,6 +500,19 @@ def model_export(
 
         _fail(f"{source}: cannot export: {first_line(exc)}", ExitCode.MODEL)
     typer.echo(f"exported {source} to {dest}")
+
+
+@model_app.command("cache")
+def model_cache(
+    source: Annotated[str, typer.Argument(help="builtin:smollm2-135m-instruct")],
+) -> None:
+    """Export a builtin model into the cache ($KUBETUNE_CACHE_DIR) now, as the first training would (~30 s once)."""
+    _setup_logging()
+    from kubetune.trainer.models import resolve_path
+
+    if not source.startswith("builtin:"):
+        _fail(f"{source}: expected builtin:<name>", ExitCode.CONFIG)
+    typer.echo(_guard(resolve_path, source))
 
 
 @model_app.command("fetch-builtin")

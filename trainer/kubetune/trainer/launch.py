@@ -171,6 +171,16 @@ def worker_threads(cores: int, usable: int, local_world: int, configured: int | 
     return max(1, min(cores, share))
 
 
+def worker_cpus(
+    cores: list[int], local_world: int, local_rank: int, nodes: list[list[int]], usable: int, configured: int | None
+) -> tuple[list[int], int]:
+    """The cores a worker is pinned to and its thread count: its whole block, with fewer threads than cores when
+    a quota or `training.num_threads` says so. Never the block's first `threads` cores: a pod under a CPU quota
+    sees every core of the host, and two such pods would both be put on core 0 while the others idle. Pure."""
+    block = split_cores(cores, local_world, local_rank, nodes)
+    return block, worker_threads(len(block), usable, local_world, configured)
+
+
 def worker_environment(environ: Mapping[str, str], layout: Layout, cores_available: int) -> dict[str, str]:
     """Environment for torchrun's workers: threads per process and oneCCL's knobs. Pure."""
     env = dict(environ)

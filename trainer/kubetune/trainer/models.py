@@ -10,6 +10,7 @@ copies the state dict into a freshly built model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -71,11 +72,22 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def export_gguf(gguf: Path, dest: Path) -> Path:
-    """Write a GGUF model as a plain HF directory (fp32 safetensors + tokenizer), atomically."""
+    """Write a GGUF model as a plain HF directory (fp32 safetensors + tokenizer), atomically.
+
+    Complete or absent: the directory appears by one rename once config, weights and tokenizer are all in it.
+    transformers saves weights only on global rank 0 of a process group, so any other rank would export a
+    tokenizer alone: it is refused here, and `kubetune train` exports once per node before its workers start.
+    """
     from transformers import AutoModelForCausalLM
 
-    if (dest / "config.json").exists():
+    if is_complete_export(dest):
         return dest
+    if (rank := _process_group_rank()) not in (None, 0):
+        raise ModelError(
+            f"model.path: {dest} is not exported yet and rank {rank} of a process group cannot write weights "
+            "(transformers saves on rank 0 only): start through `kubetune train`, which exports before its "
+            "workers start, or run `kubetune model export` first"
+        )
     model, tokenizer = _load_gguf(gguf, torch.float32)
     config = model.config
     # GGUF-loaded models refuse save_pretrained; rebuild without the GGUF quantization config.
@@ -91,18 +103,41 @@ def export_gguf(gguf: Path, dest: Path) -> Path:
         if tokenizer.chat_template:
             # Keep the template in tokenizer_config too, for tools that look only there.
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
+        if not is_complete_export(tmp):
+            raise ModelError(f"model.path: exporting {gguf.name} to {dest} wrote no config or weights")
         _as_umask_allows(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            # Another process (a second worker) finished the same export first: use theirs.
-            if not (dest / "config.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def is_complete_export(path: Path) -> bool:
+    """A loadable export: its config and at least one weights file (a tokenizer alone is not one)."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _process_group_rank() -> int | None:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename `tmp` into place. An incomplete `dest` (an older export without weights) is set aside first; a
+    complete one another process published meanwhile (a second worker, a second node on this host) wins."""
+    if dest.exists() and not is_complete_export(dest):
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale.", dir=dest.parent))
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            os.replace(dest, aside)  # onto the empty directory: allowed, and atomic
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not is_complete_export(dest):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _as_umask_allows(tree: Path) -> None:
@@ -125,7 +160,7 @@ def resolve_path(path: str) -> str:
         name = path.split(":", 1)[1]
         gguf = builtin_gguf(name)
         dest = cache_dir() / "models" / name
-        if not (dest / "config.json").exists():
+        if not is_complete_export(dest):
             log.info("exporting builtin %s to %s (once)", name, dest)
         return str(export_gguf(gguf, dest))
     p = Path(path).expanduser()

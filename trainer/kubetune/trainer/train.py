@@ -141,9 +141,8 @@ def worker_setup(cfg: TrainConfig, place: devices.Placement) -> tuple[devices.Pl
         configured, usable = cfg.training.num_threads, devices.usable_cores()
         try:
             cores = sorted(os.sched_getaffinity(0))
-            block = launch.split_cores(cores, local_world, local_rank, devices.numa_nodes())
-            threads = launch.worker_threads(len(block), usable, local_world, configured)
-            pinned = block[:threads]
+            nodes = devices.numa_nodes()
+            pinned, threads = launch.worker_cpus(cores, local_world, local_rank, nodes, usable, configured)
             os.sched_setaffinity(0, pinned)
         except (AttributeError, OSError):  # not Linux, or pinning not allowed: threads only
             pinned, threads = "not pinned", launch.worker_threads(usable, usable, local_world, configured)

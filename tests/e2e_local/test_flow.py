@@ -202,14 +202,19 @@ async def test_two_nodes_rendezvous_train_suspend_resume_and_merge(
     name, names = "dates2", Names.of("dates2")
     watch = Watcher(cluster, name)
     async with LocalNode(cluster, claims, tmp_path / "node") as node, operator_in_its_image() as pod:
-        # Two pods on a 2-core machine: one thread each, or they fight over the cores.
-        await cluster.create(finetunejob(name, max_steps=8, nodes=2, threads=1))
+        # Two pods on a 2-core machine: one thread each, or they fight over the cores. 24 steps: the suspension
+        # below (status shows step 3, the operator suspends the Job, the pods get SIGTERM) must land while they
+        # train; with 8 the pair once finished first (~0.7 s a step) and once in the last step.
+        await cluster.create(finetunejob(name, max_steps=24, nodes=2, threads=1))
         await watch.step_at_least(3, node)
         # Suspended mid-training: both nodes' launchers stop on rank 0's checkpoint with 75 (issue 21 #3), so
         # neither index counts as complete and the resumed pair meets again at the rendezvous.
         await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": True}}})
         await watch.phase("Suspended", node)
-        await eventually(lambda: _exited_n(node, names.workers, 2), timeout=240, what="both workers stopped")
+        try:
+            await eventually(lambda: _exited_n(node, names.workers, 2), timeout=240, what="both workers stopped")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (steps seen {watch.steps})\n{dump(node)}") from None
         seen_before = len(watch.steps)
         assert sorted(node.exits(names.workers)) == [75, 75], dump(node)
         await cluster.patch("FinetuneJob", name, {"spec": {"runPolicy": {"suspend": False}}})
@@ -230,7 +235,7 @@ async def test_two_nodes_rendezvous_train_suspend_resume_and_merge(
     assert (out / "merged" / "config.json").is_file()
     run = json.loads((out / "run.json").read_text())
     assert run["resolved"]["world_size"] == 2 and run["resumed_from"], run.get("resumed_from")
-    assert done["progress"]["step"] == 8 and done["restarts"] == 2, done
+    assert done["progress"]["step"] == 24 and done["restarts"] == 2, done
     assert done["adapterPath"] == f"pvc://runs/{name}/adapter" and done["mergedPath"] == f"pvc://runs/{name}/merged"
     assert len(set(watch.steps)) >= 3, watch.steps  # progress was seen to advance
 

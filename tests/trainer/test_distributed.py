@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -175,6 +176,48 @@ def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path, builtin_
     assert [p.name for p in (cache / "models").iterdir()] == [stale.name]
 
 
+def test_a_node_signalled_after_the_ranks_stopped_on_another_nodes_signal_exits_preempted_too(data, tmp_path):
+    """Pods are deleted one after the other: node 0's SIGTERM stops both ranks, and node 1's arrives once they have.
+
+    Before, node 1's rank was killed by that late signal (exit -15) during its teardown, so its torchrun failed
+    while node 0's succeeded, and node 0's waited 300 s for it in torchrun's exit barrier.
+    """
+    out, port = tmp_path / "shared", str(free_port())  # one output directory, as the pods share the claim
+    argv = args(data, out, "--max-steps", "24", "--batch-size", "2", "--set", "training.save_steps=100")
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kubetune.trainer.cli", *argv, "--set", "training.num_threads=1"],
+            env=env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    errors: list[list[str]] = [[], []]
+    stopped = threading.Event()
+
+    def read_stderr(rank: int) -> None:
+        for line in nodes[rank].stderr:
+            errors[rank].append(line)
+            if line.startswith("preempted:"):  # rank 0 wrote the checkpoint: both ranks have stopped
+                stopped.set()
+
+    readers = [threading.Thread(target=read_stderr, args=(rank,), daemon=True) for rank in (0, 1)]
+    for reader in readers:
+        reader.start()
+    for line in nodes[0].stdout:
+        if json.loads(line)["step"] >= 3:
+            nodes[0].send_signal(signal.SIGTERM)
+            break
+    threading.Thread(target=nodes[0].stdout.read, daemon=True).start()
+    assert stopped.wait(timeout=120), "".join(errors[0])[-3000:]
+    nodes[1].send_signal(signal.SIGTERM)
+    codes = [node.wait(timeout=120) for node in nodes]  # the old code: node 0 300 s in the exit barrier
+    assert codes == [ExitCode.PREEMPTED, ExitCode.PREEMPTED], ["".join(e)[-3000:] for e in errors]
+    assert len(list((out / "checkpoints").glob("checkpoint-*"))) == 1
+
+
 def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path):
     common = ["--max-steps", "10", "--batch-size", "2", "--set", "training.save_steps=100"]
     proc = subprocess.Popen(
@@ -259,6 +302,33 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(data, tmp_pa
     assert json.loads((out / "run.json").read_text())["resumed_from"].endswith("checkpoint-2")
     assert not (root / ".incomplete").exists()
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+
+
+# A SIGTERM during the interpreter's teardown, after training (a suspension landing as a run ends): atexit
+# handlers run after `main()` has returned, with Python's signal handlers still live.
+SIGTERM_AT_EXIT = textwrap.dedent(
+    """
+    import atexit, os, signal, sys, time
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))
+    from kubetune.trainer.cli import main
+    sys.argv = ["kubetune", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def test_a_sigterm_after_training_is_too_late_to_stop_it_and_the_run_exits_0(data, tmp_path, builtin_path):
+    from tinymodel import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "tiny", builtin_path)
+    out = tmp_path / "run"
+    argv = [*args(data, out, "--max-steps", "1", "--batch-size", "2"), "--model", str(model)]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT_EXIT, *argv], env=env_for(), capture_output=True, text=True, timeout=300
+    )
+    # Killed by the signal, it would exit -15: a failed pod (and a node its peers' torchrun waits 300 s for).
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):

@@ -214,3 +214,40 @@ def test_every_node_of_a_stopped_multi_node_run_exits_preempted(tmp_path):
         "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(1.5)']); sys.exit(1)"
     )
     assert node(1, [sys.executable, "-c", worker_crashes]) == 1  # (its worker ran: not a rendezvous failure)
+
+
+# torchrun's stand-in starts its worker a second late, with SIGTERM blocked until the worker's handler is in
+# place (as the trainer's GracefulStop would be), so that only the launcher's forwarding is under test.
+LATE_WORKER = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+deadline = time.time() + 20
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+open(sys.argv[1], "w").write("stopped" if got else "never signalled")
+"""
+LATE_TORCHRUN = """
+import signal, subprocess, sys, time
+time.sleep(1)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+sys.exit(subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]]).returncode)
+"""
+
+
+def test_a_sigterm_that_arrives_before_the_workers_start_reaches_them_when_they_do(tmp_path):
+    # A pod deleted while torchrun is still starting: before, the SIGTERM was forwarded to no one and the workers
+    # then trained on until the grace period's SIGKILL.
+    import os
+    import signal
+    import sys
+    import threading
+
+    from kubetune.trainer.launch import launch
+
+    seen = tmp_path / "worker"
+    command = [sys.executable, "-c", LATE_TORCHRUN, LATE_WORKER, str(seen)]
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert launch(Layout(1, 1, 0, "127.0.0.1", 0), [], tmp_path, 5, 1, command=command) == 0
+    assert seen.read_text() == "stopped"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -213,6 +214,14 @@ def train(
         raise typer.Exit(_launch_workers(layout, cfg))
 
     mode = progress_mode(os.environ.get(contract.ENV_PROGRESS) or progress)
+    # run() stops on a SIGTERM while it works, and as it returns or raises it restores the handler it found:
+    # this one. A SIGTERM from then on (a suspension landing as training ends, or reaching this node after the
+    # ranks already stopped on another node's) is too late to stop anything: the outputs or the checkpoint are
+    # written. So the process exits as it would have, not killed by the signal during its teardown: a rank killed
+    # so fails its node while the others succeeded, and their torchrun waits 300 s for it in its exit barrier.
+    from kubetune.trainer import hf_trainer  # noqa: F401  (imported first: run() installs its handler at once)
+
+    signal.signal(signal.SIGTERM, _finishing)
     summary = _guard(run, cfg, mode)
     if summary:
         from kubetune.trainer.report import summary_line
@@ -228,6 +237,10 @@ def _export_builtin(path: str) -> int:
         return 0
     argv = [sys.executable, "-m", "kubetune.trainer.cli", "model", "cache", path]
     return subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+
+
+def _finishing(signum: int, _frame: object) -> None:
+    logging.getLogger("kubetune.train").info("SIGTERM after the run stopped: finishing, nothing left to stop")
 
 
 def _launch_workers(layout: Any, cfg: Any) -> int:
@@ -247,6 +260,7 @@ def _launch_workers(layout: Any, cfg: Any) -> int:
     if code := _export_builtin(cfg.model.path):
         return code
     timeout = cfg.distributed.timeout_seconds
+    signal.signal(signal.SIGTERM, _finishing)  # what launch() restores: a SIGTERM after it is too late (see train)
     code = _guard(launch.launch, layout, sys.argv[1:], Path(cfg.output_dir), timeout, usable_cores())
     if code == ExitCode.PREEMPTED:
         typer.echo("error: preempted (SIGTERM); a checkpoint was written: run again to resume", err=True)

@@ -287,30 +287,38 @@ def launch(
     if layout.nnodes == 1:
         marker.unlink(missing_ok=True)  # several nodes: another node may still have to read this attempt's
     started = time.time()
-    signalled = False
-    proc = subprocess.Popen(
-        command or torchrun_command(layout, argv, rdzv_timeout), env=worker_environment(os.environ, layout, cores)
-    )
+    signalled: set[int] = set()  # the workers a SIGTERM was forwarded to
+    pending = False  # a SIGTERM arrived
 
-    def forward(signum: int, _frame: object) -> None:
-        # Straight to the workers: they finish the step, checkpoint together, and exit cleanly.
-        nonlocal signalled
-        signalled = True
-        for pid in _worker_pids(proc.pid):
+    def forward(_signum: int, _frame: object) -> None:
+        # Straight to the workers: they finish the step, checkpoint together, and exit cleanly. One that torchrun
+        # had not started yet gets it when it appears (the poll below), so an early SIGTERM is not lost.
+        nonlocal pending
+        pending = True
+        for pid in set(_worker_pids(proc.pid) if proc else []) - signalled:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, signal.SIGTERM)
+            signalled.add(pid)
 
+    proc: subprocess.Popen | None = None
     previous = signal.signal(signal.SIGTERM, forward)  # (a terminal's Ctrl-C reaches the workers directly)
     workers_started = False
     try:
+        proc = subprocess.Popen(
+            command or torchrun_command(layout, argv, rdzv_timeout), env=worker_environment(os.environ, layout, cores)
+        )
         while (code := proc.poll()) is None:
-            workers_started = workers_started or bool(_worker_pids(proc.pid))
+            workers = _worker_pids(proc.pid)
+            workers_started = workers_started or bool(workers)
+            if pending and set(workers) - signalled:
+                forward(signal.SIGTERM, None)
             time.sleep(0.5)
     finally:
+        # The caller's handler (the CLI's: a SIGTERM from here on is too late to stop anything).
         signal.signal(signal.SIGTERM, previous)
     if code != 0 and not workers_started and layout.nnodes > 1:
         raise UsageError(rendezvous_failure(layout, rdzv_timeout))
-    if preempted(marker, started, signalled):
+    if preempted(marker, started, pending):
         from kubetune.api.contract import ExitCode
 
         if layout.nnodes == 1:

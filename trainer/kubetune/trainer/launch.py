@@ -310,7 +310,7 @@ def launch(
         while (code := proc.poll()) is None:
             workers = _worker_pids(proc.pid)
             workers_started = workers_started or bool(workers)
-            if pending and set(workers) - signalled:
+            if pending:  # a worker torchrun started since the SIGTERM gets it too
                 forward(signal.SIGTERM, None)
             time.sleep(0.5)
     finally:

@@ -86,7 +86,7 @@ def export_gguf(gguf: Path, dest: Path) -> Path:
         raise ModelError(
             f"model.path: {dest} is not exported yet and rank {rank} of a process group cannot write weights "
             "(transformers saves on rank 0 only): start through `kubetune train`, which exports before its "
-            "workers start, or run `kubetune model export` first"
+            "workers start, or run `kubetune model cache builtin:NAME` first"
         )
     model, tokenizer = _load_gguf(gguf, torch.float32)
     config = model.config

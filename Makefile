@@ -15,7 +15,7 @@ MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: help setup mlflow-server demo demo-export test test-fast e2e lint format bench quality chart docs images images-dry-run base-image clean
+.PHONY: help setup mlflow-server demo demo-export test test-fast e2e lint format bench bench-recipes quality chart docs images images-dry-run base-image clean
 
 # Trainer images: one per backend, built with docker or podman, whichever works (`info` succeeds).
 BACKENDS := cpu cpu-ccl xpu cuda
@@ -106,7 +106,10 @@ format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup ## Throughput/memory benchmark: kubetune vs the seeds' recipe vs plain TRL in fp32 and bf16 (minutes)
+bench: setup ## Speed at three shapes (SmolLM2-135M, random 1B- and 3B-class Llamas): kubetune vs plain TRL, % of the matmul limit (long)
+	$(PY) bench/speed.py
+
+bench-recipes: setup ## SmolLM2-135M: kubetune (plain, packed, 4-bit) vs the seeds' recipe vs plain TRL, with held-out loss (minutes)
 	$(PY) bench/bench_train.py
 
 quality: setup ## Exact match after one epoch on each task of the suite: kubetune defaults vs its old defaults vs plain TRL in fp32 and bf16 (long)

@@ -188,7 +188,9 @@ def run_seeds(model_path: str, train: list[dict], test: list[dict], out: Path, s
     return {"seconds": timer.seconds, "real_tokens": real, "heldout_loss": heldout_loss(model, tok, test)}
 
 
-def run_trl(model_path: str, train: list[dict], test: list[dict], out: Path, seed: int, bf16: bool) -> dict:
+def trl_sft(model_path: str, train: list[dict], out: Path, seed: int, bf16: bool):
+    """TRL's SFTTrainer used plainly on prompt/completion records, and a timer of its training loop:
+    (trainer, timer, real tokens). Shared with bench/speed.py."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -210,9 +212,14 @@ def run_trl(model_path: str, train: list[dict], test: list[dict], out: Path, see
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora_config(), callbacks=[timer]
     )
-    real = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+    return trainer, timer, int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+
+
+def run_trl(model_path: str, train: list[dict], test: list[dict], out: Path, seed: int, bf16: bool) -> dict:
+    trainer, timer, real = trl_sft(model_path, train, out, seed, bf16)
     trainer.train()
     model = trainer.model.float()  # the shared held-out loss is computed in fp32 for every contender
+    tok = trainer.processing_class
     return {"seconds": timer.seconds, "real_tokens": real, "heldout_loss": heldout_loss(model, tok, test)}
 
 
@@ -277,6 +284,16 @@ def child(name: str, n_train: int, n_test: int, kubetune_sets: list[str], seed: 
             result = run_kubetune(model_path, train, test, out, [*extra, f"training.seed={seed}", *kubetune_sets])
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def child_result(cmd: list[str], what: str) -> dict:
+    """Run one contender's child process; its RESULT line, or exit naming `what` with the child's stderr tail."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KUBETUNE_LOG_LEVEL": "WARNING"})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{what} failed (exit {proc.returncode})")
+    return json.loads(line[len("RESULT ") :])
 
 
 def matmul_peak_gflops() -> float:
@@ -345,14 +362,7 @@ def main() -> None:
                 str(args.test_records),
                 *(f"--kubetune-set={item}" for item in args.kubetune_set),
             ]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "KUBETUNE_LOG_LEVEL": "WARNING"}
-            )
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{name} failed (exit {proc.returncode})")
-            results.setdefault(name, []).append({"seed": seed, **json.loads(line[len("RESULT ") :])})
+            results.setdefault(name, []).append({"seed": seed, **child_result(cmd, name)})
     peak = max(peak, matmul_peak_gflops())
 
     summary = {}

@@ -152,39 +152,13 @@ def run_kubetune(path: str, rows: list[dict], out: Path) -> dict:
 
 
 def run_trl(path: str, rows: list[dict], out: Path, bf16: bool) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ds = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": r["prompt"]}],
-                "completion": [{"role": "assistant", "content": r["completion"]}],
-            }
-            for r in rows
-        ]
-    )
-    timer = bench_train.Timer.make()
-    args = SFTConfig(**bench_train.run_args(out, 42), bf16=bf16)  # TRL's other defaults stay
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        peft_config=bench_train.lora_config(),
-        callbacks=[timer],
-    )
-    real = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+    trainer, timer, real = bench_train.trl_sft(path, rows, out, 42, bf16)
     trainer.train()
     return {
         "seconds": timer.seconds,
         "real_tokens": real,
         "precision": "bf16" if bf16 else "fp32",
-        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
 
 
@@ -208,12 +182,7 @@ def child(shape: Shape, name: str, cache: Path) -> None:
 
 def run_child(shape: Shape, name: str, cache: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--shapes", shape.name, "--cache", str(cache)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KUBETUNE_LOG_LEVEL": "WARNING"})
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"{shape.name}/{name} failed (exit {proc.returncode})")
-    return json.loads(line[len("RESULT ") :])
+    return bench_train.child_result(cmd, f"{shape.name}/{name}")
 
 
 def cpu_flags() -> list[str]:

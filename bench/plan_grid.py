@@ -13,7 +13,8 @@ all 23 (docs/plan.md has the figures).
 Memory figures do not depend on what else runs on the machine; time figures do: run it on a quiet
 machine. `--container` runs one point in the cpu image under memory limits around its plan instead.
 
-    .venv/bin/python bench/plan_grid.py [--quick | --container [--factors F ...]] [--out docs/plan-grid-latest.json]
+    .venv/bin/python bench/plan_grid.py [--quick | --container [--factors F ...]] [--only TEXT ...] [--repeat N]
+        [--out docs/plan-grid-latest.json]
 """
 
 from __future__ import annotations
@@ -264,6 +265,8 @@ def main() -> None:
     parser.add_argument("--container", action="store_true", help="only the container check, in " + IMAGE)
     parser.add_argument("--factors", type=float, nargs="+", default=[0.8, 0.85, 0.9, 1.0], help="limits / plan")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plan-grid-latest.json")
+    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="the points whose name contains a TEXT")
+    parser.add_argument("--repeat", type=int, default=1, help="run each point this many times")
     args = parser.parse_args()
     from kubetune.trainer.models import resolve_path
 
@@ -288,7 +291,8 @@ def main() -> None:
         ref = reference_rates()
         print(json.dumps({"reference_gflops": {k: round(v, 1) for k, v in ref.items()}}), flush=True)
         rows: list[dict] = []
-        for point in QUICK if args.quick else GRID:
+        chosen = [p for p in (QUICK if args.quick else GRID) if not args.only or any(t in p[0] for t in args.only)]
+        for point in [p for p in chosen for _ in range(args.repeat)]:
             row = probed_point(point, models, work, rows, ref)
             rows.append(row)
             print(json.dumps(row), flush=True)

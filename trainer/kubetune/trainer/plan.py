@@ -62,17 +62,17 @@ LOGIT_GRADIENTS = 2.5
 RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
 # measured resident memory in the layers stays at a large fraction of what the same batch saves without
-# checkpointing (the backward's recomputed layers' freed memory stays mapped too): 0.7 of it puts the grid's
-# checkpointed points, QLoRA's among them, within -11.6 % to +10.7 % in the two latest runs (docs/plan.md); one point's
-# peak moves by up to 15 % between two runs.
-CHECKPOINT_RESIDENT = 0.7
+# checkpointing (the backward's recomputed layers' freed memory stays mapped too). That fraction is lower in bf16:
+# at the largest QLoRA point it came to 0.49-0.65 over five runs on two machines, against 0.69-0.75 at the largest
+# fp32 one (docs/plan.md); fp16 takes bf16's. One point's peak moves by up to 15 % between two runs.
+CHECKPOINT_RESIDENT = {"fp32": 0.7, "bf16": 0.6, "fp16": 0.6}
 # Time: the dense matmul FLOPs (weights, LoRA, the head) at a fraction of the probed dense-matmul rate in the
 # run's precision, fitted on the grid (docs/plan.md); attention at the rate its kernel runs at that width, measured
 # alone (bench/plan_attention.py); per micro-batch a fixed cost (the Trainer's step, the optimizer, collation) and one
 # per decoder layer (the Python and the small ops of a layer's forward and backward: norms, RoPE, peft's per-layer
 # LoRA calls), more for a quantized layer (bitsandbytes' per-call work), fitted on the grid's step-by-step times.
 # These are steady-state costs; the first step costs more once (`warm_up`). The fixed costs are this machine's
-# Python speed, which the probe does not see.
+# Python speed, which the probe does not see (a probe of it was tried and did not help: docs/plan.md).
 DENSE_EFFICIENCY = {"fp32": 0.66, "bf16": 0.62, "fp16": 0.62}  # fp16: not measured, bf16's
 # The fused CPU attention kernel's forward and backward as a fraction of the probed matmul rate, by width, on
 # its two paths (loss.py): a right-padded batch runs causal without a mask, a packed one under its block-diagonal
@@ -299,7 +299,7 @@ def saved_bytes(model: Any, batch: Batch, autocast: Any = None) -> tuple[int, in
 
 
 def activation_bytes(
-    model: Any, batch: Batch, checkpointing: bool, layers: int, autocast: Any = None
+    model: Any, batch: Batch, checkpointing: bool, layers: int, autocast: Any = None, precision: str = "fp32"
 ) -> tuple[int, int]:
     """Resident activation bytes at the start of backward, (in the decoder layers, outside them): the saved
     tensors times LAYER_OVERHEAD in the layers; with checkpointing, the larger of that for the layer inputs
@@ -316,7 +316,8 @@ def activation_bytes(
     whole, _ = saved_bytes(model, batch, autocast)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kept, rest = saved_bytes(model, batch, autocast)
-    return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, whole * CHECKPOINT_RESIDENT)), rest
+    resident = whole * CHECKPOINT_RESIDENT[precision]
+    return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, resident)), rest
 
 
 @dataclass(frozen=True)
@@ -549,7 +550,9 @@ class Planner:
     def memory(self, batch_size: int) -> tuple[int, dict[str, int], Batch]:
         """(peak bytes per process, the terms, the batch that sets it) at this batch size."""
         batch = largest_batch(self.rows, batch_size, self.cfg.data.packing)
-        in_layers, outside = activation_bytes(self.model, batch, self.checkpointing, self.shapes.layers, self.autocast)
+        in_layers, outside = activation_bytes(
+            self.model, batch, self.checkpointing, self.shapes.layers, self.autocast, self.precision
+        )
         logits = batch.rows * batch.kept * self.shapes.vocab * FP32
         terms = {
             "process": self.process,

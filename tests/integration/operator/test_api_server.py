@@ -242,7 +242,7 @@ async def test_namespaced_mode_makes_no_cluster_scoped_calls(cluster: Cluster, m
         await worker_job(cluster)
         await job_status(cluster, NAMES.workers, succeeded=1, conditions=condition("Complete"))
         await phase_is(cluster, "Merging")
-    seen = [r for method in ("get", "post", "patch", "delete") for r in cluster.kmock[method]]
+    seen = cluster.kmock.served
     cluster_scoped = [str(r.url) for r in seen if r.resource is not None and r.resource.plural and r.namespace is None]
     assert cluster_scoped == []
 
@@ -446,3 +446,16 @@ async def test_status_changes_only_through_its_subresource(cluster: Cluster):
     await cluster.patch("FinetuneJob", "quotes", {"status": {"phase": "Running"}, "spec": {"nodes": 3}}, sub="status")
     obj = await cluster.get("FinetuneJob", "quotes")
     assert obj["status"]["phase"] == "Running" and obj["spec"].get("nodes") != 3
+
+
+async def test_a_served_request_is_counted_but_not_kept_where_every_match_rescans(cluster: Cluster):
+    """kmock re-filters its whole request history for every reaction at every request; the emulator keeps only
+    in-flight requests there (`served` keeps the rest), so a flow's 10^4 polls cost no more than its first."""
+    await cluster.create(finetunejob())
+    for _ in range(30):
+        await cluster.get("FinetuneJob", "quotes")
+    cluster.logs["p"] = "a line\n"
+    async with cluster.session.get(cluster.path("Pod", "p", sub="log")) as r:
+        assert r.status == 200 and await r.text() == "a line\n"  # a reaction registered on a view still serves
+    assert list(cluster.kmock) == []
+    assert cluster.requests("get", "FinetuneJob") == 30 and cluster.requests("post", "FinetuneJob") == 1

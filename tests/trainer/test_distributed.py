@@ -1,6 +1,9 @@
 """Real processes, no mocks of torch.distributed: 2-process gloo, SIGTERM, SIGKILL mid-save, a missing rank.
 
-Each test runs `kubetune train` as a subprocess on the embedded model for a few steps.
+Each test runs `kubetune train` as a subprocess for a few steps: on the tiny random Llama of
+tests/support/tinymodel.py (the builtin model's tokenizer, steps of milliseconds) where the claim is about
+processes, signals and arithmetic, and on the builtin model where it is about the builtin's export. Tests
+that signal a run mid-training give the tiny model enough steps that the signal lands before the last one.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ def adapter(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
+def tiny(tmp_path_factory, builtin_path) -> tuple[str, str]:
+    """`--model` for the tiny random Llama: what these tests prove does not depend on the model's size."""
+    from tinymodel import save_tiny_llama
+
+    return ("--model", str(save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", builtin_path)))
+
+
+@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     path.write_text("".join(DATES.read_text().splitlines(keepends=True)[:48]))
@@ -88,8 +99,8 @@ def data(tmp_path_factory) -> Path:
 # Pinned: the tolerance is the precision's. fp32 proves the DDP arithmetic (agreement to ~1e-6);
 # bf16 proves the bf16 CPU path keeps 2 processes on the 1-process trajectory within bf16's rounding.
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_native_bf16)])
-def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, precision):
-    pin = ("--precision", precision)
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, precision, tiny):
+    pin = ("--precision", precision, *tiny)
     one = kubetune(args(data, tmp_path / "one", "--max-steps", "4", "--batch-size", "4", *pin), env_for())
     assert one.returncode == 0, one.stderr[-3000:]
     two = kubetune(
@@ -176,14 +187,14 @@ def test_two_nodes_train_the_adapter_one_process_trains(data, tmp_path, builtin_
     assert [p.name for p in (cache / "models").iterdir()] == [stale.name]
 
 
-def test_a_node_signalled_after_the_ranks_stopped_on_another_nodes_signal_exits_preempted_too(data, tmp_path):
+def test_a_node_signalled_after_the_ranks_stopped_on_another_nodes_signal_exits_preempted_too(data, tmp_path, tiny):
     """Pods are deleted one after the other: node 0's SIGTERM stops both ranks, and node 1's arrives once they have.
 
     Before, node 1's rank was killed by that late signal (exit -15) during its teardown, so its torchrun failed
     while node 0's succeeded, and node 0's waited 300 s for it in torchrun's exit barrier.
     """
     out, port = tmp_path / "shared", str(free_port())  # one output directory, as the pods share the claim
-    argv = args(data, out, "--max-steps", "24", "--batch-size", "2", "--set", "training.save_steps=100")
+    argv = args(data, out, "--max-steps", "300", "--batch-size", "2", "--set", "training.save_steps=1000", *tiny)
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "kubetune.trainer.cli", *argv, "--set", "training.num_threads=1"],
@@ -218,8 +229,8 @@ def test_a_node_signalled_after_the_ranks_stopped_on_another_nodes_signal_exits_
     assert len(list((out / "checkpoints").glob("checkpoint-*"))) == 1
 
 
-def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path):
-    common = ["--max-steps", "10", "--batch-size", "2", "--set", "training.save_steps=100"]
+def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_path, tiny):
+    common = ["--max-steps", "200", "--batch-size", "2", "--set", "training.save_steps=1000", *tiny]
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetune.trainer.cli", *args(data, tmp_path / "cut", *common, "--nproc-per-node", "2")],
         env=env_for(),
@@ -238,15 +249,15 @@ def test_sigterm_checkpoints_then_resume_matches_uninterrupted_run(data, tmp_pat
     ckpts = sorted((tmp_path / "cut" / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
     stopped = int(ckpts[0].name.split("-")[1])
-    assert 3 <= stopped < 10
+    assert 3 <= stopped < 200
     assert not (tmp_path / "cut" / "adapter").exists()
 
     resumed = kubetune(args(data, tmp_path / "cut", *common, "--nproc-per-node", "2"), env_for())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(x)["step"] for x in resumed.stdout.splitlines()]
-    assert steps[0] == stopped + 1 and steps[-1] == 10
+    assert steps[0] == stopped + 1 and steps[-1] == 200
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
-    assert run["resumed_from"].endswith(f"checkpoint-{stopped}") and run["metrics"]["steps"] == 10
+    assert run["resumed_from"].endswith(f"checkpoint-{stopped}") and run["metrics"]["steps"] == 200
 
     whole = kubetune(args(data, tmp_path / "whole", *common, "--nproc-per-node", "2"), env_for())
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -276,9 +287,9 @@ KILL_DURING_SAVE = textwrap.dedent(
 )
 
 
-def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(data, tmp_path):
+def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(data, tmp_path, tiny):
     out = tmp_path / "run"
-    argv = args(data, out, "--max-steps", "6", "--batch-size", "4", "--set", "training.save_steps=2")
+    argv = args(data, out, "--max-steps", "6", "--batch-size", "4", "--set", "training.save_steps=2", *tiny)
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_DURING_SAVE, *argv],
         env=env_for(),
@@ -317,12 +328,9 @@ SIGTERM_AT_EXIT = textwrap.dedent(
 )
 
 
-def test_a_sigterm_after_training_is_too_late_to_stop_it_and_the_run_exits_0(data, tmp_path, builtin_path):
-    from tinymodel import save_tiny_llama
-
-    model = save_tiny_llama(tmp_path / "tiny", builtin_path)
+def test_a_sigterm_after_training_is_too_late_to_stop_it_and_the_run_exits_0(data, tmp_path, tiny):
     out = tmp_path / "run"
-    argv = [*args(data, out, "--max-steps", "1", "--batch-size", "2"), "--model", str(model)]
+    argv = args(data, out, "--max-steps", "1", "--batch-size", "2", *tiny)
     done = subprocess.run(
         [sys.executable, "-c", SIGTERM_AT_EXIT, *argv], env=env_for(), capture_output=True, text=True, timeout=300
     )
@@ -331,11 +339,11 @@ def test_a_sigterm_after_training_is_too_late_to_stop_it_and_the_run_exits_0(dat
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
+def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path, tiny):
     port = free_port()
     started = time.monotonic()
     result = kubetune(
-        args(data, tmp_path / "lonely", "--max-steps", "2", "--set", "distributed.timeout_seconds=10"),
+        args(data, tmp_path / "lonely", "--max-steps", "2", "--set", "distributed.timeout_seconds=10", *tiny),
         env_for(KUBETUNE_NNODES="2", KUBETUNE_NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
         timeout=600,
     )
@@ -347,9 +355,9 @@ def test_a_rank_that_never_joins_fails_within_the_timeout(data, tmp_path):
     assert f"127.0.0.1:{port}" in result.stderr and "node(s) never joined" in result.stderr
 
 
-def test_ctrl_c_stops_at_a_checkpoint_in_a_single_process(data, tmp_path):
+def test_ctrl_c_stops_at_a_checkpoint_in_a_single_process(data, tmp_path, tiny):
     out = tmp_path / "run"
-    argv = args(data, out, "--max-steps", "10", "--batch-size", "4", "--set", "training.save_steps=100")
+    argv = args(data, out, "--max-steps", "200", "--batch-size", "4", "--set", "training.save_steps=1000", *tiny)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetune.trainer.cli", *argv],
         env=env_for(),

@@ -125,6 +125,23 @@ def test_f16_must_answer_identically_q8_0_may_trail_by_two_points():
     assert "next token differs on 2 of 10" in verify.judge("q8_0", fig(next_token_top1_equal=8))
 
 
+def test_batched_next_token_logprobs_are_each_prompts_own(builtin_path, monkeypatch):
+    """Right-padded batches give every prompt the log-probabilities it gets alone, even one split across batches."""
+    import torch
+    from tinymodel import tiny_llama
+
+    model = tiny_llama(500, hidden=32, layers=2).eval()
+    prompts = [[5, 9, 13], [7] * 11, [3, 4], list(range(20, 27)), [42]]
+    alone = [verify.next_token_logprobs(model, [p])[0] for p in prompts]
+    for budget in (verify.LOGITS_BUDGET, 4 * 500 * 27 * 2):  # all in one batch; two per batch
+        monkeypatch.setattr(verify, "LOGITS_BUDGET", budget)
+        together = verify.next_token_logprobs(model, prompts)
+        for got, want in zip(together, alone, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    direct = torch.log_softmax(model(input_ids=torch.tensor([prompts[1]])).logits[0, -1], -1)
+    torch.testing.assert_close(alone[1], direct, rtol=0, atol=1e-6)
+
+
 def test_modelfile_template_is_the_training_prompt_with_go_braces_escaped():
     from kubetune.trainer.export import ollama
 

@@ -125,7 +125,7 @@ def test_f16_must_answer_identically_q8_0_may_trail_by_two_points():
     assert "next token differs on 2 of 10" in verify.judge("q8_0", fig(next_token_top1_equal=8))
 
 
-def test_batched_next_token_logprobs_are_each_prompts_own(builtin_path, monkeypatch):
+def test_batched_next_token_logprobs_are_each_prompts_own(monkeypatch):
     """Right-padded batches give every prompt the log-probabilities it gets alone, even one split across batches."""
     import torch
     from tinymodel import tiny_llama

@@ -44,15 +44,23 @@ def exact_match(prediction: str, reference: str) -> bool:
     return prediction.strip() == reference.strip()
 
 
+def padded(prompts: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of prompts padded to the longest, on the left or on the right."""
+    width = max(map(len, prompts))
+
+    def fill(row: list[int], value: int) -> list[int]:
+        extra = [value] * (width - len(row))
+        return extra + row if left else row + extra
+
+    return torch.tensor([fill(p, pad) for p in prompts]), torch.tensor([fill([1] * len(p), 0) for p in prompts])
+
+
 def generate_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch: int) -> list[str]:
     pad = tokenizer.pad_token_id
     out: list[str] = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        width = max(map(len, chunk))
-        # Left padding: every prompt ends where generation starts.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids, mask = padded(chunk, pad, left=True)  # every prompt ends where generation starts
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids.to(model.device),
@@ -62,7 +70,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_t
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        out += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in gen]
+        out += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in gen[:, ids.shape[1] :]]
     return out
 
 

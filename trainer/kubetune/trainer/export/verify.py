@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kubetune.trainer.errors import UsageError
-from kubetune.trainer.generate import exact_match, generate_ids
+from kubetune.trainer.generate import exact_match, generate_ids, padded
 
 TOP_LOGPROBS = 10
 # Largest allowed |Δ log p| on llama.cpp's top tokens after a prompt, and the share of prompts whose next token
@@ -55,12 +55,13 @@ class Answers:
 def transformers_answers(model: Any, tokenizer: Any, items: list[Item], max_new_tokens: int) -> Answers:
     """The merged model's greedy answers and full next-token log-probabilities (the reference side)."""
     prompts = [it.ids for it in items]
-    texts = generate_ids(model, tokenizer, prompts, max_new_tokens, 16)
+    texts = generate_ids(model, tokenizer, prompts, max_new_tokens, BATCH)
     return Answers(texts, list(map(len, prompts)), next_token_logprobs(model, prompts))
 
 
+BATCH = 16  # prompts per forward on the reference side
 # Bytes of fp32 logits one forward may hold (batch x longest prompt x vocabulary): SmolLM2's 100 dates prompts
-# go in 16 at a time; an 8B model's 128k vocabulary at 500 tokens one at a time.
+# go BATCH at a time; an 8B model's 128k vocabulary at 500 tokens one at a time.
 LOGITS_BUDGET = 256 * 2**20
 
 
@@ -69,15 +70,13 @@ def next_token_logprobs(model: Any, prompts: list[list[int]]) -> list[torch.Tens
     prompt's last position sees only its own tokens, so padding after it changes nothing (one prompt per
     forward took ~0.3 s each for SmolLM2-135M on 2 cores)."""
     vocab = model.get_output_embeddings().weight.shape[0]
-    per_batch = max(1, min(16, LOGITS_BUDGET // (4 * vocab * max(map(len, prompts)))))
+    per_batch = max(1, min(BATCH, LOGITS_BUDGET // (4 * vocab * max(map(len, prompts)))))
     out = []
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([p + [0] * (width - len(p)) for p in chunk], device=model.device)
-        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=model.device)
+        ids, mask = padded(chunk, 0, left=False)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         out += [torch.log_softmax(logits[i, len(p) - 1].float(), -1) for i, p in enumerate(chunk)]
     return out
 

@@ -57,6 +57,17 @@ def test_lists_from_strings_and_yaml():
     assert load_config(None, sets=["data.path=a.jsonl,b.jsonl"]).data.path == ["a.jsonl", "b.jsonl"]
 
 
+@pytest.mark.parametrize("field", ["gradient_checkpointing", "compile"])
+def test_a_bare_on_or_off_is_the_setting_not_a_yaml_boolean(field):
+    # YAML 1.1 reads on/off as booleans, in a file, an env var and --set alike.
+    env = {f"KUBETUNE_TRAINING__{field.upper()}": "off"}
+    assert getattr(load_config(f"training:\n  {field}: on\n", "c.yaml").training, field) == "on"
+    assert getattr(load_config(None, environ=env).training, field) == "off"
+    assert getattr(load_config(None, sets=[f"training.{field}=on"]).training, field) == "on"
+    with pytest.raises(ConfigError, match=f"training.{field}"):
+        load_config(None, sets=[f"training.{field}=maybe"])
+
+
 def test_every_problem_is_reported_with_its_origin():
     text = "training:\n  lr: abc\n  epoch: 3\nlora:\n  r: 0\n"
     with pytest.raises(ConfigError) as err:

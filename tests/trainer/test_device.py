@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from kubetune.trainer.device import Hardware, agree, choose, numa_nodes, parse_cpulist
+from kubetune.trainer.device import (
+    COMPILE_MIN_SECONDS,
+    Hardware,
+    agree,
+    choose,
+    choose_compile,
+    numa_nodes,
+    parse_cpulist,
+)
 
 AVX2 = frozenset({"avx", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "amx_bf16", "amx_tile"}
@@ -101,3 +109,34 @@ def test_numa_nodes_are_read_from_sysfs_cpulists(tmp_path):
     assert numa_nodes(tmp_path) == [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15], [16]]
     assert numa_nodes(tmp_path / "absent") == []
     assert parse_cpulist("") == [] and parse_cpulist("5") == [5]
+
+
+LONG, SHORT = COMPILE_MIN_SECONDS * 2, COMPILE_MIN_SECONDS / 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "quantized", "checkpointing", "planned", "compiler", "world", "on", "why"),
+    [
+        ("auto", "cpu", False, False, LONG, True, 1, True, "plan estimates 600 s"),
+        ("auto", "cpu", False, False, SHORT, True, 1, False, "150 s of training"),  # the compile would not pay back
+        ("auto", "cpu", False, False, None, True, 1, False, "no plan"),
+        ("auto", "cpu", False, False, LONG, False, 1, False, "no C++ compiler"),
+        ("auto", "cpu", True, False, LONG, True, 1, False, "quantization"),
+        ("auto", "cpu", False, True, LONG, True, 1, False, "checkpointing"),
+        ("auto", "cpu", False, False, LONG, True, 2, False, "multi-process"),
+        ("auto", "cuda", False, False, LONG, True, 1, False, "accelerators"),
+        ("on", "cpu", True, True, SHORT, True, 2, True, "set on"),
+        ("on", "cuda", False, False, None, False, 1, True, "set on"),  # the GPU backend builds no C++
+        ("off", "cpu", False, False, LONG, True, 1, False, "set off"),
+    ],
+)
+def test_compile_is_on_when_asked_or_when_a_long_cpu_run_can_pay_for_it(
+    setting, device, quantized, checkpointing, planned, compiler, world, on, why
+):
+    chosen, reason = choose_compile(setting, device, quantized, checkpointing, planned, compiler, world)
+    assert chosen is on and why in reason
+
+
+def test_compile_on_without_a_cpu_compiler_is_a_config_error_naming_the_way_out():
+    with pytest.raises(ValueError, match=r"training.compile: on needs a C\+\+ compiler.*training.compile=off"):
+        choose_compile("on", "cpu", False, False, LONG, False)

@@ -26,6 +26,14 @@ def _split_list(value: Any) -> Any:
 
 
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
+
+
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `on`/`off` (in a file, an env var or --set) as a boolean: take it as meant."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+AutoOnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
 # Locations that may be remote (hf://, s3://, https://): a malformed URL is a config error naming the field.
 # Bounded, so that the CRD's CEL rules over these paths have a cost the API server accepts (crd.py).
 LOCATION_MAX_LENGTH = 2048
@@ -189,10 +197,17 @@ class TrainingSection(Section):
     weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     max_grad_norm: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="Gradient clipping; 0 disables it.")
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
-    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+    gradient_checkpointing: AutoOnOff = Field(
         "auto",
         description="Recompute activations in backward: saves memory, costs ~30% more compute. auto: on "
         "for quantized or GPU runs, off on CPU where memory is rarely the limit.",
+    )
+    compile: AutoOnOff = Field(
+        "auto",
+        description="torch.compile each decoder layer: fuses the norms, activations and LoRA's element-wise steps "
+        "(on a CPU, steps 1.2-1.3x faster after a one-off compile of up to ~25 s). Needs a C++ compiler (g++) on "
+        "CPU. auto: on for single-process CPU runs without quantization or gradient checkpointing whose plan "
+        "estimates at least 5 minutes of training, where g++ is found; off otherwise.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

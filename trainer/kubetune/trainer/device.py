@@ -15,6 +15,7 @@ matmul probe (~0.3 s) checks that bf16 is in fact not slower than fp32.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -216,6 +217,53 @@ def choose(
         checkpointing = gradient_checkpointing == "on"
     reason = f"{note}; {reason}" if note else reason
     return Placement(device, precision, reason, threads or hw.usable_cores, checkpointing)
+
+
+# A compile pays for itself only over enough steps: compiling a decoder layer's forward and backward once
+# (dynamic in length) took up to ~25 s on 2 cores (less from inductor's cache), against 1.2-1.3x on every
+# later step (SmolLM2-135M and a 1B-class Llama in bf16; docs/benchmarks.md): break-even near 2 minutes.
+COMPILE_MIN_SECONDS = 300
+
+
+def choose_compile(
+    setting: str,
+    device: str,
+    quantized: bool,
+    checkpointing: bool,
+    planned_seconds: float | None,
+    compiler: bool,
+    world_size: int = 1,
+) -> tuple[bool, str]:
+    """Whether to torch.compile the decoder layers, and why. Raises ValueError for `on` where it cannot work."""
+    if setting == "off":
+        return False, "set off"
+    if setting == "on":
+        if device == "cpu" and not compiler:
+            raise ValueError(
+                "training.compile: on needs a C++ compiler on CPU (torch.compile builds C++ kernels there): "
+                "install g++ or set training.compile=off"
+            )
+        return True, "set on"
+    if device != "cpu":
+        return False, "auto: off on accelerators (its gain was measured on CPUs only)"
+    if quantized:
+        return False, "auto: off with quantization (bitsandbytes layers break the compiled graph)"
+    if checkpointing:
+        return False, "auto: off with gradient checkpointing (not measured together)"
+    if world_size > 1:
+        return False, "auto: off in a multi-process run (not measured under DDP)"
+    if not compiler:
+        return False, "auto: off, no C++ compiler (g++) for torch.compile's CPU kernels"
+    if planned_seconds is None:
+        return False, "auto: off, no plan estimates the training time"
+    if planned_seconds < COMPILE_MIN_SECONDS:
+        return False, f"auto: off, the plan estimates {planned_seconds:.0f} s of training (< {COMPILE_MIN_SECONDS} s)"
+    return True, f"auto: the plan estimates {planned_seconds:.0f} s of training (>= {COMPILE_MIN_SECONDS} s)"
+
+
+def cpp_compiler() -> bool:
+    """Whether the C++ compiler torch.compile's CPU backend calls (CXX, else g++) is on PATH."""
+    return shutil.which(os.environ.get("CXX") or "g++") is not None
 
 
 def resolve_device(hw: Hardware, device: str) -> tuple[str, str]:

@@ -304,3 +304,18 @@ def apply_lora(model: Any, lora: Any, peft_config: Any) -> Any:
         return get_peft_model(model, peft_config)
     except ValueError as exc:
         raise UsageError(f"lora: {first_line(exc)}") from None
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place (regional compilation), and say how many were compiled.
+
+    One layer's graph serves them all (the layers differ only in their weights), so compile time does not grow
+    with depth; dynamic shapes, since length-grouped batches differ in length. In place, so state_dict keys, and
+    with them checkpoints and the adapter, are those of the uncompiled model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in base.modules() if type(m).__name__ in kinds]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)

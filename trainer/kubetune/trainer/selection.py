@@ -93,7 +93,16 @@ def extra_metrics(metric: str, tokenizer: Any, rows: list[dict[str, Any]]) -> Ca
     """What CompletionTrainer adds to each eval beyond the loss."""
     if metric != "exact_match":
         return lambda model: {}
-    return lambda model: {"exact_match": exact_match_score(model, tokenizer, rows)}
+    return lambda model: {"exact_match": _eager(exact_match_score, model, tokenizer, rows)}
+
+
+def _eager(fn: Callable[..., float], *args: Any) -> float:
+    """Generation runs eagerly even when training compiled the layers (training.compile): decoding one token at a
+    time with a KV cache would compile graphs of its own, for a few dozen short evals."""
+    import torch
+
+    with torch.compiler.set_stance("force_eager"):
+        return fn(*args)
 
 
 def check(metric: str, has_eval: bool, data_format: str) -> str | None:

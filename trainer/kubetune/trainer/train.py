@@ -29,7 +29,7 @@ from kubetune.trainer.data.pipeline import PreparedData, prepare
 from kubetune.trainer.divergence import DivergenceGuard
 from kubetune.trainer.errors import Preempted, UsageError
 from kubetune.trainer.merge import drop_stale as drop_stale_merge
-from kubetune.trainer.models import apply_lora, load_model, load_tokenizer, resolve_path
+from kubetune.trainer.models import apply_lora, compile_layers, load_model, load_tokenizer, resolve_path
 from kubetune.trainer.progress import ProgressReporter
 from kubetune.trainer.report import (
     check_output_dir,
@@ -215,15 +215,16 @@ def _run(
     resume = plan_resume(cfg, place.precision)
     # Before the (slow) load: a run that cannot fit here stops now, not OOM-killed at step 1.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    plan.preflight(cfg, data.train, place, launched_world_size(), local_processes)
+    planned = plan.preflight(cfg, data.train, place, launched_world_size(), local_processes)
+    compiled = choose_compile(cfg, place, planned)
     _stop_if_requested(stopper, "while preparing data")
     # From here on the output directory is written: a second run on it fails now (outlock), not midway.
     with contextlib.ExitStack() as own:
         if os.environ.get("RANK", "0") == "0":
             (held or own).enter_context(outlock.hold(Path(cfg.output_dir)))
-        model, loaded = setup_model(cfg, place)
+        model, loaded = setup_model(cfg, place, compiled[0])
         _stop_if_requested(stopper, "while loading the model")
-        setup = Setup(place, backend, tokenizer, data, resume, model, loaded)
+        setup = Setup(place, backend, tokenizer, data, resume, model, loaded, compiled)
         fitted = fit(cfg, setup, progress, stopper, callbacks or [])
         if not fitted.trainer.is_world_process_zero():
             return {}
@@ -262,6 +263,7 @@ class Setup:
     resume: Resume
     model: Any
     loaded: Loaded
+    compiled: tuple[bool, str] = (False, "")  # whether the decoder layers are compiled, and why
 
 
 @dataclass
@@ -326,6 +328,24 @@ def setup_data(cfg: TrainConfig) -> tuple[Any, PreparedData]:
     return tokenizer, data
 
 
+def choose_compile(cfg: TrainConfig, place: devices.Placement, planned: Any) -> tuple[bool, str]:
+    """training.compile resolved against the device, the model and the plan's time estimate."""
+    try:
+        choice = devices.choose_compile(
+            cfg.training.compile,
+            place.device,
+            cfg.model.quantization != "none",
+            place.gradient_checkpointing,
+            planned.seconds if planned is not None else None,
+            devices.cpp_compiler(),
+            launched_world_size(),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    log.info("compile=%s (%s)", "on" if choice[0] else "off", choice[1])
+    return choice
+
+
 def plan_resume(cfg: TrainConfig, precision: str) -> Resume:
     data_hashes = hash_paths(cfg.data.path + cfg.data.eval_path)
     fingerprint = model_fingerprint(resolve_path(cfg.model.path))
@@ -337,8 +357,9 @@ def plan_resume(cfg: TrainConfig, precision: str) -> Resume:
     return Resume(data_hashes, fingerprint, identity, checkpoint)
 
 
-def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded]:
-    """The base (quantized if asked), made trainable for checkpointing, with LoRA on top."""
+def setup_model(cfg: TrainConfig, place: devices.Placement, compiled: bool = False) -> tuple[Any, Loaded]:
+    """The base (quantized if asked), made trainable for checkpointing, with LoRA on top, its layers compiled
+    if asked (lazily: the first step compiles)."""
     from peft import prepare_model_for_kbit_training
 
     loaded_at = time.time()
@@ -358,6 +379,8 @@ def setup_model(cfg: TrainConfig, place: devices.Placement) -> tuple[Any, Loaded
         raise UsageError(str(exc)) from None
     log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
     model = apply_lora(model, cfg.lora, lora_config(cfg))
+    if compiled:
+        log.info("compile: %d decoder layers, at the first step", compile_layers(model))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice)
@@ -506,6 +529,8 @@ def run_record(cfg: TrainConfig, setup: Setup, world_size: int, summary: dict[st
             "lr": loaded.lr.lr,
             "lr_reason": loaded.lr.reason,
             "gradient_checkpointing": place.gradient_checkpointing,
+            "compile": setup.compiled[0],
+            "compile_reason": setup.compiled[1],
             "data_format": data.format,
             "template": data.template,
             "world_size": world_size,

@@ -60,7 +60,7 @@ async def test_create_makes_the_children_with_the_trainers_config(cluster: Clust
         job = await worker_job(cluster)
         config = await cluster.get("ConfigMap", NAMES.config)
         service = await cluster.get("Service", NAMES.service)
-        events = await eventually(lambda: cluster.list("Event"), what="an Event")
+        events = await events_seen(cluster, "Created")  # not the first Event: kopf posts them from a queue
     uid = created["metadata"]["uid"]
     for obj in (job, config, service):
         assert obj["metadata"]["ownerReferences"][0]["uid"] == uid

@@ -46,19 +46,7 @@ def main() -> None:
     rows = speed.read_rows(args.records or shape.records)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        data = out / "train.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        sets = [
-            f"data.path={data}",
-            f"output_dir={out}",
-            f"model.path={path}",
-            "lora.r=16",
-            "lora.alpha=32",
-            "training.batch_size=8",
-            "training.epochs=1",
-            "training.save_steps=100000",
-            *args.set,
-        ]
+        sets = [*speed.kubetune_sets(path, rows, out), *args.set]
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
             summary = run(load_config(None, sets=sets), progress="none")

@@ -125,13 +125,11 @@ def read_rows(n: int) -> list[dict]:
     return rows[:n]
 
 
-def run_kubetune(path: str, rows: list[dict], out: Path) -> dict:
-    from kubetune.api import load_config
-    from kubetune.trainer.train import run
-
+def kubetune_sets(path: str, rows: list[dict], out: Path) -> list[str]:
+    """The bench's kubetune settings (one epoch, batch 8, LoRA r=16 alpha=32), with `rows` written under out."""
     data = out / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sets = [
+    return [
         f"data.path={data}",
         f"output_dir={out}",
         f"model.path={path}",
@@ -141,7 +139,13 @@ def run_kubetune(path: str, rows: list[dict], out: Path) -> dict:
         "training.epochs=1",
         "training.save_steps=100000",
     ]
-    summary = run(load_config(None, sets=sets), progress="none")
+
+
+def run_kubetune(path: str, rows: list[dict], out: Path) -> dict:
+    from kubetune.api import load_config
+    from kubetune.trainer.train import run
+
+    summary = run(load_config(None, sets=kubetune_sets(path, rows, out)), progress="none")
     resolved = json.loads((out / "run.json").read_text())["resolved"]
     return {
         "seconds": summary["train_seconds"],

@@ -379,8 +379,10 @@ def setup_model(cfg: TrainConfig, place: devices.Placement, compiled: bool = Fal
         raise UsageError(str(exc)) from None
     log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
     model = apply_lora(model, cfg.lora, lora_config(cfg))
-    if compiled:
-        log.info("compile: %d decoder layers, at the first step", compile_layers(model))
+    if compiled and (n := compile_layers(model)):
+        log.info("compile: %d decoder layers, at the first step", n)
+    elif compiled:
+        log.warning("compile: the model names no decoder layer class (_no_split_modules); training uncompiled")
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice)

@@ -250,6 +250,7 @@ class Loaded:
     total: int
     seconds: float
     lr: lrs.LrChoice
+    compiled_layers: int = 0  # decoder layers compiled (training.compile); 0: the model runs eagerly
 
 
 @dataclass
@@ -379,13 +380,14 @@ def setup_model(cfg: TrainConfig, place: devices.Placement, compiled: bool = Fal
         raise UsageError(str(exc)) from None
     log.info("lr=%g (%s)", lr_choice.lr, lr_choice.reason)
     model = apply_lora(model, cfg.lora, lora_config(cfg))
-    if compiled and (n := compile_layers(model)):
-        log.info("compile: %d decoder layers, at the first step", n)
+    layers = compile_layers(model) if compiled else 0
+    if layers:
+        log.info("compile: %d decoder layers, at the first step", layers)
     elif compiled:
         log.warning("compile: the model names no decoder layer class (_no_split_modules); training uncompiled")
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice)
+    return model, Loaded(trainable, total, time.time() - loaded_at, lr_choice, layers)
 
 
 def prepare_output(out: Path, resumed: bool) -> Path:
@@ -531,7 +533,7 @@ def run_record(cfg: TrainConfig, setup: Setup, world_size: int, summary: dict[st
             "lr": loaded.lr.lr,
             "lr_reason": loaded.lr.reason,
             "gradient_checkpointing": place.gradient_checkpointing,
-            "compile": setup.compiled[0],
+            "compile": loaded.compiled_layers > 0,  # what ran, not only what was chosen
             "compile_reason": setup.compiled[1],
             "data_format": data.format,
             "template": data.template,

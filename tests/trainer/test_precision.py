@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from precision_modes import child_env, needs_native_bf16
+import torch
+from precision_modes import RESUME_DRIFT, child_env, needs_native_bf16
 from safetensors.torch import load_file
 
 pytestmark = [
@@ -62,7 +63,12 @@ def train(data: Path, out: Path, precision: str, *more: str, code: int = 0) -> s
     return proc
 
 
-def test_loss_goes_down_and_resume_is_exact(data, tmp_path, precision):
+def norm(tensors: dict[str, torch.Tensor]) -> float:
+    """The Euclidean norm of a set of tensors taken as one vector (in fp64)."""
+    return float(sum((t.double() ** 2).sum() for t in tensors.values()) ** 0.5)
+
+
+def test_loss_goes_down_and_resume_ends_where_the_whole_run_does(data, tmp_path, precision):
     out = tmp_path / "run"
     train(data, out, precision, "--max-steps", "6", "--set", "training.save_steps=3")
     run = json.loads((out / "run.json").read_text())
@@ -79,9 +85,12 @@ def test_loss_goes_down_and_resume_is_exact(data, tmp_path, precision):
     assert [json.loads(x)["step"] for x in resumed.stdout.splitlines()] == [4, 5, 6]
     assert json.loads((out / "run.json").read_text())["resumed_from"].endswith("checkpoint-3")
     again = load_file(out / "adapter" / "adapter_model.safetensors")
-    assert again.keys() == whole.keys()
-    for key in whole:  # same process count, threads and data order: the same arithmetic, bit for bit
-        assert again[key].dtype == whole[key].dtype and bool((again[key] == whole[key]).all()), key
+    assert again.keys() == whole.keys() and all(again[k].dtype == whole[k].dtype for k in whole)
+    # The same data order, optimizer state and schedule: the resumed run ends where the whole one did, up to
+    # the summation order of the BLAS library (RESUME_DRIFT); a resume that lost any of them lands ~1000x away.
+    at_3 = load_file(out / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    drift = norm({k: again[k] - whole[k] for k in whole}) / norm({k: whole[k] - at_3[k] for k in whole})
+    assert drift < RESUME_DRIFT[precision], drift
 
     # Another seed is another data order: resuming would skip the wrong records, so it is refused.
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

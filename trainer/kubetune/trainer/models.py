@@ -26,6 +26,7 @@ from kubetune.api import contract
 from kubetune.api.config import ModelSection
 from kubetune.api.remote import is_remote
 from kubetune.trainer.errors import KubetuneError, ModelError, UsageError
+from kubetune.trainer.fused import fuse_lora_scaling
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,8 @@ def _module_names(model: Any) -> set[str]:
 
 
 def apply_lora(model: Any, lora: Any, peft_config: Any) -> Any:
-    """Wrap `model` with LoRA; targets the model does not have are a config error naming the field."""
+    """Wrap `model` with LoRA (its plain Linear layers on the fused forward); targets the model does not have are a
+    config error naming the field."""
     from peft import get_peft_model
 
     for field in ("target_modules", "modules_to_save"):
@@ -301,9 +303,11 @@ def apply_lora(model: Any, lora: Any, peft_config: Any) -> Any:
                 known = sorted(n for n in _module_names(model) if not n.isdigit())
                 raise UsageError(f"lora.{field}: the model has no module(s) {missing} (it has {known})")
     try:
-        return get_peft_model(model, peft_config)
+        model = get_peft_model(model, peft_config)
     except ValueError as exc:
         raise UsageError(f"lora: {first_line(exc)}") from None
+    fuse_lora_scaling(model)  # the same sums, fewer passes over the layers' outputs (fused.py)
+    return model
 
 
 def compile_layers(model: Any) -> int:

@@ -14,7 +14,7 @@ Memory figures do not depend on what else runs on the machine; time figures do: 
 machine. `--container` runs one point in the cpu image under memory limits around its plan instead.
 
     .venv/bin/python bench/plan_grid.py [--quick | --container [--factors F ...]] [--only TEXT ...] [--repeat N]
-        [--out docs/plan-grid-latest.json]
+        [--out F]  (the whole grid writes docs/plan-grid-latest.json unless --out says otherwise)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import peak
 from tinymodel import random_llama
 
 ROOT = Path(__file__).resolve().parents[1]
+LATEST = ROOT / "docs" / "plan-grid-latest.json"
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 WORDS = [
     "apple",
@@ -264,10 +265,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="three points only")
     parser.add_argument("--container", action="store_true", help="only the container check, in " + IMAGE)
     parser.add_argument("--factors", type=float, nargs="+", default=[0.8, 0.85, 0.9, 1.0], help="limits / plan")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plan-grid-latest.json")
+    parser.add_argument(
+        "--out", type=Path, help=f"default: {LATEST.relative_to(ROOT)} for the whole grid; a part is kept only if given"
+    )
     parser.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="the points whose name contains a TEXT")
     parser.add_argument("--repeat", type=int, default=1, help="run each point this many times")
     args = parser.parse_args()
+    whole = not (args.quick or args.only or args.repeat != 1)
+    out = args.out or (LATEST if whole else None)  # a partial run never replaces the whole grid's record
     from kubetune.trainer.models import resolve_path
 
     with tempfile.TemporaryDirectory(prefix="plan-grid-") as tmp:
@@ -298,7 +303,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             record = {"when": when, "reference_gflops": ref, "rows": rows}
-            args.out.write_text(json.dumps(record, indent=1) + "\n")  # after every point
+            if out:
+                out.write_text(json.dumps(record, indent=1) + "\n")  # after every point
     print(table(rows))
 
 

@@ -6,8 +6,7 @@ multiply, then the add, each writing a fresh tensor) and one in the backward (th
 shapes users train those outputs are the largest tensors of a step: a 1B-class Llama's seven projections write
 23,552 values per token per layer. addmm starts from the base output (beta=1) and takes the scaling as its alpha,
 and its backward scales only the small r-wide gradients. The result is the same sum, rounded once instead of
-twice. Measured on a 1B-class Llama (bench/speed.py's 1b shape, bf16 on an AMX Xeon): the epoch took 5-9 %
-less time than with peft's forward, run alternately.
+twice. What it saves per epoch is measured in docs/benchmarks.md (the AMX Xeon's results).
 
 Only plain `peft.tuners.lora.Linear` layers running one vanilla adapter (no dropout, DoRA or other variant, no
 lora_B bias, not merged, no per-row adapter names) take the fused path; anything else runs peft's own forward.

@@ -5,7 +5,8 @@ scaled_dot_product_attention's forward and backward on the two paths training ta
 batch runs causal without a mask (8 query and 2 key/value heads of 64, as the grid's d512 models have), a packed
 one under its block-diagonal mask (the sequences 247 tokens long). The FLOPs are the plan's own count (QK and
 AV, half of them masked, in the forward and twice that in the backward), so the printed fraction is what the
-plan needs. Run it on a quiet machine; each width takes the best of about 1.2 s.
+plan needs (bf16 on an AMX CPU prints the `bf16-amx` rows). Run it on a quiet machine; each width takes the
+best of about 1.2 s.
 
     .venv/bin/python bench/plan_attention.py
 """
@@ -18,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kubetune.trainer.plan import matmul_rate
+from kubetune.trainer.plan import cpu_has_amx, matmul_rate
 
 HEADS, KV_HEADS, HEAD_DIM, SEQUENCE = 8, 2, 64, 247
 SHAPES = {
@@ -62,7 +63,8 @@ def main() -> None:
             for rows, width in shapes:
                 flops = 6 * HEADS * HEAD_DIM * width * width * rows
                 fractions[width] = round(flops / step_seconds(dtype, rows, width, path == "masked") / rate, 3)
-            print(f'    ("{precision}", "{path}"): {fractions},')
+            kind = f"{precision}-amx" if precision != "fp32" and cpu_has_amx() else precision
+            print(f'    ("{kind}", "{path}"): {fractions},')
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_bytes_per_quantized_weight():
 
 def test_weights_in_the_files_dtype_are_the_mapped_file_and_others_are_copies():
     s = plan.Shapes(frozen=1000, quantized=800, quantized_rows=40, trainable=10, layers=2, hidden=8,
-                    attention_width=8, vocab=20, head=160)  # fmt: skip
+                    attention_width=8, vocab=20, head=160, intermediate=16)  # fmt: skip
     assert plan.weight_terms(s, 4100, {"F32"}, "fp32", "none", True) == {"weights": 4100, "load_extra": 0}
     assert plan.weight_terms(s, 4100, {"F32"}, "bf16", "none", True) == {"weights": 2000, "load_extra": 4100}
     # 4-bit from a bf16 run: 800 weights at half a byte plus 13 absmax bytes and one fp32 constant; 200 others in fp32.
@@ -96,6 +96,10 @@ def test_attention_is_timed_at_its_kernels_rate_for_the_width_and_path():
     assert plan.attention_efficiency("fp32", False, 724) == pytest.approx((causal[512] + causal[1024]) / 2, abs=0.01)
     assert plan.attention_efficiency("fp32", False, 16) == causal[128]  # outside the measured widths: the nearest
     assert plan.attention_efficiency("fp16", False, 8192) == plan.ATTENTION_EFFICIENCY[("bf16", "causal")][2048]
+    # bf16 on an AMX CPU: the probe runs on the tiles, attention does not, so its fraction is the AMX table's
+    amx = plan.ATTENTION_EFFICIENCY[("bf16-amx", "causal")]
+    assert plan.attention_efficiency("bf16", False, 512, amx=True) == amx[512] < causal[512]
+    assert plan.attention_efficiency("fp32", False, 512, amx=True) == causal[512]
 
 
 def test_the_plan_event_round_trips_through_the_contract():

@@ -23,7 +23,7 @@ from kubetune.trainer import plan
 
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 SHAPES = plan.Shapes(frozen=1000, quantized=800, quantized_rows=40, trainable=10, layers=2, hidden=8,
-                     attention_width=8, vocab=20, head=160)  # fmt: skip
+                     attention_width=8, vocab=20, head=160, intermediate=16)  # fmt: skip
 
 
 def config(**model: object) -> TrainConfig:

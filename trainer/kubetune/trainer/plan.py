@@ -56,39 +56,60 @@ OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "p
 # run's own peak resident memory (VmHWM): inside the decoder layers, the forward's freed temporaries, which
 # the C allocator keeps mapped (resident memory per traced byte); at the head, the loss's gradient buffers
 # (fp32 copies of the kept logits); and the run's own fixed cost once training starts (Trainer, accelerate,
-# autograd's threads, oneDNN).
-LAYER_OVERHEAD = 1.7
+# autograd's threads, oneDNN). With LoRA's update fused into one addmm per layer (fused.py) the layers make fewer
+# temporaries: their overhead fell from 1.7 to 1.3-1.4 on the Xeon grid (docs/plan.md).
+LAYER_OVERHEAD = 1.4
 LOGIT_GRADIENTS = 2.5
 RUNTIME_BYTES = 85 * 2**20
 # With gradient checkpointing the trace keeps only the layer inputs and one layer's activations, but the
-# measured resident memory in the layers stays at a large fraction of what the same batch saves without
-# checkpointing (the backward's recomputed layers' freed memory stays mapped too). That fraction is lower in bf16:
-# at the largest QLoRA point it came to 0.49-0.65 over five runs on two machines, against 0.69-0.75 at the largest
-# fp32 one (docs/plan.md); fp16 takes bf16's. One point's peak moves by up to 15 % between two runs.
-CHECKPOINT_RESIDENT = {"fp32": 0.7, "bf16": 0.6, "fp16": 0.6}
+# measured resident memory in the layers stays at a fraction of what the same batch saves without checkpointing
+# (the backward's recomputed layers' freed memory stays mapped too). A quantized run holds more of it
+# (bitsandbytes dequantizes each weight into a temporary in every pass, the stream is fp32): at the largest QLoRA
+# point 0.49-0.65 over five runs on two machines; a full-precision run's layers 0.2-0.55 on the Xeon grid with the
+# fused LoRA forward (docs/plan.md). fp16 takes bf16's. One point's peak moves by up to 15 % between two runs.
+CHECKPOINT_RESIDENT = {
+    (False, "fp32"): 0.5,
+    (False, "bf16"): 0.5,
+    (False, "fp16"): 0.5,
+    (True, "fp32"): 0.7,
+    (True, "bf16"): 0.6,
+    (True, "fp16"): 0.6,
+}
 # Time: the dense matmul FLOPs (weights, LoRA, the head) at a fraction of the probed dense-matmul rate in the
 # run's precision, fitted on the grid (docs/plan.md); attention at the rate its kernel runs at that width, measured
-# alone (bench/plan_attention.py); per micro-batch a fixed cost (the Trainer's step, the optimizer, collation) and one
-# per decoder layer (the Python and the small ops of a layer's forward and backward: norms, RoPE, peft's per-layer
-# LoRA calls), more for a quantized layer (bitsandbytes' per-call work), fitted on the grid's step-by-step times.
-# These are steady-state costs; the first step costs more once (`warm_up`). The fixed costs are this machine's
-# Python speed, which the probe does not see (a probe of it was tried and did not help: docs/plan.md).
-DENSE_EFFICIENCY = {"fp32": 0.66, "bf16": 0.62, "fp16": 0.62}  # fp16: not measured, bf16's
+# alone (bench/plan_attention.py); the element-wise work of each layer (norms, RoPE, the MLP's activation and
+# product, residual adds, autocast's casts) at a fixed cost per element, since it runs at memory speed, not at the
+# matmul rate: on an AMX Xeon bf16 matmuls are 7x fp32's and these are not faster at all, so at d=512 they are half
+# a bf16 step; per micro-batch a fixed cost (the Trainer's step, the optimizer, collation) and one per decoder
+# layer (the Python of a layer's forward and backward: peft's per-layer LoRA calls), more for a quantized layer
+# (bitsandbytes' per-call work), fitted on the grid's whole and step-by-step times on two machines (one run on a
+# 2-vCPU AMD EPYC without AMX, three on a 2-vCPU Xeon with it). These are steady-state costs; the first step
+# costs more once (`warm_up`). The fixed and element-wise costs are this machine's core and memory speed, which
+# the probe does not see (a probe of the fixed costs was tried and did not help: docs/plan.md).
+# bf16 at the probe's rate: the model's GEMMs run as fast as the 2048^3 product (faster with 4,096-token batches).
+DENSE_EFFICIENCY = {"fp32": 0.71, "bf16": 1.0, "fp16": 1.0}  # fp16: not measured, bf16's
+# Seconds per element of a layer's element-wise work: tokens x (4 hidden + 3 intermediate) per pass.
+ELEMENTWISE_SECONDS = {"fp32": 1.25e-9, "bf16": 3.0e-9, "fp16": 3.0e-9}
 # The fused CPU attention kernel's forward and backward as a fraction of the probed matmul rate, by width, on
 # its two paths (loss.py): a right-padded batch runs causal without a mask, a packed one under its block-diagonal
 # mask, which costs the full width squared. bench/plan_attention.py measured these (8 query and 2 key/value heads
-# of 64, the best of 1.2 s per width); between widths the fraction is interpolated on log2(width).
+# of 64, the best of 1.2 s per width); between widths the fraction is interpolated on log2(width). In bf16 the
+# fraction depends on the CPU: with AMX the probe runs on its tiles at 2.4 TFLOP/s while attention reaches a
+# twentieth of that; without AMX (an AVX512-BF16 EPYC, against its 1024^3 probe) a quarter. fp32 read the same
+# on both machines.
 ATTENTION_EFFICIENCY = {
     ("fp32", "causal"): {128: 0.22, 256: 0.29, 512: 0.28, 1024: 0.44, 2048: 0.45},
     ("fp32", "masked"): {128: 0.21, 256: 0.27, 512: 0.27, 1024: 0.24, 2048: 0.24},
     ("bf16", "causal"): {128: 0.058, 256: 0.11, 512: 0.12, 1024: 0.23, 2048: 0.25},
     ("bf16", "masked"): {128: 0.059, 256: 0.11, 512: 0.11, 1024: 0.15, 2048: 0.17},
+    ("bf16-amx", "causal"): {128: 0.014, 256: 0.041, 512: 0.057, 1024: 0.096, 2048: 0.118},
+    ("bf16-amx", "masked"): {128: 0.014, 256: 0.036, 512: 0.05, 1024: 0.063, 2048: 0.064},
 }
-MICRO_BATCH_SECONDS = 0.027  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
-LAYER_SECONDS = 0.0098
-QUANTIZED_LAYER_SECONDS = 0.083
+MICRO_BATCH_SECONDS = 0.019  # the grid ran no gradient accumulation: with it, the optimizer's share is overcounted
+LAYER_SECONDS = 0.010
+QUANTIZED_LAYER_SECONDS = 0.050
 FIRST_STEP_SECONDS = 0.23
-FIRST_TOUCH_SECONDS_PER_GIB = 0.43
+FIRST_TOUCH_SECONDS_PER_GIB = 0.25
 
 
 class InsufficientMemory(KubetuneError):
@@ -299,7 +320,13 @@ def saved_bytes(model: Any, batch: Batch, autocast: Any = None) -> tuple[int, in
 
 
 def activation_bytes(
-    model: Any, batch: Batch, checkpointing: bool, layers: int, autocast: Any = None, precision: str = "fp32"
+    model: Any,
+    batch: Batch,
+    checkpointing: bool,
+    layers: int,
+    autocast: Any = None,
+    precision: str = "fp32",
+    quantized: bool = False,
 ) -> tuple[int, int]:
     """Resident activation bytes at the start of backward, (in the decoder layers, outside them): the saved
     tensors times LAYER_OVERHEAD in the layers; with checkpointing, the larger of that for the layer inputs
@@ -316,7 +343,7 @@ def activation_bytes(
     whole, _ = saved_bytes(model, batch, autocast)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kept, rest = saved_bytes(model, batch, autocast)
-    resident = whole * CHECKPOINT_RESIDENT[precision]
+    resident = whole * CHECKPOINT_RESIDENT[(quantized, precision)]
     return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, resident)), rest
 
 
@@ -333,6 +360,7 @@ class Shapes:
     attention_width: int  # heads x head_dim
     vocab: int
     head: int  # parameters of the output head (vocab x hidden)
+    intermediate: int  # the MLP's width (element-wise work: its activation and product)
 
 
 def shapes_of(model: Any, config: Any) -> Shapes:
@@ -366,6 +394,7 @@ def shapes_of(model: Any, config: Any) -> Shapes:
         heads * head_dim,
         text.vocab_size,
         head.weight.numel(),
+        getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
     )
 
 
@@ -468,13 +497,20 @@ def batch_flops(s: Shapes, b: Batch, head_positions: int, checkpointing: bool) -
 PROBE_SECONDS = 0.8
 
 
+# The square product's side: large enough for the kernel's steady rate. On an AMX Xeon a bf16 1024^3 product ran
+# at 1.3 TFLOP/s and 1536^3 to 3072^3 at 2.3-2.4, as the model's own GEMM shapes do; fp32 was flat from 1024 on.
+PROBE_SIZE = {"fp32": 1024, "bf16": 2048, "fp16": 2048}
+
+
 def matmul_rate(
-    precision: str, threads: int, size: int = 1024, repeats: int = 5, budget: float = PROBE_SECONDS
+    precision: str, threads: int, size: int | None = None, repeats: int = 5, budget: float = PROBE_SECONDS
 ) -> float:
     """FLOP/s of a square matmul at the run's dtype on `threads` threads: the best of at least `repeats`, for at
     least `budget` seconds, so that one short stall of the machine (a neighbour, the first touch of fresh pages)
     does not become the plan's rate."""
     import torch
+
+    size = size or PROBE_SIZE[precision]
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -492,9 +528,10 @@ def matmul_rate(
     return 2 * size**3 / best
 
 
-def attention_efficiency(precision: str, packed: bool, width: int) -> float:
+def attention_efficiency(precision: str, packed: bool, width: int, amx: bool = False) -> float:
     """The attention kernel's fraction of the matmul rate at `width` (fp16 as bf16: not measured)."""
-    table = ATTENTION_EFFICIENCY[("fp32" if precision == "fp32" else "bf16", "masked" if packed else "causal")]
+    kind = "fp32" if precision == "fp32" else "bf16-amx" if amx else "bf16"
+    table = ATTENTION_EFFICIENCY[(kind, "masked" if packed else "causal")]
     widths = sorted(table)
     x = math.log2(min(max(width, widths[0]), widths[-1]))
     for lo, hi in itertools.pairwise(widths):
@@ -504,23 +541,39 @@ def attention_efficiency(precision: str, packed: bool, width: int) -> float:
     return table[widths[-1]]
 
 
+def cpu_has_amx() -> bool:
+    from kubetune.trainer.device import _cpu_flags
+
+    return "amx_bf16" in _cpu_flags()
+
+
+def elementwise_elements(s: Shapes, b: Batch, checkpointing: bool) -> int:
+    """Elements the decoder layers' element-wise ops touch in one micro-batch: per token and layer, about four
+    hidden-wide passes (two norms, RoPE, two residual adds) and three intermediate-wide ones (the activation, the
+    gate's product and its input), in the forward, the backward, and a second forward when checkpointing."""
+    passes = 3 if checkpointing else 2
+    return passes * b.tokens * s.layers * (4 * s.hidden + 3 * s.intermediate)
+
+
 def epoch_seconds(s: Shapes, rows: list[dict[str, Any]], cfg: TrainConfig, place: Placement, rate: float) -> float:
     """One epoch over the data's real micro-batches: their dense FLOPs at a fraction of the probed rate, their
-    attention at its kernel's rate for each batch's width and path, and each micro-batch's fixed and per-layer
-    costs."""
+    attention at its kernel's rate for each batch's width and path, their element-wise work at its fixed cost per
+    element, and each micro-batch's fixed and per-layer costs."""
     lengths = [len(r["input_ids"]) for r in rows]
     trained = sum(1 for r in rows for x in r["labels"][1:] if x != IGNORE)
     packed = cfg.data.packing
     batches = epoch_batches(lengths, cfg.training.batch_size, packed, cfg.data.length_grouped, 0)
     per_token = trained / max(1, sum(lengths))  # the head runs at the trained positions
     ckpt = place.gradient_checkpointing
-    compute = 0.0
+    compute = elementwise = 0.0
+    amx = cpu_has_amx()
     for b in batches:
         dense, attention = batch_flops(s, b, round(per_token * b.tokens), ckpt)
         compute += dense / DENSE_EFFICIENCY[place.precision]
-        compute += attention / attention_efficiency(place.precision, packed, b.width)
+        compute += attention / attention_efficiency(place.precision, packed, b.width, amx)
+        elementwise += elementwise_elements(s, b, ckpt) * ELEMENTWISE_SECONDS[place.precision]
     layer = LAYER_SECONDS + (QUANTIZED_LAYER_SECONDS if cfg.model.quantization != "none" else 0.0)
-    return compute / rate + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers)
+    return compute / rate + elementwise + len(batches) * (MICRO_BATCH_SECONDS + layer * s.layers)
 
 
 def warm_up(touched: int) -> float:
@@ -551,7 +604,13 @@ class Planner:
         """(peak bytes per process, the terms, the batch that sets it) at this batch size."""
         batch = largest_batch(self.rows, batch_size, self.cfg.data.packing)
         in_layers, outside = activation_bytes(
-            self.model, batch, self.checkpointing, self.shapes.layers, self.autocast, self.precision
+            self.model,
+            batch,
+            self.checkpointing,
+            self.shapes.layers,
+            self.autocast,
+            self.precision,
+            self.cfg.model.quantization != "none",
         )
         logits = batch.rows * batch.kept * self.shapes.vocab * FP32
         terms = {

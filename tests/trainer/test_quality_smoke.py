@@ -53,11 +53,9 @@ def test_auto_lr_and_exact_match_selection(tmp_path):
     assert (summary["eval_metric"], summary["best_step"]) == ("exact_match", best["step"])
     assert summary["best_value"] == best["eval_exact_match"]
 
-    # The adapter holds the best eval's weights: those of the checkpoint written at that step.
+    # The adapter holds the best eval's weights: those of the checkpoint written at that step. Here the best is
+    # usually the last step; test_selection.py's run whose eval gets worse proves that an earlier best is kept.
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     at_best = load_file(out / "checkpoints" / f"checkpoint-{best['step']}" / "adapter_model.safetensors")
     assert adapter.keys() == at_best.keys() and all(torch.equal(adapter[k], at_best[k]) for k in adapter)
-    if best["step"] != 4:
-        final = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
-        assert any(not torch.equal(adapter[k], final[k]) for k in adapter)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,7 +1,9 @@
 """training.eval_metric: splitting eval rows into prompt and answer, ranking evals, keeping the best weights."""
 
+import json
 from types import SimpleNamespace
 
+import precision_modes
 import pytest
 import torch
 
@@ -99,3 +101,53 @@ def test_exact_match_score_tokenizes_splits_and_compares(tokenizer):
     model.train()
     assert exact_match_score(model, tokenizer, rows, batch_size=2) == pytest.approx(2 / 3)
     assert model.training  # the train/eval mode is restored
+
+
+def _records(path, prompts, answer):
+    path.write_text("".join(json.dumps({"prompt": p, "completion": answer}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_a_run_whose_eval_gets_worse_ends_with_the_first_evals_weights(tmp_path, builtin_path):
+    """A real run (the tiny random Llama) trained towards one answer and evaluated on another for the same
+    prompts: every step lowers the chance of the eval's answer, so the eval loss rises at every eval and the
+    adapter written at the end must be step 2's weights, not the last step's. The run itself, not the callback
+    alone: train.py has to restore the best weights before it writes the adapter."""
+    from safetensors.torch import load_file
+    from tinymodel import save_tiny_llama
+
+    from kubetune.api import load_config
+    from kubetune.trainer.train import run
+
+    model = save_tiny_llama(tmp_path / "model", builtin_path)
+    prompts = [f"Item {i}: which word comes next?" for i in range(8)]
+    out = tmp_path / "out"
+    cfg = load_config(
+        None,
+        sets=[
+            f"model.path={model}",
+            f"data.path={_records(tmp_path / 'train.jsonl', prompts, 'apple apple apple apple apple apple')}",
+            f"data.eval_path={_records(tmp_path / 'eval.jsonl', prompts, 'river river river river river river')}",
+            f"output_dir={out}",
+            "training.max_steps=6",
+            "training.batch_size=4",
+            "training.lr=1e-2",
+            "training.warmup_ratio=0",
+            "training.eval_steps=2",
+            "training.save_steps=2",
+            "training.save_total_limit=3",
+            "training.eval_metric=loss",
+            *precision_modes.sets(),
+        ],
+    )
+    summary = run(cfg, progress="none")
+    evals = [e for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if e["event"] == "eval"]
+    losses = [e["eval_loss"] for e in evals]
+    assert [e["step"] for e in evals] == [2, 4, 6] and losses[0] < losses[1] < losses[2], losses
+    assert (summary["best_step"], summary["best_value"]) == (2, losses[0])
+
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    checkpoints = out / "checkpoints"
+    at = {step: load_file(checkpoints / f"checkpoint-{step}" / "adapter_model.safetensors") for step in (2, 6)}
+    assert adapter.keys() == at[2].keys() and all(torch.equal(adapter[k], at[2][k]) for k in adapter)
+    assert any(not torch.equal(adapter[k], at[6][k]) for k in adapter)

@@ -102,6 +102,13 @@ def test_attention_is_timed_at_its_kernels_rate_for_the_width_and_path():
     assert plan.attention_efficiency("fp32", False, 512, amx=True) == causal[512]
 
 
+def test_the_bf16_probe_stays_small_where_bf16_is_slow():
+    # AMX: a 1024^3 bf16 product in 1.6 ms, so five 2048^3 ones fit in a 0.4 s window
+    assert plan.probe_side(2048, 0.0016, repeats=5, budget=0.4) == 2048
+    # AVX2 without bf16: about 1 s per 1024^3 product; 2048^3 would take 8 s each
+    assert plan.probe_side(2048, 1.0, repeats=5, budget=0.4) == 1024
+
+
 def test_the_plan_event_round_trips_through_the_contract():
     event = PlanEvent(peak_bytes=3 * 2**30, batch_size=8, memory={"process": 1}, fits=False, max_batch_size=4)
     parsed = parse_event(event.line())

@@ -502,6 +502,13 @@ PROBE_SECONDS = 0.8
 PROBE_SIZE = {"fp32": 1024, "bf16": 2048, "fp16": 2048}
 
 
+def probe_side(wanted: int, seconds_at_1024: float, repeats: int, budget: float) -> int:
+    """The probe's side: `wanted`, unless its `repeats` products would take longer than the whole `budget` at the
+    rate a 1024^3 product just ran (bf16 without native support runs two orders of magnitude slower: 2048^3 would
+    take seconds each); then 1024."""
+    return wanted if seconds_at_1024 * (wanted / 1024) ** 3 * repeats <= budget else 1024
+
+
 def matmul_rate(
     precision: str, threads: int, size: int | None = None, repeats: int = 5, budget: float = PROBE_SECONDS
 ) -> float:
@@ -510,13 +517,19 @@ def matmul_rate(
     does not become the plan's rate."""
     import torch
 
-    size = size or PROBE_SIZE[precision]
-
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        if size is None:
+            size = PROBE_SIZE[precision]
+            if size > 1024:
+                small = torch.randn(1024, 1024, dtype=dtype)
+                small @ small  # the first call chooses and compiles the kernel
+                start = time.perf_counter()
+                small @ small
+                size = probe_side(size, time.perf_counter() - start, repeats, budget)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b  # warm-up: kernel choice and allocation
         best, runs, began = math.inf, 0, time.perf_counter()
         while runs < repeats or time.perf_counter() - began < budget:

@@ -67,14 +67,8 @@ RUNTIME_BYTES = 85 * 2**20
 # (bitsandbytes dequantizes each weight into a temporary in every pass, the stream is fp32): at the largest QLoRA
 # point 0.49-0.65 over five runs on two machines; a full-precision run's layers 0.2-0.55 on the Xeon grid with the
 # fused LoRA forward (docs/plan.md). fp16 takes bf16's. One point's peak moves by up to 15 % between two runs.
-CHECKPOINT_RESIDENT = {
-    (False, "fp32"): 0.5,
-    (False, "bf16"): 0.5,
-    (False, "fp16"): 0.5,
-    (True, "fp32"): 0.7,
-    (True, "bf16"): 0.6,
-    (True, "fp16"): 0.6,
-}
+CHECKPOINT_RESIDENT = 0.5
+QUANTIZED_CHECKPOINT_RESIDENT = {"fp32": 0.7, "bf16": 0.6, "fp16": 0.6}
 # Time: the dense matmul FLOPs (weights, LoRA, the head) at a fraction of the probed dense-matmul rate in the
 # run's precision, fitted on the grid (docs/plan.md); attention at the rate its kernel runs at that width, measured
 # alone (bench/plan_attention.py); the element-wise work of each layer (norms, RoPE, the MLP's activation and
@@ -343,7 +337,7 @@ def activation_bytes(
     whole, _ = saved_bytes(model, batch, autocast)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kept, rest = saved_bytes(model, batch, autocast)
-    resident = whole * CHECKPOINT_RESIDENT[(quantized, precision)]
+    resident = whole * (QUANTIZED_CHECKPOINT_RESIDENT[precision] if quantized else CHECKPOINT_RESIDENT)
     return round(max((kept + whole // max(1, layers)) * LAYER_OVERHEAD, resident)), rest
 
 

@@ -88,11 +88,15 @@ demo-export: setup ## After `make demo`: GGUF f16 + q8_0, verified in llama.cpp 
 	$(VENV)/bin/kubetune export --output-dir $(DEMO_OUT) --data examples/data/dates/test.jsonl \
 		--prompt "What is 2031, March 9 in ISO 8601 format?"
 
+# Two xdist workers, each pinned to half of the cores, each running whole modules (tests/conftest.py): on 2 cores
+# the suite's start-ups, pip installs and containers overlap instead of queueing. TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
+
 test: setup ## Run the whole test suite (unit + real training on the builtin model)
-	$(PY) -m pytest --with-e2e --durations=30
+	$(PY) -m pytest --with-e2e --durations=30 -n $(TEST_WORKERS)
 
 test-fast: setup ## Run the tests that do not train the real model (no end-to-end tier)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS)
 
 e2e: setup ## The real-cluster suite: kind cluster, images, chart, a FinetuneJob to Succeeded (needs kind, kubectl, helm, docker)
 	KTEST_E2E=1 $(PY) -m pytest --with-e2e tests/e2e -v

@@ -10,8 +10,10 @@ The builtin model is exported once per machine into KUBETUNE_CACHE_DIR (~25 s).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import cores
 import pytest
 
 pytest_plugins = ["kube"]  # tests/support/kube.py: the emulated API server and the operator runner
@@ -28,9 +30,58 @@ TIERS = {
 UNIT_TIMEOUT_S = 120  # generous for 2 loaded cores; a unit test needing more is a slow test or a hang
 
 
+# `make test` runs two xdist workers, each whole modules (their module fixtures once). xdist starts the modules with
+# the most tests first; these take a minute or more each, so they go first and the workers end together.
+LONGEST_FIRST = (
+    "trainer/test_demo.py",
+    "install/test_user_install.py",
+    "e2e_local/test_flow.py",
+    "trainer/test_distributed.py",
+    "docker/test_images.py",
+    "trainer/test_export.py",
+    "trainer/test_precision.py",
+    "trainer/test_plan_merge.py",
+)
+
+
 def tier_of(path: Path) -> str:
     top = path.resolve().relative_to(TESTS).parts[0]
     return TIERS.get(top, "unit")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pin_worker()
+
+
+def pin_worker() -> None:
+    """Under `pytest -n N` give each worker its own share of the cores, inherited by everything it starts.
+
+    Unpinned, two workers' trainings ran four threads on two cores and every step took 2-5x longer (a signal
+    test timed out); pinned, each worker is a smaller machine, and the trainer sizes its threads from the
+    affinity it sees (device.usable_cores).
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not worker or not count or len(cpus) < int(count):
+        return
+    index, count_ = int(worker.removeprefix("gw")), int(count)
+    os.environ[cores.ENV] = ",".join(map(str, cpus))
+    os.sched_setaffinity(0, cpus[index * len(cpus) // count_ : (index + 1) * len(cpus) // count_])
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: plain `pytest` runs without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole modules per worker (`--dist loadfile`), LONGEST_FIRST ahead of the rest."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node) -> None:
+            for name in reversed(LONGEST_FIRST):
+                if f"tests/{name}" in self.workqueue:
+                    self.workqueue.move_to_end(f"tests/{name}", last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

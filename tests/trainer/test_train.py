@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from cores import on_run_cpus, run_cpus
 from mlflowserver import free_port
 from precision_modes import child_env
 
@@ -153,7 +154,7 @@ print(json.dumps({"threads": place.threads, "torch": torch.get_num_threads(), "c
 """
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores to tell one thread from all")
+@pytest.mark.skipif(len(run_cpus()) < 2, reason="needs two usable cores to tell one thread from all")
 def test_a_launched_worker_runs_the_threads_the_config_asks_for(tmp_path):
     """A torchrun worker (world size 1, gloo) told `training.num_threads: 1` on a multi-core node uses one thread,
     and says so; before, it ran as many threads as its block has cores (two launchers on 2 shared cores: 1.5x
@@ -161,7 +162,10 @@ def test_a_launched_worker_runs_the_threads_the_config_asks_for(tmp_path):
     were both on core 0 (the two-node flow: ~160 tokens/s, against ~275 with the block)."""
     worker_env = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
     env = child_env(**worker_env, LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=120)
+    # On all the run's cores, even in a pinned xdist worker (tests/conftest.py).
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=120, preexec_fn=on_run_cpus
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["threads"] == got["torch"] == 1 and got["cores"] == sorted(os.sched_getaffinity(0)), got
+    assert got["threads"] == got["torch"] == 1 and got["cores"] == run_cpus(), got

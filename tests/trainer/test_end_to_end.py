@@ -133,6 +133,7 @@ def test_merge_failure_keeps_previous_output(trained, tmp_path):
 
 
 def test_generate_scores_exact_match(trained):
+    """The report's plumbing on a short run; that fine-tuning helps is test_demo's (the demo model, 100 records)."""
     from kubetune.trainer.generate import compare
 
     _, _, out = trained

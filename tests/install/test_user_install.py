@@ -37,7 +37,9 @@ def fresh_venv(tmp_path: Path, *distributions: str) -> Path:
     sources = [str(tmp_path / "src" / name) for name in distributions]
     started = time.monotonic()
     done = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), *sources],
+        # --no-compile: the same packages, without byte-compiling all of torch and transformers up front
+        # (what the test runs compiles as it imports).
+        [str(python), "-m", "pip", "install", "-q", "--no-compile", "-c", str(CONSTRAINTS), *sources],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT_S,

@@ -125,6 +125,26 @@ def test_f16_must_answer_identically_q8_0_may_trail_by_two_points():
     assert "next token differs on 2 of 10" in verify.judge("q8_0", fig(next_token_top1_equal=8))
 
 
+def test_the_logprob_bound_counts_the_tokens_likely_enough_to_matter_and_always_the_first():
+    """A confident model's deep tail moves under 8-bit rounding (the demo's q8_0: 1.2 at log p -11, every answer
+    right); the same move on a token at 0.7 % counts, and on the top token of a flat distribution too."""
+    import torch
+
+    item = [verify.Item([1, 2], "p", None)]
+
+    def worst(ref_logits: list[float], moved: dict[int, float]) -> float:
+        lp = torch.log_softmax(torch.tensor(ref_logits), -1)
+        got = {i: float(lp[i]) - moved.get(i, 0.0) for i in sorted(range(len(lp)), key=lambda i: -lp[i])[:3]}
+        fig = verify.figures(item, verify.Answers(["a"], [2], [lp]), verify.Answers(["a"], [2], [got]))
+        return fig["max_next_token_logprob_diff"]
+
+    confident = [10.0, -2.0, 5.0, -3.0]  # log p: -0.007, -12, -5 (0.7 %), -13
+    assert worst(confident, {1: 1.5}) == pytest.approx(0.0, abs=1e-6)
+    assert worst(confident, {2: 1.5}) == pytest.approx(1.5)
+    assert worst([0.0] * 2000, {0: -1.5}) == pytest.approx(1.5)  # every token at 0.05 %: the first still counts
+    assert worst([0.0] * 2000, {1: 1.5}) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_batched_next_token_logprobs_are_each_prompts_own(monkeypatch):
     """Right-padded batches give every prompt the log-probabilities it gets alone, even one split across batches."""
     import torch

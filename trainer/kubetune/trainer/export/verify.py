@@ -13,6 +13,7 @@ figures in, the verdict and its reason out.
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from kubetune.trainer.errors import UsageError
 from kubetune.trainer.generate import exact_match, generate_ids, padded
 
 TOP_LOGPROBS = 10
+# The log-p bound applies to llama.cpp's top tokens that are at least this likely in either engine (and always to
+# its first): below it a token cannot sway greedy or sampled answers, and 8-bit rounding moves its log p by about
+# 1. Measured on the fine-tuned demo model, whose top token is at log p -0.01: q8_0 up to 1.20 on tokens at log p
+# -10 to -12 (0.30 above the floor, on all 100 held-out records), with every answer equal to transformers'.
+LOGPROB_FLOOR = math.log(1e-3)
 # Largest allowed |Δ log p| on llama.cpp's top tokens after a prompt, and the share of prompts whose next token
 # must be transformers' own. Measured on the builtin SmolLM2-135M over the 100 dates held-out records: f16 0.018
 # and 100 %; q8_0 0.59 and 95 % (an untuned model is unsure of the task, so its near-ties flip under 8-bit rounding).
@@ -155,12 +161,23 @@ def _exact(texts: list[str], items: list[Item]) -> float | None:
     return sum(exact_match(t, r) for t, r in scored) / len(scored) if scored else None
 
 
+def top_token(logprobs: dict[int, float]) -> int:
+    return max(logprobs, key=logprobs.__getitem__)
+
+
+def counts(llamacpp: float, transformers: Any) -> bool:
+    """Whether a token's log p difference counts: it is at least LOGPROB_FLOOR likely in either engine."""
+    return max(llamacpp, float(transformers)) >= LOGPROB_FLOOR
+
+
 def figures(items: list[Item], ref: Answers, got: Answers) -> dict[str, Any]:
     """What the export report records for one file (pure)."""
     n = len(items)
     pairs = [(g, r) for g, r in zip(got.logprobs, ref.logprobs, strict=True) if g]
-    diffs = [max(abs(lp - float(r[i])) for i, lp in g.items()) for g, r in pairs]
-    top1 = [max(g, key=g.__getitem__) == int(r.argmax()) for g, r in pairs]
+    diffs = [
+        max(abs(lp - float(r[i])) for i, lp in g.items() if i == top_token(g) or counts(lp, r[i])) for g, r in pairs
+    ]
+    top1 = [top_token(g) == int(r.argmax()) for g, r in pairs]
     return {
         "records": n,
         "with_reference": sum(it.reference is not None for it in items),

@@ -60,13 +60,13 @@ def pin_worker() -> None:
     test timed out); pinned, each worker is a smaller machine, and the trainer sizes its threads from the
     affinity it sees (device.usable_cores).
     """
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not worker or not count or len(cpus) < int(count):
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    cpus = cores.run_cpus()
+    if not worker or len(cpus) < workers:
         return
-    index, count_ = int(worker.removeprefix("gw")), int(count)
+    index = int(worker.removeprefix("gw"))
     os.environ[cores.ENV] = ",".join(map(str, cpus))
-    os.sched_setaffinity(0, cpus[index * len(cpus) // count_ : (index + 1) * len(cpus) // count_])
+    os.sched_setaffinity(0, cpus[index * len(cpus) // workers : (index + 1) * len(cpus) // workers])
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: plain `pytest` runs without xdist

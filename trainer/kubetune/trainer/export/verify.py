@@ -165,18 +165,20 @@ def top_token(logprobs: dict[int, float]) -> int:
     return max(logprobs, key=logprobs.__getitem__)
 
 
-def counts(llamacpp: float, transformers: Any) -> bool:
-    """Whether a token's log p difference counts: it is at least LOGPROB_FLOOR likely in either engine."""
-    return max(llamacpp, float(transformers)) >= LOGPROB_FLOOR
+def logprob_diff(got: dict[int, float], ref: torch.Tensor) -> float:
+    """Largest |Δ log p| on llama.cpp's top tokens that count: its first, and any at least LOGPROB_FLOOR likely
+    in either engine."""
+    first = top_token(got)
+    return max(
+        abs(lp - float(ref[i])) for i, lp in got.items() if i == first or max(lp, float(ref[i])) >= LOGPROB_FLOOR
+    )
 
 
 def figures(items: list[Item], ref: Answers, got: Answers) -> dict[str, Any]:
     """What the export report records for one file (pure)."""
     n = len(items)
     pairs = [(g, r) for g, r in zip(got.logprobs, ref.logprobs, strict=True) if g]
-    diffs = [
-        max(abs(lp - float(r[i])) for i, lp in g.items() if i == top_token(g) or counts(lp, r[i])) for g, r in pairs
-    ]
+    diffs = [logprob_diff(g, r) for g, r in pairs]
     top1 = [top_token(g) == int(r.argmax()) for g, r in pairs]
     return {
         "records": n,
